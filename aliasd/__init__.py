@@ -1,0 +1,1 @@
+"""aliasd: stable DNS names for Kubernetes services."""

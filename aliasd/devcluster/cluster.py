@@ -1,0 +1,521 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver and CoreDNS.
+
+envtest-style: the binaries run as plain processes, no containers and no root.
+CoreDNS reads a Corefile that a background thread keeps in sync with the
+``kube-system/coredns`` ConfigMap, the way kubelet syncs a ConfigMap volume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aliasd.devcluster.corefile import CorefilePorts, kubeadm_corefile
+
+log = logging.getLogger(__name__)
+
+REPO_HACK = Path(__file__).resolve().parents[2] / "hack" / "local-cluster"
+SERVICE_CIDR = "10.96.0.0/12"
+ADMIN_TOKEN_USER = "aliasd-admin"
+
+
+class ClusterError(Exception):
+    """The local control plane could not be built, started or used."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def free_udp_tcp_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (DNS servers need both)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ClusterError("no free UDP+TCP port on 127.0.0.1")
+
+
+def ensure_binaries() -> Path:
+    """Directory holding kube-apiserver, etcd and coredns; builds them if missing.
+
+    ``ALIASD_BIN_DIR`` points at prebuilt binaries and skips the build.
+    """
+    preset = os.environ.get("ALIASD_BIN_DIR")
+    if preset:
+        d = Path(preset)
+        missing = [b for b in ("kube-apiserver", "etcd", "coredns") if not (d / b).is_file()]
+        if missing:
+            raise ClusterError(f"ALIASD_BIN_DIR={d} lacks {', '.join(missing)}")
+        return d
+    script = REPO_HACK / "build.sh"
+    if not script.is_file():
+        raise ClusterError(
+            f"{script} not found: run from an aliasd source checkout or set ALIASD_BIN_DIR"
+        )
+    proc = subprocess.run(
+        ["bash", str(script)], stdout=subprocess.PIPE, stderr=None, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise ClusterError(f"building the local control plane failed (exit {proc.returncode})")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    if shutil.which("openssl") is None:
+        raise ClusterError("openssl not found: apt-get install openssl")
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_certs(d: Path) -> None:
+    """A CA, a serving cert for 127.0.0.1/localhost and the service-account key pair."""
+    d.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
+             "-out", "ca.crt", "-days", "30", "-subj", "/CN=aliasd-devcluster-ca", cwd=d)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key",
+             "-out", "apiserver.csr", "-subj", "/CN=kube-apiserver", cwd=d)
+    (d / "san.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+    )
+    _openssl("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "apiserver.crt", "-days", "30",
+             "-extfile", "san.ext", cwd=d)
+    _openssl("genrsa", "-out", "sa.key", "2048", cwd=d)
+    _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
+
+
+@dataclass
+class _Proc:
+    name: str
+    argv: list[str]
+    logfile: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        out = self.logfile.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        out.close()
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        p = self.popen
+        if p is None:
+            return
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.popen = None
+
+    def tail(self, n: int = 15) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class LocalCluster:
+    """etcd + kube-apiserver + CoreDNS on free loopback ports.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    bin_dir: Path
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="aliasd-cluster-")))
+    etcd_port: int = field(default_factory=free_port)
+    etcd_peer_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
+    dns_port: int = field(default_factory=free_udp_tcp_port)
+    upstream_port: int = field(default_factory=free_udp_tcp_port)
+    token: str = field(default_factory=lambda: os.urandom(16).hex())
+
+    def __post_init__(self) -> None:
+        self.certs = self.workdir / "certs"
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self.corefile = self.workdir / "coredns" / "Corefile"
+        # etcd's data lives on tmpfs: fast, and never outlives the machine.
+        shm = Path("/dev/shm")
+        base = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.workdir
+        self.etcd_data = Path(tempfile.mkdtemp(prefix="aliasd-etcd-", dir=base))
+        self.coredns_ports = CorefilePorts(
+            dns=self.dns_port, health=free_port(), ready=free_port(), metrics=free_port(),
+            upstream=self.upstream_port,
+        )
+        self._procs: dict[str, _Proc] = {}
+        self._sync: _ConfigMapSync | None = None
+        self._ssl = ssl.create_default_context()
+
+    # ---- lifecycle -------------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
+
+    @property
+    def coredns_addr(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.dns_port)
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        t0 = time.monotonic()
+        try:
+            make_certs(self.certs)
+            self._ssl = ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
+            (self.certs / "tokens.csv").write_text(
+                f'{self.token},{ADMIN_TOKEN_USER},{ADMIN_TOKEN_USER},"system:masters"\n'
+            )
+            self._start_etcd()
+            self.start_apiserver()
+            self._write_kubeconfig()
+            self.install_serviceentry_crd()
+            self._create_coredns_configmap()
+            self._start_coredns()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("local control plane ready in %.1fs", time.monotonic() - t0)
+
+    def stop(self) -> None:
+        if self._sync is not None:
+            self._sync.stop()
+            self._sync = None
+        for name in ("coredns", "kube-apiserver", "etcd"):
+            proc = self._procs.pop(name, None)
+            if proc is not None:
+                proc.stop()
+        shutil.rmtree(self.etcd_data, ignore_errors=True)
+        if not os.environ.get("ALIASD_KEEP_CLUSTER_DIR"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _spawn(self, name: str, argv: list[str]) -> _Proc:
+        proc = _Proc(name, argv, self.workdir / f"{name}.log")
+        proc.start()
+        self._procs[name] = proc
+        return proc
+
+    def _wait(self, name: str, check: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        proc = self._procs[name]
+        last = ""
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise ClusterError(f"{name} exited early:\n{proc.tail()}")
+            try:
+                if check():
+                    return
+            except (OSError, http.client.HTTPException, ClusterError) as e:
+                last = str(e)
+            time.sleep(0.1)
+        raise ClusterError(f"{name} not ready after {timeout:.0f}s ({last}):\n{proc.tail()}")
+
+    def _start_etcd(self) -> None:
+        client = f"http://127.0.0.1:{self.etcd_port}"
+        peer = f"http://127.0.0.1:{self.etcd_peer_port}"
+        self._spawn("etcd", [
+            str(self.bin_dir / "etcd"), "--name=default", f"--data-dir={self.etcd_data}",
+            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=default={peer}", "--unsafe-no-fsync",
+            "--log-level=warn",
+        ])
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"{client}/health", timeout=1) as r:
+                return bool(json.load(r).get("health") == "true")
+
+        self._wait("etcd", healthy, 30)
+
+    def start_apiserver(self) -> None:
+        """Start (or restart) kube-apiserver against the running etcd."""
+        c = self.certs
+        self._spawn("kube-apiserver", [
+            str(self.bin_dir / "kube-apiserver"),
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={self.api_port}",
+            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+            f"--tls-cert-file={c / 'apiserver.crt'}",
+            f"--tls-private-key-file={c / 'apiserver.key'}",
+            f"--cert-dir={c}",
+            f"--token-auth-file={c / 'tokens.csv'}",
+            f"--client-ca-file={c / 'ca.crt'}",
+            f"--service-account-key-file={c / 'sa.pub'}",
+            f"--service-account-signing-key-file={c / 'sa.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=RBAC",
+            "--disable-admission-plugins=ServiceAccount",
+            "--allow-privileged=true",
+            "--endpoint-reconciler-type=none",
+            "--v=1",
+        ])
+        self._wait("kube-apiserver", lambda: self.request("GET", "/readyz") == "ok", 90)
+
+    def stop_apiserver(self) -> None:
+        proc = self._procs.pop("kube-apiserver", None)
+        if proc is not None:
+            proc.stop()
+
+    def _write_kubeconfig(self) -> None:
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": {
+                "server": self.api_url,
+                "certificate-authority": str(self.certs / "ca.crt"),
+            }}],
+            "users": [{"name": ADMIN_TOKEN_USER, "user": {"token": self.token}}],
+            "contexts": [{"name": "local", "context": {
+                "cluster": "local", "user": ADMIN_TOKEN_USER}}],
+            "current-context": "local",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(cfg))
+
+    # ---- REST ------------------------------------------------------------
+
+    def request(self, method: str, path: str, body: Any = None, *,
+                content_type: str = "application/json", timeout: float = 10) -> Any:
+        """One admin request to the API server; JSON in and out (text for /readyz)."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.api_url + path, data=data, method=method, headers={
+            "Authorization": f"Bearer {self.token}", "Content-Type": content_type,
+            "Accept": "application/json",
+        })
+        try:
+            with urllib.request.urlopen(req, context=self._ssl, timeout=timeout) as r:
+                raw = r.read().decode()
+        except urllib.error.HTTPError as e:
+            raise ClusterError(f"{method} {path}: HTTP {e.code}: {e.read().decode()[:300]}") from e
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+
+    def apply(self, obj: dict[str, Any]) -> Any:
+        """Server-side apply of one object (field manager ``aliasd-devcluster``)."""
+        path = resource_path(obj)
+        name = obj["metadata"]["name"]
+        return self.request(
+            "PATCH", f"{path}/{name}?fieldManager=aliasd-devcluster&force=true", obj,
+            content_type="application/apply-patch+yaml",
+        )
+
+    def install_serviceentry_crd(self) -> None:
+        crd = yaml.safe_load((Path(__file__).parent / "serviceentry-crd.yaml").read_text())
+        self.apply(crd)
+        path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
+
+        def established() -> bool:
+            conds = self.request("GET", path).get("status", {}).get("conditions", [])
+            ok = any(c["type"] == "Established" and c["status"] == "True" for c in conds)
+            if not ok:
+                return False
+            # Established is set before discovery serves it; wait for the REST path.
+            for v in ("v1", "v1beta1", "v1alpha3"):
+                self.request("GET", f"/apis/networking.istio.io/{v}/serviceentries")
+            return True
+
+        self._wait("kube-apiserver", established, 30)
+
+    def uninstall_serviceentry_crd(self) -> None:
+        self.request(
+            "DELETE",
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+            "serviceentries.networking.istio.io",
+        )
+
+        def gone() -> bool:
+            try:
+                self.request("GET", "/apis/networking.istio.io/v1/serviceentries")
+            except ClusterError as e:
+                return "HTTP 404" in str(e)
+            return False
+
+        self._wait("kube-apiserver", gone, 30)
+
+    def compact_etcd(self) -> int:
+        """Compact etcd at its current revision (forces 410 Gone on old watches)."""
+        base = f"http://127.0.0.1:{self.etcd_port}/v3"
+        req = urllib.request.Request(f"{base}/kv/range", data=json.dumps({"key": "AA=="}).encode())
+        with urllib.request.urlopen(req, timeout=5) as r:
+            rev = int(json.load(r)["header"]["revision"])
+        req = urllib.request.Request(
+            f"{base}/kv/compaction", data=json.dumps({"revision": rev, "physical": True}).encode()
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            r.read()
+        return rev
+
+    # ---- CoreDNS -----------------------------------------------------------
+
+    def _create_coredns_configmap(self) -> None:
+        corefile = kubeadm_corefile(ports=self.coredns_ports, kubeconfig=str(self.kubeconfig))
+        cm = {
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "coredns", "namespace": "kube-system"},
+            "data": {"Corefile": corefile},
+        }
+        with contextlib.suppress(ClusterError):  # kube-system appears on its own, a bit later
+            self.request("POST", "/api/v1/namespaces", {
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}})
+        self.request("POST", "/api/v1/namespaces/kube-system/configmaps", cm)
+        self.initial_corefile = corefile
+
+    def _start_coredns(self) -> None:
+        self.corefile.parent.mkdir(parents=True, exist_ok=True)
+        self._sync = _ConfigMapSync(self, self.corefile)
+        self._sync.start()
+        self._sync.wait_first(10)
+        self._spawn("coredns", [
+            str(self.bin_dir / "coredns"), "-conf", str(self.corefile),
+        ])
+
+        def ready() -> bool:
+            url = f"http://127.0.0.1:{self.coredns_ports.ready}/ready"
+            with urllib.request.urlopen(url, timeout=1) as r:
+                return r.status == 200
+
+        self._wait("coredns", ready, 30)
+
+    def logs(self, name: str, n: int = 40) -> str:
+        proc = self._procs.get(name)
+        return proc.tail(n) if proc else ""
+
+
+def resource_path(obj: dict[str, Any]) -> str:
+    """The REST collection path of a (core, apps, CRD, ...) object."""
+    api = obj["apiVersion"]
+    kind = obj["kind"]
+    plural = _PLURALS.get(kind, kind.lower() + "s")
+    prefix = f"/api/{api}" if "/" not in api else f"/apis/{api}"
+    ns = obj["metadata"].get("namespace")
+    if ns and kind not in _CLUSTER_SCOPED:
+        return f"{prefix}/namespaces/{ns}/{plural}"
+    return f"{prefix}/{plural}"
+
+
+_PLURALS = {
+    "EndpointSlice": "endpointslices", "ServiceEntry": "serviceentries",
+    "CustomResourceDefinition": "customresourcedefinitions", "PodDisruptionBudget":
+    "poddisruptionbudgets", "NetworkPolicy": "networkpolicies",
+}
+_CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+
+
+class _ConfigMapSync:
+    """Keeps a file equal to ``kube-system/coredns`` ``data.Corefile``: list, then
+    watch, rewrite atomically on change; relist on any error (like kubelet)."""
+
+    def __init__(self, cluster: LocalCluster, path: Path) -> None:
+        self.cluster = cluster
+        self.path = path
+        self._stop = threading.Event()
+        self._first = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="coredns-cm-sync", daemon=True)
+        self._conn: http.client.HTTPSConnection | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait_first(self, timeout: float) -> None:
+        if not self._first.wait(timeout):
+            raise ClusterError("the coredns ConfigMap never reached the Corefile")
+
+    def stop(self) -> None:
+        self._stop.set()
+        conn = self._conn
+        if conn is not None and conn.sock is not None:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(5)
+
+    def _write(self, cm: dict[str, Any]) -> None:
+        text = cm.get("data", {}).get("Corefile", "")
+        try:
+            if self.path.read_text() == text:
+                self._first.set()
+                return
+        except OSError:
+            pass
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.path)
+        self._first.set()
+
+    def _run(self) -> None:
+        base = "/api/v1/namespaces/kube-system/configmaps"
+        while not self._stop.is_set():
+            try:
+                cm = self.cluster.request("GET", f"{base}/coredns", timeout=5)
+                self._write(cm)
+                rv = cm["metadata"]["resourceVersion"]
+                for event in self._watch(f"{base}?watch=1&fieldSelector=metadata.name%3Dcoredns"
+                                         f"&resourceVersion={rv}&allowWatchBookmarks=true"):
+                    if event.get("type") in ("ADDED", "MODIFIED"):
+                        self._write(event["object"])
+                    elif event.get("type") == "ERROR":
+                        break
+            except (OSError, http.client.HTTPException, ClusterError, ValueError, KeyError):
+                pass
+            self._stop.wait(0.5)
+
+    def _watch(self, path: str) -> Iterator[dict[str, Any]]:
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", self.cluster.api_port, context=self.cluster._ssl, timeout=60
+        )
+        self._conn = conn
+        try:
+            conn.request("GET", path, headers={"Authorization": f"Bearer {self.cluster.token}"})
+            resp = conn.getresponse()
+            if resp.status != 200:
+                return
+            while not self._stop.is_set():
+                line = resp.readline()
+                if not line:
+                    return
+                yield json.loads(line)
+        finally:
+            conn.close()
+            self._conn = None

@@ -1,0 +1,102 @@
+"""The one data type that crosses every boundary: an ``AliasClaim``.
+
+Sources turn outside objects (Services, ServiceEntries, the aliases file) into
+claims; the registry turns claims into a zone snapshot. Every DNS name goes
+through :func:`normalize_name` exactly once, at the registry.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+DEFAULT_TTL = 30
+MIN_TTL = 1
+MAX_TTL = 86400
+
+
+class AliasdError(Exception):
+    """Base of aliasd's own errors."""
+
+
+class ConfigError(AliasdError):
+    """A flag, file or annotation is invalid; the message says which and why."""
+
+
+class SourceError(AliasdError):
+    """A source could not read its objects."""
+
+
+class ApplyError(AliasdError):
+    """A change to the cluster (Corefile patch, Event) could not be applied."""
+
+
+def normalize_name(name: str) -> str:
+    """Lower case, surrounding whitespace removed, exactly one trailing dot."""
+    n = name.strip().lower()
+    return n.rstrip(".") + "."
+
+
+@dataclass(frozen=True, order=True)
+class Owner:
+    """Who claims a name. Ordering is the conflict rule: oldest first, then
+    namespace/name, then kind (so the rule is total and replica-independent)."""
+
+    created: float
+    namespace: str
+    name: str
+    kind: str = "Service"
+    uid: str = ""
+
+    @property
+    def ref(self) -> str:
+        """Human-readable reference, e.g. ``Service micro-shake-factory/fruits-api-service``."""
+        if self.namespace:
+            return f"{self.kind} {self.namespace}/{self.name}"
+        return f"{self.kind} {self.name}"
+
+
+@dataclass(frozen=True)
+class Port:
+    """A named port: becomes SRV ``_<name>._<proto>.<alias>``."""
+
+    name: str
+    protocol: str
+    port: int
+
+
+@dataclass(frozen=True)
+class AliasClaim:
+    """One owner's wish that ``name`` resolves to ``addresses`` or ``cname``.
+
+    ``name`` is as the user wrote it (a bare label gets the default zone); the
+    registry validates and normalizes it.
+    """
+
+    name: str
+    owner: Owner
+    addresses: tuple[str, ...] = ()
+    cname: str | None = None
+    ttl: int = DEFAULT_TTL
+    ports: tuple[Port, ...] = field(default=())
+
+
+def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IP address, raising ``ValueError`` with a readable message."""
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+
+
+def parse_ttl(value: object) -> int:
+    """A TTL in seconds, 1..86400; ``ValueError`` otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"ttl {value!r} is not a number")
+    try:
+        ttl = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"ttl {value!r} is not a whole number of seconds") from None
+    if not MIN_TTL <= ttl <= MAX_TTL:
+        raise ValueError(f"ttl {ttl} is outside {MIN_TTL}..{MAX_TTL}")
+    return ttl

@@ -1,0 +1,263 @@
+"""Claims in, an immutable zone snapshot out (pure: no I/O, no clock).
+
+Validates names (RFC 1123 labels, 63/253 limits, inside a served zone),
+resolves conflicts deterministically (oldest claim wins, then namespace/name)
+and reports the losers and the invalid claims so the edges can turn them into
+Events, log lines and metrics.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from aliasd.model import AliasClaim, Owner, normalize_name
+from aliasd.zone import (
+    AAAA,
+    CNAME,
+    NS,
+    SOA,
+    SRV,
+    A,
+    RData,
+    RRset,
+    Snapshot,
+    SoaData,
+    ZoneInfo,
+)
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+NS_LABEL = "ns"
+
+
+@dataclass(frozen=True)
+class ZoneConfig:
+    """The served zones (first = default for bare labels) and their SOA/NS."""
+
+    zones: tuple[str, ...]
+    ns_addresses: tuple[str, ...] = ()
+    soa_ttl: int = 30
+    refresh: int = 60
+    retry: int = 10
+    expire: int = 86400
+    negative_ttl: int = 5
+
+    @classmethod
+    def from_names(cls, zones: Iterable[str], *, ns_addresses: Iterable[str] = ()) -> ZoneConfig:
+        normalized: list[str] = []
+        for z in zones:
+            n = normalize_name(z)
+            err = validate_fqdn(n)
+            if err:
+                raise ValueError(f"zone {z!r}: {err}")
+            if n not in normalized:
+                normalized.append(n)
+        if not normalized:
+            raise ValueError("at least one zone is required")
+        addrs = []
+        for a in ns_addresses:
+            try:
+                addrs.append(str(ipaddress.ip_address(a)))
+            except ValueError:
+                raise ValueError(f"ns address {a!r} is not an IP address") from None
+        return cls(zones=tuple(normalized), ns_addresses=tuple(addrs))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A name served, with the claim that won it."""
+
+    name: str
+    claim: AliasClaim
+
+
+@dataclass(frozen=True)
+class Conflict:
+    name: str
+    winner: Owner
+    loser: Owner
+
+
+@dataclass(frozen=True)
+class Invalid:
+    claim: AliasClaim
+    reason: str
+
+
+@dataclass(frozen=True)
+class Result:
+    snapshot: Snapshot
+    entries: tuple[Entry, ...] = ()
+    conflicts: tuple[Conflict, ...] = ()
+    invalid: tuple[Invalid, ...] = field(default=())
+
+
+def validate_fqdn(name: str) -> str | None:
+    """Why ``name`` (normalized) is not a valid RFC 1123 host name, or None."""
+    bare = name.rstrip(".")
+    if not bare:
+        return "name is empty"
+    if len(bare) > 253:
+        return f"name is {len(bare)} characters long (max 253)"
+    for label in bare.split("."):
+        if len(label) > 63:
+            return f"label {label[:20]!r}... is {len(label)} characters long (max 63)"
+        if not _LABEL.match(label):
+            return (f"label {label!r} is not a valid DNS label "
+                    "(lower-case letters, digits and '-', not at either end)")
+    return None
+
+
+def qualify(raw: str, config: ZoneConfig) -> tuple[str, str]:
+    """Normalize ``raw``; a bare label gets the default zone. Returns (name, zone)
+    or raises ``ValueError`` with a message a human can act on."""
+    text = raw.strip()
+    if not text:
+        raise ValueError("alias is empty")
+    name = normalize_name(text)
+    if "." not in text.rstrip("."):
+        name = name + config.zones[0]
+    err = validate_fqdn(name)
+    if err:
+        raise ValueError(f"alias {raw!r}: {err}")
+    zone = best_zone(name, config.zones)
+    if zone is None:
+        raise ValueError(
+            f"alias {raw!r} is outside the served zones ({', '.join(config.zones)})"
+        )
+    if name == zone:
+        raise ValueError(f"alias {raw!r} is the zone apex, which aliasd itself serves")
+    if name == f"{NS_LABEL}.{zone}":
+        raise ValueError(f"alias {raw!r} is reserved for the zone's name server")
+    return name, zone
+
+
+def best_zone(name: str, zones: Iterable[str]) -> str | None:
+    best: str | None = None
+    for z in zones:
+        if (name == z or name.endswith("." + z)) and (best is None or len(z) > len(best)):
+            best = z
+    return best
+
+
+def _validate_claim(claim: AliasClaim, config: ZoneConfig) -> str:
+    """The normalized name of a valid claim; ``ValueError`` otherwise."""
+    name, _zone = qualify(claim.name, config)
+    if claim.cname is not None and claim.addresses:
+        raise ValueError(f"alias {claim.name!r} has both addresses and a cname")
+    if claim.cname is None and not claim.addresses:
+        raise ValueError(f"alias {claim.name!r} has no address and no cname")
+    if claim.cname is not None:
+        target = normalize_name(claim.cname)
+        err = validate_fqdn(target)
+        if err:
+            raise ValueError(f"alias {claim.name!r}: cname target {claim.cname!r}: {err}")
+        if target == name:
+            raise ValueError(f"alias {claim.name!r} is a cname to itself")
+    for a in claim.addresses:
+        ipaddress.ip_address(a)  # sources pass only valid IPs; fail loudly otherwise
+    for p in claim.ports:
+        if not _LABEL.match(p.name) or not 1 <= p.port <= 65535:
+            raise ValueError(f"alias {claim.name!r}: port {p.name!r}/{p.port} is invalid")
+    return name
+
+
+def build(
+    claims: Iterable[AliasClaim], *, config: ZoneConfig, serial: int, ready: bool = True
+) -> Result:
+    """Build the snapshot for ``claims``. Deterministic for a given input set."""
+    by_name: dict[str, list[AliasClaim]] = defaultdict(list)
+    invalid: list[Invalid] = []
+    for claim in claims:
+        try:
+            name = _validate_claim(claim, config)
+        except ValueError as e:
+            invalid.append(Invalid(claim, str(e)))
+            continue
+        by_name[name].append(claim)
+
+    entries: list[Entry] = []
+    conflicts: list[Conflict] = []
+    for name in sorted(by_name):
+        ranked = sorted(by_name[name], key=lambda c: c.owner)
+        winner = ranked[0]
+        entries.append(Entry(name, winner))
+        for loser in ranked[1:]:
+            if loser.owner != winner.owner:
+                conflicts.append(Conflict(name, winner.owner, loser.owner))
+
+    rrsets: dict[str, dict[int, RRset]] = defaultdict(dict)
+    zones: list[ZoneInfo] = []
+    for origin in config.zones:
+        zi = _apex(origin, config, serial)
+        zones.append(zi)
+        rrsets[origin][SOA] = zi.soa
+        rrsets[origin][NS] = zi.ns
+        ns_name = f"{NS_LABEL}.{origin}"
+        _add_addresses(rrsets, ns_name, config.ns_addresses, config.soa_ttl)
+    for entry in entries:
+        c = entry.claim
+        if c.cname is not None:
+            rrsets[entry.name][CNAME] = RRset(entry.name, CNAME, c.ttl, (normalize_name(c.cname),))
+            continue
+        _add_addresses(rrsets, entry.name, c.addresses, c.ttl)
+        for p in sorted(set(c.ports), key=lambda p: (p.protocol, p.name, p.port)):
+            srv = f"_{p.name}._{p.protocol.lower()}.{entry.name}"
+            rd: RData = (0, 100, p.port, entry.name)
+            old = rrsets[srv].get(SRV)
+            rdata = (*old.rdata, rd) if old is not None else (rd,)
+            rrsets[srv][SRV] = RRset(srv, SRV, c.ttl, rdata)
+
+    names: set[str] = set()
+    for name in rrsets:
+        zone = best_zone(name, config.zones)
+        assert zone is not None
+        n = name
+        while True:
+            names.add(n)
+            if n == zone:
+                break
+            n = n.split(".", 1)[1]
+    frozen = {k: MappingProxyType(dict(v)) for k, v in rrsets.items()}
+    snap = Snapshot(
+        serial=serial, zones=tuple(zones), rrsets=MappingProxyType(frozen), ready=ready,
+        names=frozenset(names),
+    )
+    return Result(snap, tuple(entries), tuple(conflicts), tuple(invalid))
+
+
+def _add_addresses(
+    rrsets: dict[str, dict[int, RRset]], name: str, addresses: Iterable[str], ttl: int
+) -> None:
+    v4: list[str] = []
+    v6: list[str] = []
+    for a in addresses:
+        ip = ipaddress.ip_address(a)
+        bucket = v4 if ip.version == 4 else v6
+        if str(ip) not in bucket:
+            bucket.append(str(ip))
+    if v4:
+        rrsets[name][A] = RRset(name, A, ttl, tuple(v4))
+    if v6:
+        rrsets[name][AAAA] = RRset(name, AAAA, ttl, tuple(v6))
+
+
+def _apex(origin: str, config: ZoneConfig, serial: int) -> ZoneInfo:
+    ns_name = f"{NS_LABEL}.{origin}"
+    soa = RRset(origin, SOA, config.soa_ttl, (SoaData(
+        mname=ns_name, rname=f"hostmaster.{origin}", serial=serial, refresh=config.refresh,
+        retry=config.retry, expire=config.expire, minimum=config.negative_ttl,
+    ),))
+    ns = RRset(origin, NS, config.soa_ttl, (ns_name,))
+    return ZoneInfo(origin, soa, ns)
+
+
+def next_serial(previous: int, now: float) -> int:
+    """A serial that grows on every change and, being derived from the clock,
+    never goes backwards across restarts (RFC 1982 arithmetic not needed
+    before 2106)."""
+    return max(previous + 1, int(now)) & 0xFFFFFFFF

@@ -1,0 +1,176 @@
+"""Immutable zone snapshots and the lookup algorithm (RFC 1034 4.3.2, pure).
+
+A :class:`Snapshot` is built once by the registry and then only read. The DNS
+server holds a reference to the current one and swaps it whole on change.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+# RR types by number, the ones we serve.
+A, NS, CNAME, SOA, AAAA, SRV, OPT, IXFR, AXFR, ANY = 1, 2, 5, 6, 28, 33, 41, 251, 252, 255
+RTYPE_NAMES = {A: "A", NS: "NS", CNAME: "CNAME", SOA: "SOA", AAAA: "AAAA", SRV: "SRV"}
+# RFC 8482: answer ANY with one RRset, chosen in this order.
+ANY_PREFERENCE = (SOA, CNAME, A, AAAA, NS, SRV)
+MAX_CNAME_CHAIN = 8
+
+
+class Rcode(enum.IntEnum):
+    NOERROR = 0
+    FORMERR = 1
+    SERVFAIL = 2
+    NXDOMAIN = 3
+    NOTIMP = 4
+    REFUSED = 5
+    NOTAUTH = 9
+
+
+@dataclass(frozen=True)
+class SoaData:
+    mname: str
+    rname: str
+    serial: int
+    refresh: int
+    retry: int
+    expire: int
+    minimum: int
+
+
+RData = str | tuple[int, int, int, str] | SoaData
+"""IP text (A/AAAA), a name (CNAME/NS), (priority, weight, port, target) (SRV), or SOA."""
+
+
+@dataclass(frozen=True)
+class RRset:
+    name: str
+    rtype: int
+    ttl: int
+    rdata: tuple[RData, ...]
+
+
+@dataclass(frozen=True)
+class ZoneInfo:
+    origin: str
+    soa: RRset
+    ns: RRset
+
+    @property
+    def negative_ttl(self) -> int:
+        """RFC 2308 section 5: min(SOA TTL, SOA MINIMUM)."""
+        data = self.soa.rdata[0]
+        assert isinstance(data, SoaData)
+        return min(self.soa.ttl, data.minimum)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """The result of a query against a snapshot, before wire encoding."""
+
+    rcode: Rcode
+    authoritative: bool
+    answer: tuple[RRset, ...] = ()
+    authority: tuple[RRset, ...] = ()
+    additional: tuple[RRset, ...] = ()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the DNS server needs to answer, frozen.
+
+    ``ready`` is False until every source has synced once: in-zone queries are
+    then SERVFAIL rather than a wrong NXDOMAIN.
+    """
+
+    serial: int
+    zones: tuple[ZoneInfo, ...]
+    rrsets: Mapping[str, Mapping[int, RRset]] = field(default_factory=lambda: MappingProxyType({}))
+    ready: bool = True
+    # Every owner name plus every ancestor up to its zone (empty non-terminals).
+    names: frozenset[str] = frozenset()
+
+    def find_zone(self, qname: str) -> ZoneInfo | None:
+        """The most specific served zone containing ``qname`` (normalized)."""
+        best: ZoneInfo | None = None
+        for z in self.zones:
+            if (qname == z.origin or qname.endswith("." + z.origin)) and (
+                best is None or len(z.origin) > len(best.origin)
+            ):
+                best = z
+        return best
+
+    def lookup(self, qname: str, qtype: int) -> Lookup:
+        """Answer ``qname``/``qtype`` (``qname`` normalized: lower case, trailing dot)."""
+        zone = self.find_zone(qname)
+        if zone is None:
+            return Lookup(Rcode.REFUSED, authoritative=False)
+        if not self.ready:
+            return Lookup(Rcode.SERVFAIL, authoritative=False)
+        answer: list[RRset] = []
+        seen: set[str] = set()
+        name = qname
+        while True:
+            if name not in self.names:
+                return self._negative(Rcode.NXDOMAIN, zone, answer)
+            sets = self.rrsets.get(name, {})
+            if qtype == ANY:
+                for t in ANY_PREFERENCE:
+                    if t in sets:
+                        return Lookup(Rcode.NOERROR, True, (*answer, sets[t]))
+                return self._negative(Rcode.NOERROR, zone, answer)
+            if qtype in sets:
+                answer.append(sets[qtype])
+                return Lookup(Rcode.NOERROR, True, tuple(answer),
+                              additional=self._additional(sets[qtype]))
+            cname = sets.get(CNAME)
+            if cname is None:
+                return self._negative(Rcode.NOERROR, zone, answer)
+            answer.append(cname)
+            seen.add(name)
+            target = cname.rdata[0]
+            assert isinstance(target, str)
+            # Chase the CNAME only inside our zones (RFC 1034 4.3.2 step 3a);
+            # outside them the client's resolver does it.
+            next_zone = self.find_zone(target)
+            if next_zone is None or target in seen or len(answer) >= MAX_CNAME_CHAIN:
+                return Lookup(Rcode.NOERROR, True, tuple(answer))
+            zone, name = next_zone, target
+
+    def _negative(self, rcode: Rcode, zone: ZoneInfo, answer: list[RRset]) -> Lookup:
+        soa = zone.soa
+        neg = RRset(soa.name, SOA, zone.negative_ttl, soa.rdata)
+        return Lookup(rcode, True, tuple(answer), authority=(neg,))
+
+    def _additional(self, rrset: RRset) -> tuple[RRset, ...]:
+        """Glue for NS, addresses of in-zone SRV targets."""
+        if rrset.rtype not in (NS, SRV):
+            return ()
+        out: list[RRset] = []
+        for rd in rrset.rdata:
+            target = rd if isinstance(rd, str) else rd[3] if isinstance(rd, tuple) else None
+            if target is None:
+                continue
+            for t in (A, AAAA):
+                extra = self.rrsets.get(target, {}).get(t)
+                if extra is not None and extra not in out:
+                    out.append(extra)
+        return tuple(out)
+
+    def zone_records(self, zone: ZoneInfo) -> list[RRset]:
+        """Every RRset of ``zone`` in a stable order, SOA first (for AXFR)."""
+        out = [zone.soa]
+        for name in sorted(self.rrsets, key=_canonical_key):
+            if self.find_zone(name) is not zone:
+                continue
+            for rtype in sorted(self.rrsets[name]):
+                if rtype != SOA:
+                    out.append(self.rrsets[name][rtype])
+        return out
+
+
+def _canonical_key(name: str) -> tuple[str, ...]:
+    """RFC 4034 6.1 canonical order: compare labels right to left."""
+    return tuple(reversed(name.rstrip(".").split(".")))

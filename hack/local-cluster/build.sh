@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Build kube-apiserver, etcd and coredns from the Go module proxy into a cache
+# outside the repository. Idempotent: binaries already present are kept.
+#
+#   hack/local-cluster/build.sh          # build what is missing, print the bin dir
+#
+# Output: the last line on stdout is the directory holding the three binaries.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+cache="${ALIASD_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aliasd}"
+bindir="$cache/bin/k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_coredns-${COREDNS_VERSION}"
+mkdir -p "$bindir"
+
+log() { echo "local-cluster: $*" >&2; }
+die() { echo "local-cluster: error: $*" >&2; exit 2; }
+
+have_all=1
+for b in kube-apiserver etcd coredns; do [[ -x "$bindir/$b" ]] || have_all=0; done
+if [[ $have_all == 1 ]]; then
+  echo "$bindir"
+  exit 0
+fi
+
+command -v go >/dev/null 2>&1 || die "Go toolchain not found on PATH: install Go >= 1.24 (apt-get install golang-go, or https://go.dev/dl) and rerun"
+export CGO_ENABLED=0 GOTOOLCHAIN=local
+# Fail in one line, fast, when the module proxy cannot be reached.
+if ! timeout 60 go list -m "k8s.io/kubernetes@${K8S_VERSION}" >/dev/null 2>"$cache/proxy-check.log"; then
+  die "cannot reach the Go module proxy ($(go env GOPROXY)) for k8s.io/kubernetes@${K8S_VERSION}: $(tail -n1 "$cache/proxy-check.log")"
+fi
+
+t0=$SECONDS
+if [[ ! -x "$bindir/coredns" ]]; then
+  log "building coredns ${COREDNS_VERSION} (first time: a few minutes)"
+  GOBIN="$bindir" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@${COREDNS_VERSION}"
+  log "coredns done ($((SECONDS - t0))s)"
+fi
+
+if [[ ! -x "$bindir/kube-apiserver" || ! -x "$bindir/etcd" ]]; then
+  work="$cache/build/k8s-${K8S_VERSION}"
+  rm -rf "$work"; mkdir -p "$work"
+  cp -r "$here/wrapper/." "$work/"
+  # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them
+  # with ./staging/...; a consumer must replace each with its published tag.
+  # Generate that list from the release's own go.mod.
+  gomod="$(go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')"
+  [[ -f "$gomod" ]] || die "could not download go.mod of k8s.io/kubernetes@${K8S_VERSION}"
+  staging_ver="v0.${K8S_VERSION#v1.}"
+  {
+    echo "module aliasd.local/controlplane"
+    echo
+    echo "go 1.24.0"
+    echo
+    echo "require ("
+    echo "	k8s.io/kubernetes ${K8S_VERSION}"
+    echo "	go.etcd.io/etcd/server/v3 ${ETCD_VERSION}"
+    echo ")"
+    echo
+    grep -E '=> \./staging/src/' "$gomod" | awk -v v="$staging_ver" '{print "replace " $1 " => " $1 " " v}'
+  } >"$work/go.mod"
+  log "wrapper go.mod: $(grep -c '^replace' "$work/go.mod") staging replaces at ${staging_ver}"
+  cd "$work"
+  export GOFLAGS="-mod=mod"
+  log "resolving modules (first time: downloads several hundred MB of sources)"
+  go get "k8s.io/kubernetes/cmd/kube-apiserver@${K8S_VERSION}" "go.etcd.io/etcd/server/v3/etcdmain@${ETCD_VERSION}" >&2
+  major="${K8S_VERSION#v}"; major="${major%%.*}"
+  minor="$(echo "$K8S_VERSION" | cut -d. -f2)"
+  ldflags="-s -w -X k8s.io/component-base/version.gitVersion=${K8S_VERSION}"
+  ldflags+=" -X k8s.io/component-base/version.gitMajor=${major} -X k8s.io/component-base/version.gitMinor=${minor}"
+  ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
+  ldflags+=" -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z"
+  if [[ ! -x "$bindir/etcd" ]]; then
+    log "building etcd ${ETCD_VERSION}"
+    go build -trimpath -ldflags "-s -w" -o "$bindir/etcd.tmp" ./cmd/etcd
+    mv "$bindir/etcd.tmp" "$bindir/etcd"
+    log "etcd done ($((SECONDS - t0))s)"
+  fi
+  if [[ ! -x "$bindir/kube-apiserver" ]]; then
+    log "building kube-apiserver ${K8S_VERSION} (first time: 10+ minutes on 2 cores)"
+    go build -trimpath -ldflags "$ldflags" -o "$bindir/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+    mv "$bindir/kube-apiserver.tmp" "$bindir/kube-apiserver"
+    log "kube-apiserver done ($((SECONDS - t0))s)"
+  fi
+fi
+log "all binaries built in $((SECONDS - t0))s"
+echo "$bindir"
