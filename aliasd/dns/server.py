@@ -14,6 +14,7 @@ import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from aliasd.dns.answer import Answerer, Stats
 from aliasd.zone import Snapshot
@@ -95,8 +96,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio's: no isinstance check.
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         out = self.server.answerer.respond(data, tcp=False, client=str(addr[0]))
@@ -120,14 +121,13 @@ class _TcpProtocol(asyncio.Protocol):
         self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
+        self.transport = cast(asyncio.Transport, transport)
+        peer = self.transport.get_extra_info("peername")
         self.client = str(peer[0]) if peer else ""
         conns = self.server._tcp_conns
         if len(conns) >= self.server.config.tcp_max_connections:
             self.server.stats.problems["tcp_connection_limit"] += 1
-            transport.abort()
+            self.transport.abort()
             return
         conns.add(self)
         self._arm()

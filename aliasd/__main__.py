@@ -1,0 +1,5 @@
+import sys
+
+from aliasd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,153 @@
+"""Wiring: sources → registry → DNS server, plus the HTTP endpoints.
+
+Level-triggered: a source only marks the state dirty; a short debounced loop
+rebuilds the snapshot from every source's full current claims, so a missed
+event can never leave a wrong answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from aliasd import registry
+from aliasd.dns.answer import Stats
+from aliasd.dns.server import DnsServer, ServerConfig
+from aliasd.model import AliasClaim
+from aliasd.registry import ZoneConfig
+
+log = logging.getLogger(__name__)
+
+
+class Source(Protocol):
+    """What the app needs from a source. ``claims`` is the full current set."""
+
+    name: str
+
+    @property
+    def claims(self) -> list[AliasClaim]: ...
+
+    @property
+    def synced(self) -> bool: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+    async def run(self) -> None: ...
+
+
+Reporter = Callable[[registry.Result, registry.Result | None], None]
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    zones: ZoneConfig
+    dns: ServerConfig = field(default_factory=ServerConfig)
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    aliases_file: Path | None = None
+    debounce: float = 0.02
+
+
+class App:
+    """Owns the sources, the current registry result and the DNS server."""
+
+    def __init__(self, config: AppConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.sources: list[Source] = []
+        self.reporters: list[Reporter] = []
+        self.stats = Stats()
+        self.serial = registry.next_serial(0, clock())
+        self.result = registry.build([], config=config.zones, serial=self.serial, ready=False)
+        self.dns = DnsServer(self.result.snapshot, config.dns, stats=self.stats)
+        self._dirty = asyncio.Event()
+        self._key: object = None
+        self.rebuilds = 0
+        self.http_port = config.http_port
+        self.watch_restarts: Counter[str] = Counter()
+
+    # ---- state ---------------------------------------------------------------
+
+    def mark_dirty(self) -> None:
+        self._dirty.set()
+
+    @property
+    def ready(self) -> bool:
+        return all(s.synced for s in self.sources)
+
+    def rebuild(self) -> bool:
+        """Recompute the snapshot from every source; swap it in if anything
+        changed (a new serial only then). Returns whether it changed."""
+        claims = [c for s in self.sources for c in s.claims]
+        ready = self.ready
+        probe = registry.build(claims, config=self.config.zones, serial=self.serial, ready=ready)
+        key = (probe.entries, ready)
+        if key == self._key:
+            return False
+        self._key = key
+        self.serial = registry.next_serial(self.serial, self.clock())
+        previous = self.result
+        self.result = registry.build(claims, config=self.config.zones, serial=self.serial,
+                                     ready=ready)
+        self.dns.swap(self.result.snapshot)
+        self.rebuilds += 1
+        log.debug("snapshot %d: %d aliases, %d conflicts, %d invalid", self.serial,
+                  len(self.result.entries), len(self.result.conflicts), len(self.result.invalid))
+        for report in self.reporters:
+            try:
+                report(self.result, previous)
+            except Exception:
+                log.exception("reporting the new snapshot failed")
+        return True
+
+    async def _rebuild_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(self.config.debounce)  # coalesce bursts of events
+            self._dirty.clear()
+            self.rebuild()
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None,
+                  started: Callable[[], None] | None = None) -> None:
+        """Serve until ``stop`` is set (or forever). Binding errors raise OSError."""
+        from aliasd.api import start_http
+
+        await self.dns.start()
+        runner = None
+        try:
+            runner = await start_http(self, self.config.http_host, self.config.http_port)
+            self.rebuild()
+            tasks = [asyncio.create_task(self._rebuild_loop(), name="rebuild")]
+            tasks += [asyncio.create_task(s.run(), name=f"source-{s.name}") for s in self.sources]
+            if started is not None:
+                started()
+            try:
+                if stop is None:
+                    await asyncio.gather(*tasks)
+                else:
+                    waiter = asyncio.create_task(stop.wait())
+                    await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                    for t in tasks:
+                        if t.done() and not t.cancelled() and t.exception() is not None:
+                            raise t.exception()  # type: ignore[misc]
+            finally:
+                for t in tasks:
+                    t.cancel()
+                for t in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+            await self.dns.stop()

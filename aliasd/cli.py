@@ -1,0 +1,216 @@
+"""The ``aliasd`` command line. Every flag can also come from ``ALIASD_<FLAG>``
+(upper case, dashes as underscores; repeatable flags take a comma list)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from aliasd.model import AliasdError, ConfigError
+
+log = logging.getLogger("aliasd")
+
+
+def _env(flag: str) -> str | None:
+    return os.environ.get("ALIASD_" + flag.lstrip("-").upper().replace("-", "_"))
+
+
+def _add(p: argparse.ArgumentParser, flag: str, *, default: Any = None, repeat: bool = False,
+         help: str, **kw: Any) -> None:
+    env = _env(flag)
+    env_name = "ALIASD_" + flag.lstrip("-").upper().replace("-", "_")
+    if repeat:
+        value = [v.strip() for v in env.split(",") if v.strip()] if env is not None else None
+        p.add_argument(flag, action="append", default=None, help=f"{help} (repeatable; "
+                       f"env {env_name}, comma-separated)", **kw)
+        p.set_defaults(**{flag.lstrip("-").replace("-", "_") + "_env": value,
+                          flag.lstrip("-").replace("-", "_") + "_default": default})
+        return
+    if kw.get("action") == "store_true":
+        env_true = env is not None and env.lower() in ("1", "true", "yes", "on")
+        p.add_argument(flag, default=env_true, help=f"{help} (env {env_name})", **kw)
+        return
+    p.add_argument(flag, default=env if env is not None else default,
+                   help=f"{help} (env {env_name}; default: %(default)s)", **kw)
+
+
+def _list(ns: argparse.Namespace, name: str) -> list[str]:
+    given = getattr(ns, name)
+    if given is not None:
+        out: list[str] = []
+        for v in given:
+            out += [x.strip() for x in v.split(",") if x.strip()]
+        return out
+    env = getattr(ns, name + "_env")
+    if env is not None:
+        return list(env)
+    return list(getattr(ns, name + "_default") or [])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aliasd",
+        description="Stable DNS names for Kubernetes services: aliasd serves an alias zone "
+                    "authoritatively and wires CoreDNS to forward it.",
+    )
+    _add(parser, "--log-level", default="info", choices=["debug", "info", "warning", "error"],
+         help="log level")
+    _add(parser, "--log-format", default="text", choices=["text", "json"], help="log format")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser("run", help="serve the alias zones (DNS + HTTP)",
+                         description="Serve the alias zones over DNS (UDP and TCP) and HTTP.")
+    _add(run, "--zone", repeat=True, default=["internal"],
+         help="zone to serve authoritatively; the first is the default for bare labels")
+    _add(run, "--dns-listen", default="0.0.0.0:5353", help="DNS address (UDP and TCP)")
+    _add(run, "--http-listen", default="0.0.0.0:8080",
+         help="HTTP address for /healthz, /readyz, /metrics, /v1/aliases")
+    _add(run, "--aliases-file", help="YAML file of static aliases, reloaded on change")
+    _add(run, "--ns-address", repeat=True, help="IP of this server, for the zone's NS glue")
+    _add(run, "--allow-transfer", repeat=True, help="CIDR allowed to AXFR the zones")
+    _add(run, "--tcp-idle-timeout", default="10", help="seconds before an idle TCP "
+         "connection is closed (RFC 7766)")
+    _add(run, "--tcp-max-connections", default="256", help="concurrent TCP connections")
+    _add(run, "--kubernetes", default="auto", choices=["auto", "on", "off"],
+         help="watch Kubernetes; auto = on when --kubeconfig/KUBECONFIG is set or in a pod")
+    _add(run, "--kubeconfig", help="kubeconfig file (default: in-cluster config)")
+    _add(run, "--namespaces", repeat=True,
+         help="namespaces to watch for Services (default: all)")
+    _add(run, "--event-namespace-fallback", default="default",
+         help=argparse.SUPPRESS)
+    return parser
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        class _Json(logging.Formatter):
+            def format(self, record: logging.LogRecord) -> str:
+                doc = {"time": self.formatTime(record), "level": record.levelname.lower(),
+                       "logger": record.name, "msg": record.getMessage()}
+                if record.exc_info:
+                    doc["exc"] = self.formatException(record.exc_info)
+                return json.dumps(doc)
+        handler.setFormatter(_Json())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # kubernetes_asyncio and aiohttp are chatty at INFO/DEBUG.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def run_async(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    result: int = uvloop.run(coro)
+    return result
+
+
+def _number(text: str, flag: str, kind: type[int] | type[float]) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{flag} {text!r} is not a number") from None
+    if value <= 0:
+        raise ValueError(f"{flag} must be positive, got {text}")
+    return value
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from aliasd.app import App, AppConfig
+    from aliasd.dns.server import ServerConfig, parse_listen, parse_networks
+    from aliasd.registry import ZoneConfig
+    from aliasd.sources.file import FileSource
+
+    try:
+        zones = ZoneConfig.from_names(_list(args, "zone"), ns_addresses=_list(args, "ns_address"))
+        dns_host, dns_port = parse_listen(args.dns_listen, flag="--dns-listen")
+        http_host, http_port = parse_listen(args.http_listen, flag="--http-listen")
+        transfer = parse_networks(_list(args, "allow_transfer"), flag="--allow-transfer")
+        idle = _number(args.tcp_idle_timeout, "--tcp-idle-timeout", float)
+        max_conns = int(_number(args.tcp_max_connections, "--tcp-max-connections", int))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    config = AppConfig(
+        zones=zones,
+        dns=ServerConfig(host=dns_host, port=dns_port, allow_transfer=transfer,
+                         tcp_idle_timeout=idle, tcp_max_connections=max_conns),
+        http_host=http_host, http_port=http_port,
+        aliases_file=Path(args.aliases_file) if args.aliases_file else None,
+    )
+    app = App(config)
+    if config.aliases_file is not None:
+        fs = FileSource(config.aliases_file, config=zones, on_change=app.mark_dirty)
+        fs.load()  # a bad file at start is fatal: there is no last good zone yet
+        app.sources.append(fs)
+    use_kube = args.kubernetes == "on" or (args.kubernetes == "auto" and (
+        args.kubeconfig or os.environ.get("KUBECONFIG")
+        or os.environ.get("KUBERNETES_SERVICE_HOST")))
+    kube_client = None
+    if use_kube:
+        from aliasd.sources.kube import add_kube_sources
+
+        kube_client = await add_kube_sources(app, kubeconfig=args.kubeconfig,
+                                             namespaces=_list(args, "namespaces"))
+    if not app.sources:
+        raise ConfigError("nothing to serve: give --aliases-file, or --kubeconfig "
+                          "(or run in a cluster) to watch Kubernetes")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("serving zones %s; sources: %s", ", ".join(zones.zones),
+             ", ".join(s.name for s in app.sources))
+    try:
+        await app.run(stop)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError(f"cannot listen: address already in use ({e.strerror}); "
+                              "choose another --dns-listen/--http-listen") from None
+        if e.errno == errno.EACCES:
+            raise ConfigError(f"cannot listen: permission denied ({e.strerror}); ports below "
+                              "1024 need root or CAP_NET_BIND_SERVICE") from None
+        raise
+    finally:
+        if kube_client is not None:
+            await kube_client.close()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    try:
+        if args.command == "run":
+            return run_async(_serve(args))
+        if args.command == "demo":
+            from aliasd.demo import run_demo
+
+            return run_demo(args)
+    except AliasdError as e:
+        print(f"aliasd: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The aliases file: static aliases for use without Kubernetes, reloaded on change.
+
+```yaml
+aliases:
+  my-fruits.internal:
+    addresses: [10.96.0.10, "fd00::10"]
+    ttl: 30
+    ports: [{name: http, protocol: TCP, port: 80}]
+  legacy-db:
+    cname: db.example.com.
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aliasd.model import DEFAULT_TTL, AliasClaim, ConfigError, Owner, Port, parse_ip, parse_ttl
+from aliasd.registry import ZoneConfig, qualify
+
+log = logging.getLogger(__name__)
+
+_KEYS = {"addresses", "cname", "ttl", "ports"}
+_PROTOCOLS = {"TCP", "UDP", "SCTP"}
+
+
+def parse_aliases(text: str, *, path: str, config: ZoneConfig) -> list[AliasClaim]:
+    """Claims from the file's text; ``ConfigError`` naming the file, the alias and
+    the problem for anything that is not exactly the documented format."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from e
+    if doc is None:
+        doc = {"aliases": {}}
+    if not isinstance(doc, dict) or set(doc) - {"aliases"}:
+        raise ConfigError(f"{path}: expected a mapping with the single key 'aliases'")
+    aliases = doc.get("aliases") or {}
+    if not isinstance(aliases, dict):
+        raise ConfigError(f"{path}: 'aliases' must be a mapping of name to record")
+    owner = Owner(created=0.0, namespace="", name=path, kind="File")
+    claims = []
+    seen: dict[str, str] = {}
+    for raw_name, spec in aliases.items():
+        name = str(raw_name)
+        try:
+            claims.append(_claim(name, spec, owner, config))
+            fqdn, _ = qualify(name, config)
+        except ValueError as e:
+            raise ConfigError(f"{path}: alias {name!r}: {e}") from None
+        if fqdn in seen:
+            raise ConfigError(f"{path}: alias {name!r} is the same name as {seen[fqdn]!r}")
+        seen[fqdn] = name
+    return claims
+
+
+def _claim(name: str, spec: Any, owner: Owner, config: ZoneConfig) -> AliasClaim:
+    qualify(name, config)
+    if not isinstance(spec, dict):
+        raise ValueError("expected a mapping with 'addresses' or 'cname'")
+    unknown = set(spec) - _KEYS
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                         f"allowed: {', '.join(sorted(_KEYS))}")
+    has_addr, has_cname = "addresses" in spec, "cname" in spec
+    if has_addr == has_cname:
+        raise ValueError("needs exactly one of 'addresses' or 'cname'")
+    ttl = parse_ttl(spec["ttl"]) if "ttl" in spec else DEFAULT_TTL
+    ports: list[Port] = []
+    for p in spec.get("ports") or []:
+        if not isinstance(p, dict) or not {"name", "port"} <= set(p):
+            raise ValueError(f"port {p!r}: needs 'name' and 'port'")
+        proto = str(p.get("protocol", "TCP")).upper()
+        if proto not in _PROTOCOLS:
+            raise ValueError(f"port {p['name']!r}: protocol {proto!r} is not TCP, UDP or SCTP")
+        port = p["port"]
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ValueError(f"port {p['name']!r}: {port!r} is not a port number 1..65535")
+        ports.append(Port(str(p["name"]).lower(), proto, port))
+    if has_cname:
+        if not isinstance(spec["cname"], str) or not spec["cname"].strip():
+            raise ValueError("'cname' must be a host name")
+        if ports:
+            raise ValueError("'ports' (SRV) need addresses; a cname's target has its own")
+        return AliasClaim(name, owner, cname=spec["cname"].strip(), ttl=ttl)
+    addrs = spec["addresses"]
+    if isinstance(addrs, str):
+        addrs = [addrs]
+    if not isinstance(addrs, list) or not addrs:
+        raise ValueError("'addresses' must be a non-empty list of IP addresses")
+    return AliasClaim(name, owner, addresses=tuple(str(parse_ip(str(a))) for a in addrs),
+                      ttl=ttl, ports=tuple(ports))
+
+
+class FileSource:
+    """Polls the file (size, mtime, inode: also catches ConfigMap symlink swaps)
+    and hands the parsed claims to ``on_change``; a bad file keeps the last good
+    claims and logs why once per change."""
+
+    name = "file"
+
+    def __init__(self, path: Path, *, config: ZoneConfig,
+                 on_change: Callable[[], None], interval: float = 1.0) -> None:
+        self.path = path
+        self.config = config
+        self.on_change = on_change
+        self.interval = interval
+        self.claims: list[AliasClaim] = []
+        self.synced = False
+        self.error: str | None = None
+        self._sig: tuple[int, int, int] | None = None
+
+    def load(self) -> None:
+        """Read the file now; raises ``ConfigError`` if it is bad."""
+        try:
+            st = os.stat(self.path)
+            text = self.path.read_text()
+        except OSError as e:
+            raise ConfigError(f"{self.path}: cannot read: {e.strerror}") from None
+        self._sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+        self.claims = parse_aliases(text, path=str(self.path), config=self.config)
+        self.error = None
+        self.synced = True
+        self.on_change()
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            sig = self._signature()
+            if sig == self._sig:
+                continue
+            try:
+                self.load()
+                log.info("reloaded %s: %d aliases", self.path, len(self.claims))
+            except ConfigError as e:
+                self._sig = sig
+                self.error = str(e)
+                log.error("%s; still serving the last good aliases", e)
