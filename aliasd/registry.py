@@ -136,6 +136,14 @@ def qualify(raw: str, config: ZoneConfig) -> tuple[str, str]:
     return name, zone
 
 
+def qualify_target(raw: str, config: ZoneConfig) -> str:
+    """A CNAME target: a bare label means the default zone, like alias names."""
+    name = normalize_name(raw)
+    if "." not in raw.strip().rstrip("."):
+        name += config.zones[0]
+    return name
+
+
 def best_zone(name: str, zones: Iterable[str]) -> str | None:
     best: str | None = None
     for z in zones:
@@ -152,7 +160,7 @@ def _validate_claim(claim: AliasClaim, config: ZoneConfig) -> str:
     if claim.cname is None and not claim.addresses:
         raise ValueError(f"alias {claim.name!r} has no address and no cname")
     if claim.cname is not None:
-        target = normalize_name(claim.cname)
+        target = qualify_target(claim.cname, config)
         err = validate_fqdn(target)
         if err:
             raise ValueError(f"alias {claim.name!r}: cname target {claim.cname!r}: {err}")
@@ -202,7 +210,8 @@ def build(
     for entry in entries:
         c = entry.claim
         if c.cname is not None:
-            rrsets[entry.name][CNAME] = RRset(entry.name, CNAME, c.ttl, (normalize_name(c.cname),))
+            target = qualify_target(c.cname, config)
+            rrsets[entry.name][CNAME] = RRset(entry.name, CNAME, c.ttl, (target,))
             continue
         _add_addresses(rrsets, entry.name, c.addresses, c.ttl)
         for p in sorted(set(c.ports), key=lambda p: (p.protocol, p.name, p.port)):

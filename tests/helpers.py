@@ -1,0 +1,128 @@
+"""Shared test helpers: run ``aliasd`` as a real process, ask it with real clients."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rdatatype
+
+from aliasd.devcluster import free_port, free_udp_tcp_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_for(check: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.05,
+             what: str = "condition") -> Any:
+    """Poll ``check`` until it returns a truthy value (returned) or time runs out."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as e:  # a check may fail while the thing is starting
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class AliasdProcess:
+    proc: subprocess.Popen[bytes]
+    dns_port: int
+    http_port: int
+    log: Path
+
+    @property
+    def dns(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.dns_port)
+
+    def http(self, path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}",
+                                        timeout=5) as r:
+                body = r.read().decode()
+                status = r.status
+        except urllib.error.HTTPError as e:
+            body, status = e.read().decode(), e.code
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@contextlib.contextmanager
+def run_aliasd(args: list[str], *, tmp: Path, env: dict[str, str] | None = None,
+               wait_ready: bool = True) -> Iterator[AliasdProcess]:
+    """``python -m aliasd run ARGS`` on free loopback ports; stopped on exit."""
+    dns_port, http_port = free_udp_tcp_port(), free_port()
+    log = tmp / f"aliasd-{dns_port}.log"
+    cmd = [sys.executable, "-m", "aliasd", "--log-level", "debug", "run",
+           "--dns-listen", f"127.0.0.1:{dns_port}", "--http-listen", f"127.0.0.1:{http_port}",
+           *args]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, **(env or {})})
+    p = AliasdProcess(proc, dns_port, http_port, log)
+    try:
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"aliasd exited {proc.returncode}:\n{p.logs()}")
+            status, _ = p.http("/readyz" if wait_ready else "/healthz")
+            return status == 200
+
+        wait_for(up, timeout=30, what="aliasd to be ready")
+        yield p
+    finally:
+        p.stop()
+
+
+def query(server: tuple[str, int], name: str, rdtype: str | int = "A", *, tcp: bool = False,
+          use_edns: int | bool = False, payload: int = 1232, timeout: float = 3.0,
+          **kw: Any) -> dns.message.Message:
+    """One query with dnspython (RD set, as a stub resolver sends it); no retries."""
+    q = dns.message.make_query(name, rdtype, use_edns=use_edns, payload=payload, **kw)
+    if tcp:
+        return dns.query.tcp(q, server[0], port=server[1], timeout=timeout)
+    return dns.query.udp(q, server[0], port=server[1], timeout=timeout, ignore_trailing=False)
+
+
+def answers(msg: dns.message.Message, rdtype: str) -> list[str]:
+    t = dns.rdatatype.from_text(rdtype)
+    return sorted(rd.to_text() for rrset in msg.answer if rrset.rdtype == t for rd in rrset)
+
+
+def dig(server: tuple[str, int], *args: str) -> str:
+    """Run the real ``dig`` and return its stdout."""
+    out = subprocess.run(
+        ["dig", f"@{server[0]}", "-p", str(server[1]), "+tries=1", "+time=3", *args],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    return out.stdout
