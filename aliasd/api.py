@@ -21,14 +21,15 @@ def aliases_document(result: Result) -> dict[str, Any]:
         losers.setdefault(c.name, []).append(c.loser.ref)
     aliases = []
     for e in result.entries:
-        c = e.claim
+        claim = e.claim
         aliases.append({
             "name": e.name,
-            "addresses": list(c.addresses),
-            "cname": c.cname,
-            "ttl": c.ttl,
-            "ports": [{"name": p.name, "protocol": p.protocol, "port": p.port} for p in c.ports],
-            "owner": c.owner.ref,
+            "addresses": list(claim.addresses),
+            "cname": claim.cname,
+            "ttl": claim.ttl,
+            "ports": [{"name": p.name, "protocol": p.protocol, "port": p.port}
+                      for p in claim.ports],
+            "owner": claim.owner.ref,
             "conflicts": losers.get(e.name, []),
         })
     return {
@@ -83,5 +84,5 @@ async def start_http(app: App, host: str, port: int) -> web.AppRunner:
     except OSError:
         await runner.cleanup()
         raise
-    app.http_port = site._server.sockets[0].getsockname()[1] if site._server else port  # type: ignore[union-attr]
+    app.http_port = int(runner.addresses[0][1])
     return runner

@@ -43,7 +43,8 @@ class Source(Protocol):
     async def run(self) -> None: ...
 
 
-Reporter = Callable[[registry.Result, registry.Result | None], None]
+Reporter = Callable[[registry.Result, bool], None]
+"""Called after every rebuild with the current result and whether it changed."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class App:
         self.rebuilds = 0
         self.http_port = config.http_port
         self.watch_restarts: Counter[str] = Counter()
+        self.event_recorder: object | None = None
 
     # ---- state ---------------------------------------------------------------
 
@@ -88,25 +90,24 @@ class App:
         changed (a new serial only then). Returns whether it changed."""
         claims = [c for s in self.sources for c in s.claims]
         ready = self.ready
-        probe = registry.build(claims, config=self.config.zones, serial=self.serial, ready=ready)
-        key = (probe.entries, ready)
-        if key == self._key:
-            return False
-        self._key = key
-        self.serial = registry.next_serial(self.serial, self.clock())
-        previous = self.result
-        self.result = registry.build(claims, config=self.config.zones, serial=self.serial,
-                                     ready=ready)
-        self.dns.swap(self.result.snapshot)
-        self.rebuilds += 1
-        log.debug("snapshot %d: %d aliases, %d conflicts, %d invalid", self.serial,
-                  len(self.result.entries), len(self.result.conflicts), len(self.result.invalid))
+        serial = registry.next_serial(self.serial, self.clock())
+        result = registry.build(claims, config=self.config.zones, serial=serial, ready=ready)
+        key = (result.entries, result.conflicts, result.invalid, ready)
+        changed = key != self._key
+        if changed:
+            self._key = key
+            self.serial = serial
+            self.result = result
+            self.dns.swap(result.snapshot)
+            self.rebuilds += 1
+            log.debug("snapshot %d: %d aliases, %d conflicts, %d invalid", serial,
+                      len(result.entries), len(result.conflicts), len(result.invalid))
         for report in self.reporters:
             try:
-                report(self.result, previous)
+                report(self.result, changed)
             except Exception:
                 log.exception("reporting the new snapshot failed")
-        return True
+        return changed
 
     async def _rebuild_loop(self) -> None:
         while True:

@@ -199,10 +199,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return run_async(_serve(args))
-        if args.command == "demo":
-            from aliasd.demo import run_demo
-
-            return run_demo(args)
     except AliasdError as e:
         print(f"aliasd: error: {e}", file=sys.stderr)
         return 1

@@ -31,7 +31,8 @@ class AppCollector(Collector):
         for kind, n in sorted(app.stats.problems.items()):
             p.add_metric([kind], n)
         yield p
-        fp = CounterMetricFamily("aliasd_dns_fast_path_hits", "Queries answered from the wire cache")
+        fp = CounterMetricFamily("aliasd_dns_fast_path_hits",
+                                 "Queries answered from the wire cache")
         fp.add_metric([], app.stats.fast_hits)
         yield fp
         res = app.result

@@ -157,8 +157,6 @@ def _validate_claim(claim: AliasClaim, config: ZoneConfig) -> str:
     name, _zone = qualify(claim.name, config)
     if claim.cname is not None and claim.addresses:
         raise ValueError(f"alias {claim.name!r} has both addresses and a cname")
-    if claim.cname is None and not claim.addresses:
-        raise ValueError(f"alias {claim.name!r} has no address and no cname")
     if claim.cname is not None:
         target = qualify_target(claim.cname, config)
         err = validate_fqdn(target)
@@ -213,6 +211,9 @@ def build(
             target = qualify_target(c.cname, config)
             rrsets[entry.name][CNAME] = RRset(entry.name, CNAME, c.ttl, (target,))
             continue
+        # The name exists even with no address now (a headless Service scaled
+        # to zero): NODATA, not NXDOMAIN.
+        rrsets.setdefault(entry.name, {})
         _add_addresses(rrsets, entry.name, c.addresses, c.ttl)
         for p in sorted(set(c.ports), key=lambda p: (p.protocol, p.name, p.port)):
             srv = f"_{p.name}._{p.protocol.lower()}.{entry.name}"

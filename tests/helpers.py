@@ -119,6 +119,12 @@ def answers(msg: dns.message.Message, rdtype: str) -> list[str]:
     return sorted(rd.to_text() for rrset in msg.answer if rrset.rdtype == t for rd in rrset)
 
 
+def dig_short(server: tuple[str, int], *args: str) -> list[str]:
+    """``dig +short``'s answer lines; [] when dig reports an error (``;;`` lines)."""
+    out = dig(server, "+short", *args)
+    return [] if ";;" in out else out.split()
+
+
 def dig(server: tuple[str, int], *args: str) -> str:
     """Run the real ``dig`` and return its stdout."""
     out = subprocess.run(

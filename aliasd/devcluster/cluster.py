@@ -415,7 +415,7 @@ class LocalCluster:
         def ready() -> bool:
             url = f"http://127.0.0.1:{self.coredns_ports.ready}/ready"
             with urllib.request.urlopen(url, timeout=1) as r:
-                return r.status == 200
+                return bool(r.status == 200)
 
         self._wait("coredns", ready, 30)
 

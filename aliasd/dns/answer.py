@@ -31,10 +31,17 @@ from dnslib import (
     CNAME as CNAME_RD,
 )
 from dnslib import (
+    EDNS0,
+    RR,
+    DNSHeader,
+    DNSLabel,
+    DNSQuestion,
+    DNSRecord,
+)
+from dnslib import (
     NS as NS_RD,
 )
 from dnslib import (
-    RR,
     SOA as SOA_RD,
 )
 from dnslib import (
@@ -42,13 +49,6 @@ from dnslib import (
 )
 from dnslib import (
     A as A_RD,
-)
-from dnslib import (
-    DNSHeader,
-    DNSLabel,
-    DNSQuestion,
-    DNSRecord,
-    EDNS0,
 )
 
 from aliasd.zone import (

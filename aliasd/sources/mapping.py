@@ -1,0 +1,230 @@
+"""Kubernetes objects (raw JSON dicts) → alias claims. Pure: no I/O.
+
+The rules are the contract table in ARCHITECTURE.md: ClusterIP (dual-stack),
+headless (ready endpoints), ExternalName (CNAME), named ports (SRV), and the
+ServiceEntry target order: spec.addresses, status.addresses, spec.endpoints.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aliasd.model import DEFAULT_TTL, AliasClaim, Owner, Port, parse_ttl
+
+ALIAS_ANNOTATION = "aliasd.io/alias"
+TTL_ANNOTATION = "aliasd.io/ttl"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+_SPLIT = re.compile(r"[\s,]+")
+# name.ns.svc or name.ns.svc.cluster.local (any cluster domain)
+_SVC_HOST = re.compile(r"^([a-z0-9-]+)\.([a-z0-9-]+)\.svc(\.[a-z0-9.-]+)?\.?$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with one object, for a Kubernetes Event."""
+
+    owner: Owner
+    reason: str
+    message: str
+
+
+def key(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata", {})
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def owner_of(obj: Mapping[str, Any], kind: str) -> Owner:
+    meta = obj.get("metadata", {})
+    return Owner(created=_timestamp(meta.get("creationTimestamp")),
+                 namespace=meta.get("namespace", ""), name=meta.get("name", ""), kind=kind,
+                 uid=meta.get("uid", ""))
+
+
+def _timestamp(text: str | None) -> float:
+    if not text:
+        return 0.0
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _ttl(obj: Mapping[str, Any], owner: Owner, problems: list[Problem]) -> int:
+    raw = (obj.get("metadata", {}).get("annotations") or {}).get(TTL_ANNOTATION)
+    if raw is None:
+        return DEFAULT_TTL
+    try:
+        return parse_ttl(raw)
+    except ValueError as e:
+        problems.append(Problem(owner, "InvalidTTL",
+                                f"{TTL_ANNOTATION}: {e}; using the default {DEFAULT_TTL}s"))
+        return DEFAULT_TTL
+
+
+def alias_names(obj: Mapping[str, Any]) -> list[str]:
+    raw = (obj.get("metadata", {}).get("annotations") or {}).get(ALIAS_ANNOTATION, "")
+    names: list[str] = []
+    for n in _SPLIT.split(raw.strip()):
+        if n and n.lower() not in (x.lower() for x in names):
+            names.append(n)
+    return names
+
+
+def ready_addresses(slices: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Addresses of ready endpoints (``ready`` unset counts as ready, per the API)."""
+    out: list[str] = []
+    for s in slices:
+        if s.get("addressType") not in ("IPv4", "IPv6"):
+            continue
+        for ep in s.get("endpoints") or []:
+            if (ep.get("conditions") or {}).get("ready") is False:
+                continue
+            for a in ep.get("addresses") or []:
+                if a not in out:
+                    out.append(a)
+    return out
+
+
+def service_targets(svc: Mapping[str, Any], slices: Iterable[Mapping[str, Any]]
+                    ) -> tuple[tuple[str, ...], str | None]:
+    """(addresses, cname) a Service resolves to."""
+    spec = svc.get("spec", {})
+    if spec.get("type") == "ExternalName":
+        return (), spec.get("externalName") or None
+    ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+    if ips == ["None"] or spec.get("clusterIP") == "None":
+        return tuple(_valid_ips(ready_addresses(slices))), None
+    return tuple(_valid_ips(ips)), None
+
+
+def _valid_ips(values: Iterable[str]) -> list[str]:
+    out = []
+    for v in values:
+        try:
+            out.append(str(ipaddress.ip_address(v)))
+        except ValueError:
+            continue
+    return out
+
+
+def service_claims(svc: Mapping[str, Any], slices: Iterable[Mapping[str, Any]]
+                   ) -> tuple[list[AliasClaim], list[Problem]]:
+    names = alias_names(svc)
+    if not names:
+        return [], []
+    owner = owner_of(svc, "Service")
+    problems: list[Problem] = []
+    ttl = _ttl(svc, owner, problems)
+    addresses, cname = service_targets(svc, slices)
+    ports = tuple(
+        Port(p["name"], str(p.get("protocol", "TCP")).upper(), int(p["port"]))
+        for p in svc.get("spec", {}).get("ports") or [] if p.get("name") and p.get("port")
+    ) if cname is None else ()
+    claims = [AliasClaim(n, owner, addresses=addresses, cname=cname, ttl=ttl, ports=ports)
+              for n in names]
+    return claims, problems
+
+
+ServiceLookup = Callable[[str, str], tuple[tuple[str, ...], str | None] | None]
+"""(namespace, name) → the Service's (addresses, cname), or None if unknown."""
+
+
+def _single_ip(text: str) -> str | None:
+    """An IP, or a /32 or /128 CIDR, as an IP; None otherwise."""
+    try:
+        if "/" in text:
+            net = ipaddress.ip_network(text, strict=False)
+            if net.num_addresses != 1:
+                return None
+            return str(net.network_address)
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def serviceentry_claims(
+    se: Mapping[str, Any], *, in_zone: Callable[[str], bool], services: ServiceLookup,
+) -> tuple[list[AliasClaim], list[Problem]]:
+    """Claims for every host of ``se`` inside a served zone."""
+    spec = se.get("spec") or {}
+    hosts = [h for h in spec.get("hosts") or [] if isinstance(h, str)
+             and not h.startswith("*") and in_zone(h)]
+    if not hosts:
+        return [], []
+    owner = owner_of(se, "ServiceEntry")
+    problems: list[Problem] = []
+    ttl = _ttl(se, owner, problems)
+    ports = tuple(
+        Port(str(p["name"]).lower(), _se_protocol(p), int(p["number"]))
+        for p in spec.get("ports") or [] if p.get("name") and p.get("number")
+        and re.match(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", str(p["name"]).lower())
+    )
+    claims = []
+    for host in hosts:
+        addresses, cname, why = _se_targets(se, host, services)
+        if not addresses and cname is None:
+            problems.append(Problem(owner, "NoUsableAddress",
+                                    f"host {host}: {why}; it is not served"))
+            continue
+        claims.append(AliasClaim(host, owner, addresses=addresses, cname=cname, ttl=ttl,
+                                 ports=ports if cname is None else ()))
+    return claims, problems
+
+
+def _se_protocol(port: Mapping[str, Any]) -> str:
+    proto = str(port.get("protocol", "TCP")).upper()
+    return "UDP" if proto == "UDP" else "TCP"  # HTTP, GRPC, TLS, ... all ride on TCP
+
+
+def _se_targets(se: Mapping[str, Any], host: str, services: ServiceLookup
+                ) -> tuple[tuple[str, ...], str | None, str]:
+    spec = se.get("spec") or {}
+    addrs = [a for a in (_single_ip(str(x)) for x in spec.get("addresses") or []) if a]
+    if addrs:
+        return tuple(dict.fromkeys(addrs)), None, ""
+    status_addrs = []
+    for entry in (se.get("status") or {}).get("addresses") or []:
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("host") and str(entry["host"]).lower() != host.lower():
+            continue
+        ip = _single_ip(str(entry.get("value", "")))
+        if ip:
+            status_addrs.append(ip)
+    if status_addrs:
+        return tuple(dict.fromkeys(status_addrs)), None, ""
+    ips: list[str] = []
+    cnames: list[str] = []
+    missing: list[str] = []
+    for ep in spec.get("endpoints") or []:
+        address = str((ep or {}).get("address", "")).strip()
+        if not address or address.startswith("unix://"):
+            continue
+        ip = _single_ip(address)
+        if ip:
+            ips.append(ip)
+            continue
+        m = _SVC_HOST.match(address.lower())
+        if m:
+            found = services(m.group(2), m.group(1))
+            if found is None:
+                missing.append(address)
+                continue
+            svc_addrs, svc_cname = found
+            ips.extend(svc_addrs)
+            if svc_cname:
+                cnames.append(svc_cname)
+            continue
+        cnames.append(address)
+    if ips:
+        return tuple(dict.fromkeys(ips)), None, ""
+    if cnames:
+        return (), cnames[0], ""
+    if missing:
+        return (), None, f"endpoint Service {', '.join(missing)} does not exist (yet)"
+    return (), None, "no spec.addresses, no status.addresses and no usable spec.endpoints"

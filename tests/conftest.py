@@ -1,0 +1,48 @@
+"""Session fixtures: the real local control plane (etcd, kube-apiserver, CoreDNS)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.config import new_client_from_config
+
+from aliasd.devcluster import ClusterError, LocalCluster, ensure_binaries
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    """One control plane for the whole session; stopped even when tests fail."""
+    c = LocalCluster(bin_dir=ensure_binaries())
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test (named after it)."""
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{base}-{secrets.token_hex(3)}"
+    cluster.request("POST", "/api/v1/namespaces",
+                    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    yield name
+    # There is no namespace controller: this only marks it Terminating.
+    with contextlib.suppress(ClusterError):
+        cluster.request("DELETE", f"/api/v1/namespaces/{name}")
+
+
+@pytest.fixture
+async def kube(cluster: LocalCluster) -> AsyncIterator[ApiClient]:
+    """A kubernetes-asyncio client for the admin user."""
+    client = await new_client_from_config(config_file=str(cluster.kubeconfig))
+    try:
+        yield client
+    finally:
+        await client.close()
