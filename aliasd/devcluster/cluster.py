@@ -348,7 +348,7 @@ class LocalCluster:
         path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
 
         def established() -> bool:
-            conds = self.request("GET", path).get("status", {}).get("conditions", [])
+            conds = (self.request("GET", path).get("status") or {}).get("conditions") or []
             ok = any(c["type"] == "Established" and c["status"] == "True" for c in conds)
             if not ok:
                 return False

@@ -1,0 +1,353 @@
+"""The controller against the real API server: Services, EndpointSlices and
+ServiceEntries become aliases, conflicts are reported, outages are survived."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dns.rcode
+import pytest
+
+from aliasd.devcluster import ClusterError, LocalCluster
+from tests.helpers import AliasdProcess, answers, query, run_aliasd, wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def aliasd(cluster: LocalCluster, tmp_path: Path) -> Iterator[AliasdProcess]:
+    with run_aliasd(["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal"],
+                    tmp=tmp_path) as p:
+        yield p
+
+
+def service(cluster: LocalCluster, ns: str, name: str, *, alias: str | None = None,
+            ttl: str | None = None, headless: bool = False, **spec: Any) -> dict[str, Any]:
+    ann = {}
+    if alias is not None:
+        ann["aliasd.io/alias"] = alias
+    if ttl is not None:
+        ann["aliasd.io/ttl"] = ttl
+    body_spec: dict[str, Any] = {"ports": [{"name": "http", "port": 80}], **spec}
+    if headless:
+        body_spec["clusterIP"] = "None"
+    obj: dict[str, Any] = cluster.request("POST", f"/api/v1/namespaces/{ns}/services", {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "annotations": ann}, "spec": body_spec})
+    return obj
+
+
+def set_alias(cluster: LocalCluster, ns: str, name: str, alias: str) -> None:
+    cluster.request("PATCH", f"/api/v1/namespaces/{ns}/services/{name}",
+                    {"metadata": {"annotations": {"aliasd.io/alias": alias}}},
+                    content_type="application/merge-patch+json")
+
+
+def delete(cluster: LocalCluster, ns: str, name: str, kind: str = "services") -> None:
+    cluster.request("DELETE", f"/api/v1/namespaces/{ns}/{kind}/{name}")
+
+
+def a_records(p: AliasdProcess, name: str) -> list[str]:
+    return answers(query(p.dns, name, "A"), "A")
+
+
+def rcode(p: AliasdProcess, name: str) -> str:
+    return str(dns.rcode.to_text(query(p.dns, name, "A").rcode()))
+
+
+def events(cluster: LocalCluster, ns: str, name: str) -> list[tuple[str, str]]:
+    items = cluster.request(
+        "GET", f"/api/v1/namespaces/{ns}/events?fieldSelector=involvedObject.name%3D{name}")
+    return [(e["reason"], e["message"]) for e in items["items"]]
+
+
+def test_service_alias_follows_every_step(cluster: LocalCluster, aliasd: AliasdProcess,
+                                          namespace: str) -> None:
+    other = namespace + "-b"
+    cluster.request("POST", "/api/v1/namespaces", {"metadata": {"name": other}})
+    svc = service(cluster, namespace, "web", alias="steps-web.internal, steps-web-bare")
+    ip = svc["spec"]["clusterIP"]
+    wait_for(lambda: a_records(aliasd, "steps-web.internal.") == [ip], what="alias")
+    assert a_records(aliasd, "steps-web-bare.internal.") == [ip]  # bare label → default zone
+    srv = answers(query(aliasd.dns, "_http._tcp.steps-web.internal.", "SRV"), "SRV")
+    assert srv == ["0 100 80 steps-web.internal."]
+    # Change the annotation: the old name goes, the new one comes.
+    set_alias(cluster, namespace, "web", "steps-renamed.internal")
+    wait_for(lambda: a_records(aliasd, "steps-renamed.internal.") == [ip], what="rename")
+    assert rcode(aliasd, "steps-web.internal.") == "NXDOMAIN"
+    # Delete: gone.
+    delete(cluster, namespace, "web")
+    wait_for(lambda: rcode(aliasd, "steps-renamed.internal.") == "NXDOMAIN", what="delete")
+    # Recreate in another namespace with the same alias: the new cluster IP.
+    svc2 = service(cluster, other, "web-moved", alias="steps-renamed.internal")
+    ip2 = svc2["spec"]["clusterIP"]
+    wait_for(lambda: a_records(aliasd, "steps-renamed.internal.") == [ip2], what="move")
+    _, doc = aliasd.http("/v1/aliases")
+    entry = next(a for a in doc["aliases"] if a["name"] == "steps-renamed.internal.")
+    assert entry["owner"] == f"Service {other}/web-moved"
+    delete(cluster, other, "web-moved")
+
+
+def test_dual_stack_externalname_and_ttl(cluster: LocalCluster, aliasd: AliasdProcess,
+                                         namespace: str) -> None:
+    ext = service(cluster, namespace, "ext", alias="ext-db.internal", ttl="7",
+                  type="ExternalName", externalName="db.example.com", ports=[])
+    assert ext["spec"]["type"] == "ExternalName"
+    wait_for(lambda: answers(query(aliasd.dns, "ext-db.internal.", "A"), "CNAME")
+             == ["db.example.com."], what="ExternalName alias")
+    assert query(aliasd.dns, "ext-db.internal.", "A").answer[0].ttl == 7
+    bad = service(cluster, namespace, "badttl", alias="bad-ttl.internal", ttl="a day")
+    wait_for(lambda: a_records(aliasd, "bad-ttl.internal.") == [bad["spec"]["clusterIP"]],
+             what="alias with a bad ttl")
+    assert query(aliasd.dns, "bad-ttl.internal.", "A").answer[0].ttl == 30
+    wait_for(lambda: [r for r, _ in events(cluster, namespace, "badttl")] == ["InvalidTTL"],
+             what="InvalidTTL event")
+
+
+def test_invalid_aliases_get_events_and_the_rest_still_works(
+        cluster: LocalCluster, aliasd: AliasdProcess, namespace: str) -> None:
+    svc = service(cluster, namespace, "mixed", alias="good-one.internal bad_label x.example.com")
+    ip = svc["spec"]["clusterIP"]
+    wait_for(lambda: a_records(aliasd, "good-one.internal.") == [ip], what="valid alias")
+    assert rcode(aliasd, "x.example.com.") == "REFUSED"  # never served
+    got = wait_for(lambda: sorted(m for r, m in events(cluster, namespace, "mixed")
+                                  if r == "InvalidAlias") if len(
+        events(cluster, namespace, "mixed")) >= 2 else None, what="InvalidAlias events")
+    assert got == [
+        "alias 'bad_label': label 'bad_label' is not a valid DNS label "
+        "(lower-case letters, digits and '-', not at either end)",
+        "alias 'x.example.com' is outside the served zones (internal.)",
+    ]
+    # Not repeated on later rebuilds.
+    service(cluster, namespace, "other", alias="unrelated.internal")
+    wait_for(lambda: a_records(aliasd, "unrelated.internal."), what="another change")
+    time.sleep(0.5)
+    assert len(events(cluster, namespace, "mixed")) == 2
+    _, metrics = aliasd.http("/metrics")
+    assert "aliasd_invalid_aliases 2.0" in metrics
+
+
+def test_seed_scenario_serviceentry_endpoint_names_a_service(
+        cluster: LocalCluster, aliasd: AliasdProcess) -> None:
+    ns = "micro-shake-factory"
+    try:
+        cluster.request("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
+    except ClusterError as e:
+        assert "409" in str(e)
+    svc = service(cluster, ns, "fruits-api-service")
+    cluster.request("POST", f"/apis/networking.istio.io/v1/namespaces/{ns}/serviceentries", {
+        "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": {"name": "fruits"},
+        "spec": {"hosts": ["my-fruits.internal", "api.example.com"], "location": "MESH_INTERNAL",
+                 "resolution": "DNS", "ports": [{"name": "http", "number": 80,
+                                                 "protocol": "HTTP"}],
+                 "endpoints": [
+                     {"address": "fruits-api-service.micro-shake-factory.svc.cluster.local"}]},
+    })
+    try:
+        ip = svc["spec"]["clusterIP"]
+        wait_for(lambda: a_records(aliasd, "my-fruits.internal.") == [ip], what="seed alias")
+        assert rcode(aliasd, "api.example.com.") == "REFUSED"  # host outside our zones
+        # Followed live: the Service is recreated with a new IP, the alias follows.
+        delete(cluster, ns, "fruits-api-service")
+        wait_for(lambda: rcode(aliasd, "my-fruits.internal.") == "NXDOMAIN",
+                 what="alias to go with its Service")
+        svc2 = service(cluster, ns, "fruits-api-service")
+        assert svc2["spec"]["clusterIP"] != ip
+        wait_for(lambda: a_records(aliasd, "my-fruits.internal.") == [svc2["spec"]["clusterIP"]],
+                 what="alias to follow the new IP")
+    finally:
+        cluster.request("DELETE", f"/apis/networking.istio.io/v1/namespaces/{ns}/"
+                        "serviceentries/fruits")
+        delete(cluster, ns, "fruits-api-service")
+
+
+def test_serviceentry_target_order(cluster: LocalCluster, aliasd: AliasdProcess,
+                                   namespace: str) -> None:
+    base = f"/apis/networking.istio.io/v1beta1/namespaces/{namespace}/serviceentries"
+
+    def se(name: str, spec: dict[str, Any], status: dict[str, Any] | None = None) -> None:
+        obj = cluster.request("POST", base, {"apiVersion": "networking.istio.io/v1beta1",
+                                             "kind": "ServiceEntry", "metadata": {"name": name},
+                                             "spec": spec})
+        if status is not None:
+            obj["status"] = status
+            cluster.request("PUT", f"{base}/{name}/status", obj)
+
+    se("addr", {"hosts": ["se-addr.internal"], "addresses": ["10.99.0.1/32", "10.98.0.0/16"],
+                "endpoints": [{"address": "192.0.2.9"}]})
+    se("auto", {"hosts": ["se-auto.internal"], "resolution": "DNS"},
+       {"addresses": [{"value": "240.240.0.5", "host": "se-auto.internal"}]})
+    se("ips", {"hosts": ["se-ips.internal"], "endpoints": [
+        {"address": "192.0.2.1"}, {"address": "2001:db8::1"}]})
+    se("cname", {"hosts": ["se-cname.internal"], "endpoints": [{"address": "db.example.com"}]})
+    se("empty", {"hosts": ["se-empty.internal"], "resolution": "DNS"})
+    wait_for(lambda: answers(query(aliasd.dns, "se-cname.internal.", "A"), "CNAME")
+             == ["db.example.com."], what="the last ServiceEntry")
+    assert a_records(aliasd, "se-addr.internal.") == ["10.99.0.1"]
+    wait_for(lambda: a_records(aliasd, "se-auto.internal.") == ["240.240.0.5"], what="status")
+    assert a_records(aliasd, "se-ips.internal.") == ["192.0.2.1"]
+    assert answers(query(aliasd.dns, "se-ips.internal.", "AAAA"), "AAAA") == ["2001:db8::1"]
+    assert rcode(aliasd, "se-empty.internal.") == "NXDOMAIN"
+    got = wait_for(lambda: events(cluster, namespace, "empty"), what="NoUsableAddress event")
+    assert got == [("NoUsableAddress", "host se-empty.internal: no spec.addresses, no "
+                    "status.addresses and no usable spec.endpoints; it is not served")]
+
+
+def endpoint_slice(cluster: LocalCluster, ns: str, service_name: str,
+                   ready: dict[str, bool | None]) -> dict[str, Any]:
+    eps = []
+    for ip, r in ready.items():
+        ep: dict[str, Any] = {"addresses": [ip]}
+        if r is not None:
+            ep["conditions"] = {"ready": r}
+        eps.append(ep)
+    body = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"{service_name}-abc",
+                         "labels": {"kubernetes.io/service-name": service_name}},
+            "addressType": "IPv4", "endpoints": eps,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}
+    path = f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
+    try:
+        existing = cluster.request("GET", f"{path}/{service_name}-abc")
+        body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+        out: dict[str, Any] = cluster.request("PUT", f"{path}/{service_name}-abc", body)
+    except ClusterError:
+        out = cluster.request("POST", path, body)
+    return out
+
+
+def test_headless_service_ready_endpoints_only(cluster: LocalCluster, aliasd: AliasdProcess,
+                                               namespace: str) -> None:
+    service(cluster, namespace, "db", alias="headless-db.internal", headless=True)
+    # No endpoints yet: the name exists with no address (NODATA), not NXDOMAIN.
+    wait_for(lambda: any(a["name"] == "headless-db.internal."
+                         for a in aliasd.http("/v1/aliases")[1]["aliases"]), what="alias")
+    r = query(aliasd.dns, "headless-db.internal.", "A")
+    assert r.rcode() == dns.rcode.NOERROR and r.answer == []
+    endpoint_slice(cluster, namespace, "db",
+                   {"10.244.0.1": True, "10.244.0.2": None, "10.244.0.3": False})
+    wait_for(lambda: a_records(aliasd, "headless-db.internal.") == ["10.244.0.1", "10.244.0.2"],
+             what="ready endpoints")
+    endpoint_slice(cluster, namespace, "db",
+                   {"10.244.0.1": False, "10.244.0.2": True, "10.244.0.3": True})
+    wait_for(lambda: a_records(aliasd, "headless-db.internal.") == ["10.244.0.2", "10.244.0.3"],
+             what="readiness change")
+
+
+def test_conflict_oldest_wins_then_hands_over(cluster: LocalCluster, aliasd: AliasdProcess,
+                                              namespace: str) -> None:
+    old = service(cluster, namespace, "first", alias="contested.internal")
+    wait_for(lambda: a_records(aliasd, "contested.internal.") == [old["spec"]["clusterIP"]],
+             what="first claim")
+    time.sleep(1.1)  # creationTimestamp has one-second resolution
+    new = service(cluster, namespace, "second", alias="contested.internal")
+    got = wait_for(lambda: events(cluster, namespace, "second"), what="AliasConflict event")
+    assert got == [("AliasConflict", f"alias contested.internal. is already served for Service "
+                    f"{namespace}/first (the older claim wins); this claim takes over when "
+                    "that one goes away")]
+    assert a_records(aliasd, "contested.internal.") == [old["spec"]["clusterIP"]]  # no mixing
+    _, doc = aliasd.http("/v1/aliases")
+    assert {"name": "contested.internal.", "winner": f"Service {namespace}/first",
+            "loser": f"Service {namespace}/second"} in doc["conflicts"]
+    delete(cluster, namespace, "first")
+    wait_for(lambda: a_records(aliasd, "contested.internal.") == [new["spec"]["clusterIP"]],
+             what="takeover")
+    assert events(cluster, namespace, "first") == []
+
+
+def test_apiserver_down_dns_keeps_answering_and_recovers(
+        cluster: LocalCluster, aliasd: AliasdProcess, namespace: str) -> None:
+    svc = service(cluster, namespace, "steady", alias="steady.internal")
+    ip = svc["spec"]["clusterIP"]
+    wait_for(lambda: a_records(aliasd, "steady.internal.") == [ip], what="alias")
+    cluster.stop_apiserver()
+    try:
+        for _ in range(20):  # over a few seconds of outage, every answer is right
+            assert a_records(aliasd, "steady.internal.") == [ip]
+            time.sleep(0.1)
+        status, _ = aliasd.http("/healthz")
+        assert status == 200
+    finally:
+        cluster.start_apiserver()
+    svc2 = service(cluster, namespace, "after", alias="after-restart.internal")
+    wait_for(lambda: a_records(aliasd, "after-restart.internal.") == [svc2["spec"]["clusterIP"]],
+             timeout=60, what="a change after the restart")
+    assert a_records(aliasd, "steady.internal.") == [ip]
+    _, metrics = aliasd.http("/metrics")
+    assert 'aliasd_watch_restarts_total{resource="services"}' in metrics
+
+
+def test_not_ready_until_synced_servfail_not_nxdomain(cluster: LocalCluster, tmp_path: Path,
+                                                      namespace: str) -> None:
+    cluster.stop_apiserver()
+    try:
+        with run_aliasd(["--kubeconfig", str(cluster.kubeconfig)], tmp=tmp_path,
+                        wait_ready=False) as p:
+            status, body = p.http("/readyz")
+            assert status == 503
+            assert body["ready"] is False and body["not_synced"] == ["kubernetes"]
+            assert rcode(p, "anything.internal.") == "SERVFAIL"
+            assert rcode(p, "example.com.") == "REFUSED"
+            cluster.start_apiserver()
+            wait_for(lambda: p.http("/readyz")[0] == 200, timeout=60, what="readiness")
+            assert rcode(p, "anything.internal.") == "NXDOMAIN"
+    finally:
+        if "kube-apiserver" not in cluster._procs:
+            cluster.start_apiserver()
+
+
+def test_410_gone_relist_loses_nothing(cluster: LocalCluster, aliasd: AliasdProcess,
+                                       namespace: str) -> None:
+    keep = service(cluster, namespace, "keep", alias="gone-keep.internal")
+    service(cluster, namespace, "drop", alias="gone-drop.internal")
+    wait_for(lambda: a_records(aliasd, "gone-drop.internal."), what="both aliases")
+    os.kill(aliasd.proc.pid, signal.SIGSTOP)  # freeze aliasd's watches at their resourceVersion
+    try:
+        # Drop the open watch streams first, so no event reaches aliasd's socket buffers.
+        cluster.stop_apiserver()
+        cluster.start_apiserver()
+        delete(cluster, namespace, "drop")
+        added = service(cluster, namespace, "add", alias="gone-add.internal")
+        for i in range(5):  # move the revision on
+            cluster.request("POST", f"/api/v1/namespaces/{namespace}/configmaps",
+                            {"metadata": {"name": f"churn-{i}"}})
+        cluster.compact_etcd()
+        cluster.stop_apiserver()  # the new watch cache starts after the compaction
+        cluster.start_apiserver()
+    finally:
+        os.kill(aliasd.proc.pid, signal.SIGCONT)
+    wait_for(lambda: a_records(aliasd, "gone-add.internal.") == [added["spec"]["clusterIP"]],
+             timeout=60, what="the add made while away")
+    wait_for(lambda: rcode(aliasd, "gone-drop.internal.") == "NXDOMAIN", what="the delete")
+    assert a_records(aliasd, "gone-keep.internal.") == [keep["spec"]["clusterIP"]]
+    assert "too old (410), relisting" in aliasd.logs()
+
+
+def test_serviceentry_crd_installed_later(cluster: LocalCluster, tmp_path: Path,
+                                          namespace: str) -> None:
+    cluster.uninstall_serviceentry_crd()
+    try:
+        with run_aliasd(["--kubeconfig", str(cluster.kubeconfig)], tmp=tmp_path) as p:
+            assert p.http("/readyz")[0] == 200  # an absent CRD does not block readiness
+            assert "ServiceEntry CRD (networking.istio.io) not installed" in p.logs()
+            cluster.install_serviceentry_crd()
+            cluster.request(
+                "POST", f"/apis/networking.istio.io/v1/namespaces/{namespace}/serviceentries",
+                {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+                 "metadata": {"name": "late"},
+                 "spec": {"hosts": ["late.internal"], "addresses": ["192.0.2.77"]}})
+            wait_for(lambda: a_records(p, "late.internal.") == ["192.0.2.77"], timeout=30,
+                     what="ServiceEntry alias after the CRD appeared")
+            assert p.proc.poll() is None
+    finally:
+        try:
+            cluster.request("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+                            "serviceentries.networking.istio.io")
+        except ClusterError:
+            cluster.install_serviceentry_crd()
