@@ -200,6 +200,11 @@ class Answerer:
             return None
         return out[0] if out else None
 
+    def answer_slow(self, data: bytes, *, tcp: bool = False, client: str = "") -> bytes | None:
+        """The slow path alone, bypassing and not filling the wire cache."""
+        out = self._slow(bytes(data), tcp=tcp, client=client, shape=None)
+        return out[0] if out else None
+
     def respond_tcp(self, data: bytes, *, client: str = "") -> list[bytes]:
         """Like :meth:`respond`, but a zone transfer may take several messages."""
         try:

@@ -1,0 +1,98 @@
+"""The pure core: name validation, conflicts, snapshots, serials."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aliasd import registry
+from aliasd.model import AliasClaim, Owner
+from aliasd.zone import AAAA, CNAME, SOA, A, Rcode
+
+CFG = registry.ZoneConfig.from_names(["internal", "corp.example"])
+
+
+def claim(name: str, *, created: float = 1.0, ns: str = "a", owner: str = "svc",
+          **kw: object) -> AliasClaim:
+    kw.setdefault("addresses", ("10.0.0.1",))
+    return AliasClaim(name, Owner(created, ns, owner), **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("raw", "want"), [
+    ("fruits", "fruits.internal."),
+    ("My-Fruits.Internal", "my-fruits.internal."),
+    ("api.team.corp.example.", "api.team.corp.example."),
+])
+def test_qualify(raw: str, want: str) -> None:
+    assert registry.qualify(raw, CFG)[0] == want
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    ("x.example.com", "outside the served zones"),
+    ("bad_label.internal", "not a valid DNS label"),
+    ("-lead.internal", "not a valid DNS label"),
+    ("a" * 64 + ".internal", "(max 63)"),
+    (".".join(["abcdefghi"] * 25) + ".internal", "(max 253)"),
+    ("internal.", "zone apex"),
+    ("ns.internal", "reserved"),
+    ("", "empty"),
+])
+def test_invalid_names(raw: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why.replace("(", r"\(").replace(")", r"\)")):
+        registry.qualify(raw, CFG)
+
+
+def test_oldest_claim_wins_ties_by_namespace_name() -> None:
+    claims = [claim("x", created=5, ns="b", owner="late"),
+              claim("x", created=2, ns="z", owner="old", addresses=("10.0.0.2",)),
+              claim("x", created=2, ns="a", owner="old-too", addresses=("10.0.0.3",))]
+    for order in (claims, claims[::-1]):
+        res = registry.build(order, config=CFG, serial=1)
+        assert [e.claim.owner.name for e in res.entries] == ["old-too"]
+        assert sorted(c.loser.name for c in res.conflicts) == ["late", "old"]
+        assert res.snapshot.lookup("x.internal.", A).answer[0].rdata == ("10.0.0.3",)
+
+
+def test_snapshot_records_and_negative_answers() -> None:
+    res = registry.build([claim("web", addresses=("10.0.0.1", "fd00::1")),
+                          claim("alias", cname="web", addresses=())], config=CFG, serial=7)
+    snap = res.snapshot
+    assert snap.lookup("web.internal.", AAAA).answer[0].rdata == ("fd00::1",)
+    chased = snap.lookup("alias.internal.", A)
+    assert [r.rtype for r in chased.answer] == [CNAME, A]
+    nx = snap.lookup("nope.internal.", A)
+    assert nx.rcode == Rcode.NXDOMAIN and nx.authority[0].rtype == SOA
+    assert nx.authority[0].ttl == 5
+    assert snap.lookup("web.example.", A).rcode == Rcode.REFUSED
+    assert snap.lookup("internal.", SOA).answer[0].rdata[0].serial == 7  # type: ignore[union-attr]
+
+
+def test_invalid_claims_reported_not_served() -> None:
+    res = registry.build([claim("ok"), claim("no_way"), claim("both", cname="x.example.com")],
+                         config=CFG, serial=1)
+    assert [e.name for e in res.entries] == ["ok.internal."]
+    assert sorted(i.claim.name for i in res.invalid) == ["both", "no_way"]
+
+
+def test_not_ready_is_servfail() -> None:
+    snap = registry.build([claim("ok")], config=CFG, serial=1, ready=False).snapshot
+    assert snap.lookup("ok.internal.", A).rcode == Rcode.SERVFAIL
+    assert snap.lookup("example.com.", A).rcode == Rcode.REFUSED
+
+
+@given(st.lists(st.floats(min_value=0, max_value=4e9), min_size=1, max_size=50))
+def test_serial_always_grows(clock: list[float]) -> None:
+    serial = 0
+    for now in clock:
+        nxt = registry.next_serial(serial, now)
+        assert nxt > serial
+        serial = nxt
+
+
+@given(st.permutations([claim("x", created=float(i), ns=f"n{i % 3}", owner=f"o{i}")
+                        for i in range(6)]))
+def test_conflict_resolution_is_order_independent(claims: list[AliasClaim]) -> None:
+    res = registry.build(claims, config=CFG, serial=1)
+    assert res.entries[0].claim.owner.name == "o0"
+    assert len(res.conflicts) == 5
