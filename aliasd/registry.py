@@ -119,7 +119,7 @@ def qualify(raw: str, config: ZoneConfig) -> tuple[str, str]:
     if not text:
         raise ValueError("alias is empty")
     name = normalize_name(text)
-    if "." not in text.rstrip("."):
+    if "." not in text:  # a bare label; "web." is absolute (the root's child)
         name = name + config.zones[0]
     err = validate_fqdn(name)
     if err:
@@ -139,7 +139,7 @@ def qualify(raw: str, config: ZoneConfig) -> tuple[str, str]:
 def qualify_target(raw: str, config: ZoneConfig) -> str:
     """A CNAME target: a bare label means the default zone, like alias names."""
     name = normalize_name(raw)
-    if "." not in raw.strip().rstrip("."):
+    if "." not in raw.strip():
         name += config.zones[0]
     return name
 
