@@ -8,6 +8,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aliasd.metrics import build_registry
+from aliasd.model import ConfigError
 from aliasd.registry import Result
 
 if TYPE_CHECKING:
@@ -81,8 +82,9 @@ async def start_http(app: App, host: str, port: int) -> web.AppRunner:
     site = web.TCPSite(runner, host, port)
     try:
         await site.start()
-    except OSError:
+    except OSError as e:
         await runner.cleanup()
-        raise
+        raise ConfigError(f"cannot listen on {host}:{port} for HTTP: "
+                          f"{e.strerror or e}") from None
     app.http_port = int(runner.addresses[0][1])
     return runner

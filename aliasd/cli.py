@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import json
 import logging
 import os
@@ -177,14 +176,6 @@ async def _serve(args: argparse.Namespace) -> int:
              ", ".join(s.name for s in app.sources))
     try:
         await app.run(stop)
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            raise ConfigError(f"cannot listen: address already in use ({e.strerror}); "
-                              "choose another --dns-listen/--http-listen") from None
-        if e.errno == errno.EACCES:
-            raise ConfigError(f"cannot listen: permission denied ({e.strerror}); ports below "
-                              "1024 need root or CAP_NET_BIND_SERVICE") from None
-        raise
     finally:
         if kube_client is not None:
             await kube_client.close()

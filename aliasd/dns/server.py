@@ -8,6 +8,7 @@ CPU-only, no I/O, no Kubernetes call on the query path). The current
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import socket
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from aliasd.dns.answer import Answerer, Stats
+from aliasd.model import ConfigError
 from aliasd.zone import Snapshot
 
 log = logging.getLogger(__name__)
@@ -62,9 +64,12 @@ class DnsServer:
         loop = asyncio.get_running_loop()
         host, port = self.config.host, self.config.port
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self), local_addr=(host, port), family=family
-        )
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), local_addr=(host, port), family=family
+            )
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port}/udp for DNS: {_why(e)}") from None
         self._udp = transport
         # Bind TCP to the port UDP got (matters when port 0 was asked for).
         port = self.address[1]
@@ -73,9 +78,9 @@ class DnsServer:
                 lambda: _TcpProtocol(self), host=host, port=port, family=family,
                 reuse_address=True, backlog=128,
             )
-        except OSError:
+        except OSError as e:
             transport.close()
-            raise
+            raise ConfigError(f"cannot listen on {host}:{port}/tcp for DNS: {_why(e)}") from None
         log.info("DNS listening on %s:%d (UDP and TCP)", host, port)
 
     async def stop(self) -> None:
@@ -171,6 +176,15 @@ class _TcpProtocol(asyncio.Protocol):
         if self._idle is not None:
             self._idle.cancel()
         self.server._tcp_conns.discard(self)
+
+
+def _why(e: OSError) -> str:
+    """A short reason; uvloop's bind errors carry no errno, so probe for the usual one."""
+    if e.errno == errno.EADDRINUSE or "bind" in str(e):
+        return "address already in use (or not available); choose another port"
+    if e.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)"
+    return e.strerror or str(e)
 
 
 def parse_listen(text: str, *, flag: str) -> tuple[str, int]:
