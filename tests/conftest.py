@@ -33,7 +33,14 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
     cluster.request("POST", "/api/v1/namespaces",
                     {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     yield name
-    # There is no namespace controller: this only marks it Terminating.
+    # There is no namespace controller to empty it, so delete what tests create
+    # (their aliases must not leak into later tests), then mark it Terminating.
+    for coll in (f"/api/v1/namespaces/{name}/services",
+                 f"/apis/discovery.k8s.io/v1/namespaces/{name}/endpointslices",
+                 f"/apis/networking.istio.io/v1/namespaces/{name}/serviceentries"):
+        with contextlib.suppress(ClusterError):
+            for item in cluster.request("GET", coll)["items"]:
+                cluster.request("DELETE", f"{coll}/{item['metadata']['name']}")
     with contextlib.suppress(ClusterError):
         cluster.request("DELETE", f"/api/v1/namespaces/{name}")
 
