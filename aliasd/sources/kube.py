@@ -68,9 +68,10 @@ class KubeSource:
             self.restarts[name] += 1
 
         if not self.namespaces:
-            return [Informer(name, all_ns, on_change=on_change, on_restart=restarted)]
+            return [Informer(name, all_ns, on_change=on_change, on_restart=restarted,
+                             on_sync=self.on_change)]
         return [Informer(f"{name}/{ns}", functools.partial(one_ns, ns), on_change=on_change,
-                         on_restart=restarted) for ns in self.namespaces]
+                         on_restart=restarted, on_sync=self.on_change) for ns in self.namespaces]
 
     # ---- state for the app ----------------------------------------------------------
 
@@ -197,12 +198,12 @@ class KubeSource:
             fn = functools.partial(custom.list_cluster_custom_object, ISTIO_GROUP, version,
                                    "serviceentries")
             infs = [Informer(f"serviceentries.{version}", fn, on_change=self._se_changed,
-                             on_restart=restarted)]
+                             on_restart=restarted, on_sync=self.on_change)]
         else:
             infs = [Informer(f"serviceentries.{version}/{ns}", functools.partial(
                 custom.list_namespaced_custom_object, ISTIO_GROUP, version, ns,
-                "serviceentries"), on_change=self._se_changed, on_restart=restarted)
-                for ns in self.namespaces]
+                "serviceentries"), on_change=self._se_changed, on_restart=restarted,
+                on_sync=self.on_change) for ns in self.namespaces]
         self.se_decided = True
         return infs
 

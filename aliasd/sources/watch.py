@@ -112,8 +112,10 @@ class Informer:
     """Keeps ``items`` equal to the API server's objects of one resource."""
 
     def __init__(self, name: str, list_fn: ListFn, *, on_change: OnChange,
-                 on_restart: Callable[[], None] = lambda: None) -> None:
+                 on_restart: Callable[[], None] = lambda: None,
+                 on_sync: Callable[[], None] = lambda: None) -> None:
         self.name = name
+        self.on_sync = on_sync
         self.list_fn = list_fn
         self.on_change = on_change
         self.on_restart = on_restart
@@ -145,11 +147,15 @@ class Informer:
                     SourceError) as e:
                 self.error = f"{type(e).__name__}: {e}"[:300]
                 self.on_restart()
-                if not failing:  # log a failure streak once, not every retry
+                delay = backoff.next()
+                if not failing:  # log a failure streak once at WARNING, not every retry
                     log.warning("%s: list/watch failed, retrying with backoff: %s",
                                 self.name, self.error)
+                else:
+                    log.debug("%s: still failing (%s), next try in %.1fs", self.name,
+                              self.error, delay)
                 failing = True
-                await asyncio.sleep(backoff.next())
+                await asyncio.sleep(delay)
 
     async def _relist(self) -> str:
         try:
@@ -167,6 +173,8 @@ class Informer:
         for k, old, new in diff_relist(self.items, body.get("items") or []):
             self.on_change(k, old, new)
         self.synced = True
+        self.error = None
+        self.on_sync()  # readiness may have changed even when no object did
         rv: str = body.get("metadata", {}).get("resourceVersion", "")
         return rv
 
