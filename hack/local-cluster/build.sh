@@ -35,7 +35,8 @@ fi
 t0=$SECONDS
 if [[ ! -x "$bindir/coredns" ]]; then
   log "building coredns ${COREDNS_VERSION} (first time: a few minutes)"
-  GOBIN="$bindir" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@${COREDNS_VERSION}"
+  GOBIN="$bindir" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@${COREDNS_VERSION}" \
+    || die "building coredns ${COREDNS_VERSION} failed (above); is the Go module proxy ($(go env GOPROXY)) reachable?"
   log "coredns done ($((SECONDS - t0))s)"
 fi
 
@@ -65,7 +66,8 @@ if [[ ! -x "$bindir/kube-apiserver" || ! -x "$bindir/etcd" ]]; then
   cd "$work"
   export GOFLAGS="-mod=mod"
   log "resolving modules (first time: downloads several hundred MB of sources)"
-  go get "k8s.io/kubernetes/cmd/kube-apiserver@${K8S_VERSION}" "go.etcd.io/etcd/server/v3/etcdmain@${ETCD_VERSION}" >&2
+  go get "k8s.io/kubernetes/cmd/kube-apiserver@${K8S_VERSION}" "go.etcd.io/etcd/server/v3/etcdmain@${ETCD_VERSION}" >&2 \
+    || die "resolving k8s.io/kubernetes@${K8S_VERSION} failed (above); is the Go module proxy ($(go env GOPROXY)) reachable?"
   major="${K8S_VERSION#v}"; major="${major%%.*}"
   minor="$(echo "$K8S_VERSION" | cut -d. -f2)"
   ldflags="-s -w -X k8s.io/component-base/version.gitVersion=${K8S_VERSION}"
