@@ -85,8 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add(run, "--kubeconfig", help="kubeconfig file (default: in-cluster config)")
     _add(run, "--namespaces", repeat=True,
          help="namespaces to watch for Services (default: all)")
-    _add(run, "--event-namespace-fallback", default="default",
-         help=argparse.SUPPRESS)
     return parser
 
 
