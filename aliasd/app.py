@@ -71,10 +71,8 @@ class App:
         self.dns = DnsServer(self.result.snapshot, config.dns, stats=self.stats)
         self._dirty = asyncio.Event()
         self._key: object = None
-        self.rebuilds = 0
         self.http_port = config.http_port
         self.watch_restarts: Counter[str] = Counter()
-        self.event_recorder: object | None = None
 
     # ---- state ---------------------------------------------------------------
 
@@ -99,7 +97,6 @@ class App:
             self.serial = serial
             self.result = result
             self.dns.swap(result.snapshot)
-            self.rebuilds += 1
             log.debug("snapshot %d: %d aliases, %d conflicts, %d invalid", serial,
                       len(result.entries), len(result.conflicts), len(result.invalid))
         for report in self.reporters:
@@ -118,9 +115,8 @@ class App:
 
     # ---- lifecycle -------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event | None = None,
-                  started: Callable[[], None] | None = None) -> None:
-        """Serve until ``stop`` is set (or forever). Binding errors raise OSError."""
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Serve until ``stop`` is set (or forever). Listen errors raise ConfigError."""
         from aliasd.api import start_http
 
         await self.dns.start()
@@ -130,8 +126,6 @@ class App:
             self.rebuild()
             tasks = [asyncio.create_task(self._rebuild_loop(), name="rebuild")]
             tasks += [asyncio.create_task(s.run(), name=f"source-{s.name}") for s in self.sources]
-            if started is not None:
-                started()
             try:
                 if stop is None:
                     await asyncio.gather(*tasks)

@@ -19,24 +19,16 @@ from aliasd.model import AliasdError, ConfigError
 log = logging.getLogger("aliasd")
 
 
-def _env(flag: str) -> str | None:
-    return os.environ.get("ALIASD_" + flag.lstrip("-").upper().replace("-", "_"))
-
-
 def _add(p: argparse.ArgumentParser, flag: str, *, default: Any = None, repeat: bool = False,
          help: str, **kw: Any) -> None:
-    env = _env(flag)
-    env_name = "ALIASD_" + flag.lstrip("-").upper().replace("-", "_")
+    dest = flag.lstrip("-").replace("-", "_")
+    env_name = "ALIASD_" + dest.upper()
+    env = os.environ.get(env_name)
     if repeat:
         value = [v.strip() for v in env.split(",") if v.strip()] if env is not None else None
         p.add_argument(flag, action="append", default=None, help=f"{help} (repeatable; "
                        f"env {env_name}, comma-separated)", **kw)
-        p.set_defaults(**{flag.lstrip("-").replace("-", "_") + "_env": value,
-                          flag.lstrip("-").replace("-", "_") + "_default": default})
-        return
-    if kw.get("action") == "store_true":
-        env_true = env is not None and env.lower() in ("1", "true", "yes", "on")
-        p.add_argument(flag, default=env_true, help=f"{help} (env {env_name})", **kw)
+        p.set_defaults(**{dest + "_env": value, dest + "_default": default})
         return
     p.add_argument(flag, default=env if env is not None else default,
                    help=f"{help} (env {env_name}; default: %(default)s)", **kw)

@@ -217,7 +217,6 @@ class EventRecorder:
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
         self.active: set[tuple[str, str, str, str]] = set()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.sent = Counter[str]()
 
     def sync(self, problems: list[Problem]) -> None:
         """Emit Events for problems not seen in the previous call."""
@@ -249,7 +248,6 @@ class EventRecorder:
         }
         try:
             await self.core.create_namespaced_event(p.owner.namespace, body)
-            self.sent[p.reason] += 1
         except (TimeoutError, ApiException, OSError) as e:
             log.warning("could not record Event %s on %s: %s", p.reason, p.owner.ref, e)
 
@@ -285,7 +283,6 @@ async def add_kube_sources(app: App, *, kubeconfig: str | None,
                         on_change=app.mark_dirty, restarts=app.watch_restarts)
     recorder = EventRecorder(api)
     app.sources.append(source)
-    app.event_recorder = recorder
 
     def report(result: Result, changed: bool) -> None:
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to report to
