@@ -115,12 +115,9 @@ def validate_fqdn(name: str) -> str | None:
 def qualify(raw: str, config: ZoneConfig) -> tuple[str, str]:
     """Normalize ``raw``; a bare label gets the default zone. Returns (name, zone)
     or raises ``ValueError`` with a message a human can act on."""
-    text = raw.strip()
-    if not text:
+    if not raw.strip():
         raise ValueError("alias is empty")
-    name = normalize_name(text)
-    if "." not in text:  # a bare label; "web." is absolute (the root's child)
-        name = name + config.zones[0]
+    name = absolute_name(raw, config)
     err = validate_fqdn(name)
     if err:
         raise ValueError(f"alias {raw!r}: {err}")
@@ -136,8 +133,9 @@ def qualify(raw: str, config: ZoneConfig) -> tuple[str, str]:
     return name, zone
 
 
-def qualify_target(raw: str, config: ZoneConfig) -> str:
-    """A CNAME target: a bare label means the default zone, like alias names."""
+def absolute_name(raw: str, config: ZoneConfig) -> str:
+    """Normalized; a bare label (no dot at all) gets the default zone, for alias
+    names and CNAME targets alike. "web." is absolute: the root's child."""
     name = normalize_name(raw)
     if "." not in raw.strip():
         name += config.zones[0]
@@ -158,7 +156,7 @@ def _validate_claim(claim: AliasClaim, config: ZoneConfig) -> str:
     if claim.cname is not None and claim.addresses:
         raise ValueError(f"alias {claim.name!r} has both addresses and a cname")
     if claim.cname is not None:
-        target = qualify_target(claim.cname, config)
+        target = absolute_name(claim.cname, config)
         err = validate_fqdn(target)
         if err:
             raise ValueError(f"alias {claim.name!r}: cname target {claim.cname!r}: {err}")
@@ -208,7 +206,7 @@ def build(
     for entry in entries:
         c = entry.claim
         if c.cname is not None:
-            target = qualify_target(c.cname, config)
+            target = absolute_name(c.cname, config)
             rrsets[entry.name][CNAME] = RRset(entry.name, CNAME, c.ttl, (target,))
             continue
         # The name exists even with no address now (a headless Service scaled

@@ -24,32 +24,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from dnslib import (
-    AAAA as AAAA_RD,
-)
-from dnslib import (
-    CNAME as CNAME_RD,
-)
-from dnslib import (
-    EDNS0,
-    RR,
-    DNSHeader,
-    DNSLabel,
-    DNSQuestion,
-    DNSRecord,
-)
-from dnslib import (
-    NS as NS_RD,
-)
-from dnslib import (
-    SOA as SOA_RD,
-)
-from dnslib import (
-    SRV as SRV_RD,
-)
-from dnslib import (
-    A as A_RD,
-)
+import dnslib
+from dnslib import EDNS0, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 from aliasd.zone import (
     AAAA,
@@ -378,19 +354,19 @@ def to_rrs(rrset: RRset) -> list[RR]:
     out = []
     for rd in rrset.rdata:
         if rrset.rtype == A:
-            rdata = A_RD(rd)
+            rdata = dnslib.A(rd)
         elif rrset.rtype == AAAA:
-            rdata = AAAA_RD(rd)
+            rdata = dnslib.AAAA(rd)
         elif rrset.rtype == CNAME:
-            rdata = CNAME_RD(rd)
+            rdata = dnslib.CNAME(rd)
         elif rrset.rtype == NS:
-            rdata = NS_RD(rd)
+            rdata = dnslib.NS(rd)
         elif rrset.rtype == SRV:
             assert isinstance(rd, tuple)
-            rdata = SRV_RD(priority=rd[0], weight=rd[1], port=rd[2], target=rd[3])
+            rdata = dnslib.SRV(priority=rd[0], weight=rd[1], port=rd[2], target=rd[3])
         elif rrset.rtype == SOA:
             assert isinstance(rd, SoaData)
-            rdata = SOA_RD(rd.mname, rd.rname,
+            rdata = dnslib.SOA(rd.mname, rd.rname,
                            (rd.serial, rd.refresh, rd.retry, rd.expire, rd.minimum))
         else:  # pragma: no cover - the registry builds only the types above
             raise ValueError(f"unsupported rtype {rrset.rtype}")

@@ -53,8 +53,8 @@ def parse_aliases(text: str, *, path: str, config: ZoneConfig) -> list[AliasClai
     for raw_name, spec in aliases.items():
         name = str(raw_name)
         try:
-            claims.append(_claim(name, spec, owner, config))
             fqdn, _ = qualify(name, config)
+            claims.append(_claim(name, spec, owner))
         except ValueError as e:
             raise ConfigError(f"{path}: alias {name!r}: {e}") from None
         if fqdn in seen:
@@ -63,8 +63,7 @@ def parse_aliases(text: str, *, path: str, config: ZoneConfig) -> list[AliasClai
     return claims
 
 
-def _claim(name: str, spec: Any, owner: Owner, config: ZoneConfig) -> AliasClaim:
-    qualify(name, config)
+def _claim(name: str, spec: Any, owner: Owner) -> AliasClaim:
     if not isinstance(spec, dict):
         raise ValueError("expected a mapping with 'addresses' or 'cname'")
     unknown = set(spec) - _KEYS
