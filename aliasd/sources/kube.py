@@ -47,8 +47,12 @@ class KubeSource:
         self.api = api
         self.zones = zones
         self.namespaces = namespaces
-        self.on_change = on_change
+        self._notify = on_change
         self.restarts = restarts
+        # Bumped on every change; ServiceEntry results are cached per generation so
+        # ``claims`` and ``problems`` (both read on every rebuild) map each SE once.
+        self._generation = 0
+        self._se_cache: tuple[int, list[tuple[list[AliasClaim], list[Problem]]]] = (-1, [])
         core, disc = CoreV1Api(api), DiscoveryV1Api(api)
         self.services = self._informers(
             "services", core.list_service_for_all_namespaces, core.list_namespaced_service,
@@ -56,16 +60,23 @@ class KubeSource:
         self.slices = self._informers(
             "endpointslices", disc.list_endpoint_slice_for_all_namespaces,
             disc.list_namespaced_endpoint_slice, self._slice_changed)
-        self.se_version: str | None = None
         self.se_informers: list[Informer] = []
-        self.se_decided = False
+        # Set once every version was tried and none is served: the source then
+        # counts as synced (like an informer, it never goes back to unsynced).
+        self.se_seen_absent = False
         self._svc_claims: dict[str, tuple[list[AliasClaim], list[Problem]]] = {}
         self._slices_of: dict[str, dict[str, Obj]] = {}  # "ns/service" -> slices
 
+    def on_change(self) -> None:
+        self._generation += 1
+        self._notify()
+
     def _informers(self, name: str, all_ns: Any, one_ns: Any,
-                   on_change: Callable[[str, Obj | None, Obj | None], None]) -> list[Informer]:
+                   on_change: Callable[[str, Obj | None, Obj | None], None], *,
+                   resource: str | None = None) -> list[Informer]:
+        """One informer for all namespaces, or one per ``--namespaces`` entry."""
         def restarted() -> None:
-            self.restarts[name] += 1
+            self.restarts[resource or name] += 1
 
         if not self.namespaces:
             return [Informer(name, all_ns, on_change=on_change, on_restart=restarted,
@@ -77,8 +88,9 @@ class KubeSource:
 
     @property
     def synced(self) -> bool:
-        return (all(i.synced for i in self.services + self.slices) and self.se_decided
-                and all(i.synced for i in self.se_informers))
+        se_synced = self.se_seen_absent or (
+            bool(self.se_informers) and all(i.synced for i in self.se_informers))
+        return all(i.synced for i in self.services + self.slices) and se_synced
 
     @property
     def error(self) -> str | None:
@@ -89,22 +101,24 @@ class KubeSource:
 
     @property
     def claims(self) -> list[AliasClaim]:
-        out = [c for claims, _ in self._svc_claims.values() for c in claims]
-        out += [c for se in self._serviceentries() for c in self._se_result(se)[0]]
-        return out
+        results = [*self._svc_claims.values(), *self._se_results()]
+        return [c for claims, _ in results for c in claims]
 
     @property
     def problems(self) -> list[Problem]:
-        out = [p for _, problems in self._svc_claims.values() for p in problems]
-        out += [p for se in self._serviceentries() for p in self._se_result(se)[1]]
-        return out
+        results = [*self._svc_claims.values(), *self._se_results()]
+        return [p for _, problems in results for p in problems]
 
-    def _serviceentries(self) -> list[Obj]:
-        return [o for i in self.se_informers for o in i.items.values()]
-
-    def _se_result(self, se: Obj) -> tuple[list[AliasClaim], list[Problem]]:
-        return mapping.serviceentry_claims(
-            se, in_zone=self._in_zone, services=self._service_targets)
+    def _se_results(self) -> list[tuple[list[AliasClaim], list[Problem]]]:
+        """ServiceEntry claims and problems, recomputed only after a change (an
+        endpoint may name a Service, so any change can alter them)."""
+        generation, results = self._se_cache
+        if generation != self._generation:
+            results = [mapping.serviceentry_claims(se, in_zone=self._in_zone,
+                                                   services=self._service_targets)
+                       for i in self.se_informers for se in i.items.values()]
+            self._se_cache = (self._generation, results)
+        return results
 
     def _in_zone(self, host: str) -> bool:
         return best_zone(host.lower().rstrip(".") + ".", self.zones.zones) is not None
@@ -169,20 +183,25 @@ class KubeSource:
         absent_logged = False
         while True:
             for version in SE_VERSIONS:
-                informers = self._se_informer_set(custom, version)
-                self.se_informers, self.se_version = informers, version
+                informers = self._informers(
+                    f"serviceentries.{version}",
+                    functools.partial(custom.list_cluster_custom_object, ISTIO_GROUP, version,
+                                      "serviceentries"),
+                    functools.partial(_namespaced_custom, custom, version),
+                    self._se_changed, resource="serviceentries")
+                self.se_informers = informers
                 try:
                     log.info("watching ServiceEntries (%s/%s)", ISTIO_GROUP, version)
                     absent_logged = False
                     await asyncio.gather(*(i.run() for i in informers))
                 except NotFound:
                     had = any(i.items for i in informers)
-                    self.se_informers, self.se_version = [], None
+                    self.se_informers = []
                     if had:
                         log.info("ServiceEntry %s no longer served; its aliases are removed",
                                  version)
                         self.on_change()
-            self.se_decided = True
+            self.se_seen_absent = True
             if not absent_logged:
                 log.info("ServiceEntry CRD (%s) not installed: ServiceEntry aliases are off "
                          "until it appears", ISTIO_GROUP)
@@ -190,22 +209,11 @@ class KubeSource:
                 self.on_change()
             await asyncio.sleep(CRD_POLL_SECONDS)
 
-    def _se_informer_set(self, custom: CustomObjectsApi, version: str) -> list[Informer]:
-        def restarted() -> None:
-            self.restarts["serviceentries"] += 1
 
-        if not self.namespaces:
-            fn = functools.partial(custom.list_cluster_custom_object, ISTIO_GROUP, version,
-                                   "serviceentries")
-            infs = [Informer(f"serviceentries.{version}", fn, on_change=self._se_changed,
-                             on_restart=restarted, on_sync=self.on_change)]
-        else:
-            infs = [Informer(f"serviceentries.{version}/{ns}", functools.partial(
-                custom.list_namespaced_custom_object, ISTIO_GROUP, version, ns,
-                "serviceentries"), on_change=self._se_changed, on_restart=restarted,
-                on_sync=self.on_change) for ns in self.namespaces]
-        self.se_decided = True
-        return infs
+def _namespaced_custom(custom: CustomObjectsApi, version: str, namespace: str,
+                       **kw: Any) -> Any:
+    return custom.list_namespaced_custom_object(ISTIO_GROUP, version, namespace,
+                                                "serviceentries", **kw)
 
 
 class EventRecorder:
