@@ -166,12 +166,11 @@ def remove_managed(text: str, zone: str | None = None) -> str:
 def upsert_managed(text: str, zone: str, block: str) -> str:
     """Insert ``block`` (from :func:`render_block`) or replace the zone's region."""
     z = zone.rstrip(".")
+    flagged = block.replace(f"{BEGIN}{z} ", f"{BEGIN}{z}{_NL_FLAG} ", 1)
     for r in managed_regions(text):
         if r.zone == z:
-            prefix = "\n" if r.added_newline else ""
-            if r.added_newline:
-                block = block.replace(f"{BEGIN}{z} ", f"{BEGIN}{z}{_NL_FLAG} ", 1)
-            return text[:r.start] + prefix + block + text[r.end:]
+            new = "\n" + flagged if r.added_newline else block
+            return text[:r.start] + new + text[r.end:]
     if text and not text.endswith("\n"):
-        return text + "\n" + block.replace(f"{BEGIN}{z} ", f"{BEGIN}{z}{_NL_FLAG} ", 1)
+        return text + "\n" + flagged
     return text + block
