@@ -56,7 +56,9 @@ def make_app(app: App) -> web.Application:
         sources = {s.name: {"synced": s.synced, "error": s.error} for s in app.sources}
         ready = app.ready and app.result.snapshot.ready
         not_ready = [n for n, s in sources.items() if not s["synced"]]
-        body = {"ready": ready, "sources": sources, "not_synced": not_ready}
+        body: dict[str, Any] = {"ready": ready, "sources": sources, "not_synced": not_ready}
+        # Components (CoreDNS wiring) are detail, not readiness: DNS answers either way.
+        body.update({c.name: c.status() for c in app.components})
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics(_: web.Request) -> web.Response:

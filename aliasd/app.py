@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from aliasd import registry
 from aliasd.dns.answer import Stats
@@ -43,6 +43,17 @@ class Source(Protocol):
     async def run(self) -> None: ...
 
 
+class Component(Protocol):
+    """A background part that is not a source (the CoreDNS patcher): it runs
+    beside the sources and reports its state in /readyz."""
+
+    name: str
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def run(self) -> None: ...
+
+
 Reporter = Callable[[registry.Result, bool], None]
 """Called after every rebuild with the current result and whether it changed."""
 
@@ -64,6 +75,7 @@ class App:
         self.config = config
         self.clock = clock
         self.sources: list[Source] = []
+        self.components: list[Component] = []
         self.reporters: list[Reporter] = []
         self.stats = Stats()
         self.serial = registry.next_serial(0, clock())
@@ -73,6 +85,7 @@ class App:
         self._key: object = None
         self.http_port = config.http_port
         self.watch_restarts: Counter[str] = Counter()
+        self.patch_results: Counter[str] = Counter()
 
     # ---- state ---------------------------------------------------------------
 
@@ -126,6 +139,7 @@ class App:
             self.rebuild()
             tasks = [asyncio.create_task(self._rebuild_loop(), name="rebuild")]
             tasks += [asyncio.create_task(s.run(), name=f"source-{s.name}") for s in self.sources]
+            tasks += [asyncio.create_task(c.run(), name=c.name) for c in self.components]
             try:
                 if stop is None:
                     await asyncio.gather(*tasks)

@@ -77,7 +77,44 @@ def build_parser() -> argparse.ArgumentParser:
     _add(run, "--kubeconfig", help="kubeconfig file (default: in-cluster config)")
     _add(run, "--namespaces", repeat=True,
          help="namespaces to watch for Services (default: all)")
+    _coredns_flags(run)
+    _add(run, "--leader-election", default="on", choices=["on", "off"],
+         help="with several replicas, only the holder of a Lease patches the cluster DNS")
+    _add(run, "--leader-lease", default=f"{_pod_namespace()}/aliasd",
+         help="NAMESPACE/NAME of the leader-election Lease")
+    _add(run, "--leader-lease-duration", default="15",
+         help="seconds a leader's Lease lasts without renewal")
+
+    cdns = sub.add_parser(
+        "coredns", help="show, apply or undo aliasd's cluster DNS wiring",
+        description="Show (diff), apply or remove aliasd's blocks in the CoreDNS Corefile "
+                    "(or its kube-dns stubDomains entries). remove restores the Corefile "
+                    "byte for byte to what it would be without aliasd.")
+    cdns.add_argument("action", choices=["diff", "apply", "remove"],
+                      help="diff: print the pending change, exit 1 if there is one")
+    _add(cdns, "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster "
+         "config, ~/.kube/config)")
+    _add(cdns, "--zone", repeat=True, default=["internal"], help="zones aliasd serves")
+    _coredns_flags(cdns)
     return parser
+
+
+def _pod_namespace() -> str:
+    return os.environ.get("POD_NAMESPACE") or "aliasd-system"
+
+
+def _coredns_flags(p: argparse.ArgumentParser) -> None:
+    from aliasd.coredns.patcher import MODES
+
+    _add(p, "--coredns-mode", default="auto", choices=list(MODES),
+         help="which cluster DNS config to wire: auto detects kube-system/coredns, "
+              "kube-dns and node-local-dns")
+    _add(p, "--forward-to", help="IP:PORT the cluster DNS forwards the zones to (default: "
+         "the cluster IP of --dns-service)")
+    _add(p, "--dns-service", default=f"{_pod_namespace()}/aliasd",
+         help="NAMESPACE/NAME of aliasd's Service, whose cluster IP CoreDNS forwards to")
+    _add(p, "--coredns-configmap", default="kube-system/coredns",
+         help="NAMESPACE/NAME of the CoreDNS ConfigMap")
 
 
 def configure_logging(level: str, fmt: str) -> None:
@@ -155,6 +192,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
         kube_client = await add_kube_sources(app, kubeconfig=args.kubeconfig,
                                              namespaces=_list(args, "namespaces"))
+    if kube_client is not None and args.coredns_mode != "off":
+        app.components.append(_patcher(args, kube_client, zones.zones, app.patch_results))
     if not app.sources:
         raise ConfigError("nothing to serve: give --aliases-file, or --kubeconfig "
                           "(or run in a cluster) to watch Kubernetes")
@@ -173,6 +212,75 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _patcher_config(args: argparse.Namespace, zones: Sequence[str]) -> Any:
+    from aliasd.coredns.patcher import PatcherConfig, parse_forward, split_ref
+
+    split_ref(args.dns_service, flag="--dns-service")
+    return PatcherConfig(
+        zones=tuple(zones), mode=args.coredns_mode,
+        forward_to=parse_forward(args.forward_to) if args.forward_to else None,
+        dns_service=args.dns_service, coredns_configmap=args.coredns_configmap)
+
+
+def _patcher(args: argparse.Namespace, api: Any, zones: Sequence[str],
+             results: Any) -> Any:
+    from aliasd.coredns.lease import LeaderElector, default_identity
+    from aliasd.coredns.patcher import Patcher, split_ref
+    from aliasd.sources.kube import EventRecorder
+
+    recorder = EventRecorder(api)
+    patcher = Patcher(api, _patcher_config(args, zones), results=results, report=recorder.sync)
+    if args.leader_election == "on":
+        ns, name = split_ref(args.leader_lease, flag="--leader-lease")
+        try:
+            duration = _number(args.leader_lease_duration, "--leader-lease-duration", float)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        patcher.elector = LeaderElector(api, namespace=ns, name=name, identity=default_identity(),
+                                        duration=duration,
+                                        on_change=lambda leading: patcher.mark_dirty())
+    return patcher
+
+
+async def _coredns(args: argparse.Namespace) -> int:
+    from aliasd.coredns.patcher import Patcher
+    from aliasd.kubeapi import TRANSIENT, make_client
+    from aliasd.registry import ZoneConfig
+
+    try:
+        zones = ZoneConfig.from_names(_list(args, "zone")).zones
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    config = _patcher_config(args, zones)
+    if config.mode == "off":
+        raise ConfigError("--coredns-mode off: nothing to do")
+    api = await make_client(args.kubeconfig)
+    try:
+        patcher = Patcher(api, config)
+        remove = args.action == "remove"
+        try:
+            targets = await patcher.resolve_targets()
+            if not remove:
+                patcher.forward = await patcher.resolve_forward()
+            pending = False
+            for target in targets:
+                change = await patcher.apply(target, remove=remove, write=args.action != "diff")
+                sys.stdout.write(change.diff())
+                for zone in change.conflicts:
+                    print(f"aliasd: warning: {target.ref} already has a server block for "
+                          f"zone {zone} that aliasd does not own; left alone", file=sys.stderr)
+                pending |= change.changed
+                if args.action != "diff":
+                    verb = "removed aliasd's part" if remove else "patched"
+                    print(f"{target.ref}: {verb if change.changed else 'unchanged'}",
+                          file=sys.stderr)
+        except TRANSIENT as e:
+            raise ConfigError(f"Kubernetes API: {str(e).splitlines()[0]}") from None
+        return 1 if pending and args.action == "diff" else 0
+    finally:
+        await api.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -180,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return run_async(_serve(args))
+        if args.command == "coredns":
+            return run_async(_coredns(args))
     except AliasdError as e:
         print(f"aliasd: error: {e}", file=sys.stderr)
         return 1

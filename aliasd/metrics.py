@@ -55,6 +55,13 @@ class AppCollector(Collector):
         for name, n in sorted(app.watch_restarts.items()):
             restarts.add_metric([name], n)
         yield restarts
+        patches = CounterMetricFamily(
+            "aliasd_corefile_patches", "Cluster DNS ConfigMap reconciles by result (attempt, "
+            "applied, unchanged, conflict = concurrent edit then retried, error)",
+            labels=["result"])
+        for result, n in sorted(app.patch_results.items()):
+            patches.add_metric([result], n)
+        yield patches
 
 
 def build_registry(app: App) -> CollectorRegistry:

@@ -20,7 +20,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from aliasd.devcluster import free_port, free_udp_tcp_port
+from aliasd.devcluster import LocalCluster, free_port, free_udp_tcp_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,16 +80,20 @@ class AliasdProcess:
 
 @contextlib.contextmanager
 def run_aliasd(args: list[str], *, tmp: Path, env: dict[str, str] | None = None,
-               wait_ready: bool = True) -> Iterator[AliasdProcess]:
-    """``python -m aliasd run ARGS`` on free loopback ports; stopped on exit."""
-    dns_port, http_port = free_udp_tcp_port(), free_port()
+               wait_ready: bool = True, dns_port: int | None = None
+               ) -> Iterator[AliasdProcess]:
+    """``python -m aliasd run ARGS`` on free loopback ports; stopped on exit.
+
+    CoreDNS wiring is off unless ARGS turn it on (the flag beats the env var),
+    so tests that do not test it never touch the shared Corefile."""
+    dns_port, http_port = dns_port or free_udp_tcp_port(), free_port()
     log = tmp / f"aliasd-{dns_port}.log"
     cmd = [sys.executable, "-m", "aliasd", "--log-level", "debug", "run",
            "--dns-listen", f"127.0.0.1:{dns_port}", "--http-listen", f"127.0.0.1:{http_port}",
            *args]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, **(env or {})})
+                                env={**os.environ, "ALIASD_COREDNS_MODE": "off", **(env or {})})
     p = AliasdProcess(proc, dns_port, http_port, log)
     try:
         def up() -> bool:
@@ -132,3 +136,25 @@ def dig(server: tuple[str, int], *args: str) -> str:
         capture_output=True, text=True, timeout=30, check=False,
     )
     return out.stdout
+
+
+def service(cluster: LocalCluster, ns: str, name: str, *, alias: str | None = None,
+            ttl: str | None = None, headless: bool = False, **spec: Any) -> dict[str, Any]:
+    ann = {}
+    if alias is not None:
+        ann["aliasd.io/alias"] = alias
+    if ttl is not None:
+        ann["aliasd.io/ttl"] = ttl
+    body_spec: dict[str, Any] = {"ports": [{"name": "http", "port": 80}], **spec}
+    if headless:
+        body_spec["clusterIP"] = "None"
+    obj: dict[str, Any] = cluster.request("POST", f"/api/v1/namespaces/{ns}/services", {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "annotations": ann}, "spec": body_spec})
+    return obj
+
+
+def events(cluster: LocalCluster, ns: str, name: str) -> list[tuple[str, str]]:
+    items = cluster.request(
+        "GET", f"/api/v1/namespaces/{ns}/events?fieldSelector=involvedObject.name%3D{name}")
+    return [(e["reason"], e["message"]) for e in items["items"]]

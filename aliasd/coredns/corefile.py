@@ -139,6 +139,24 @@ def root_block(text: str) -> ServerBlock | None:
     return None
 
 
+def directive(block: ServerBlock, name: str) -> list[str] | None:
+    """Arguments of the first top-level ``name`` directive in ``block`` (e.g. bind)."""
+    depth = 0
+    line: list[str] = []
+    for tok, _ in [*_tokens(block.body), ("\n", -1)]:
+        if tok == "{":
+            depth += 1
+        elif tok == "}":
+            depth -= 1
+        elif tok == "\n":
+            if line and line[0] == name:
+                return line[1:]
+            line = []
+        elif depth == 0:
+            line.append(tok)
+    return None
+
+
 def user_blocks_for(text: str, zone: str) -> list[ServerBlock]:
     """Server blocks for ``zone`` that aliasd does not own."""
     z = zone.lower().rstrip(".") + "."

@@ -19,11 +19,11 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from kubernetes_asyncio import config as kconfig
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, DiscoveryV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from aliasd.model import AliasClaim, ConfigError
+from aliasd.kubeapi import make_client
+from aliasd.model import AliasClaim
 from aliasd.registry import Result, ZoneConfig, best_zone
 from aliasd.sources import mapping
 from aliasd.sources.mapping import Problem
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 ISTIO_GROUP = "networking.istio.io"
 SE_VERSIONS = ("v1", "v1beta1", "v1alpha3")  # preference order
 CRD_POLL_SECONDS = 5.0
+API_VERSIONS = {"Service": "v1", "ConfigMap": "v1", "ServiceEntry": f"{ISTIO_GROUP}/v1"}
+"""Kinds aliasd records Events on."""
 
 
 class KubeSource:
@@ -230,7 +232,7 @@ class EventRecorder:
         """Emit Events for problems not seen in the previous call."""
         current: dict[tuple[str, str, str, str], Problem] = {}
         for p in problems:
-            if p.owner.kind not in ("Service", "ServiceEntry") or not p.owner.namespace:
+            if p.owner.kind not in API_VERSIONS or not p.owner.namespace:
                 continue
             current[(p.owner.uid or p.owner.ref, p.owner.ref, p.reason, p.message)] = p
         for k, p in current.items():
@@ -243,7 +245,7 @@ class EventRecorder:
 
     async def _emit(self, p: Problem) -> None:
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        api_version = "v1" if p.owner.kind == "Service" else f"{ISTIO_GROUP}/v1"
+        api_version = API_VERSIONS[p.owner.kind]
         body: Any = {
             "metadata": {"generateName": f"{p.owner.name}.", "namespace": p.owner.namespace},
             "involvedObject": {"kind": p.owner.kind, "namespace": p.owner.namespace,
@@ -270,17 +272,6 @@ def registry_problems(result: Result) -> list[Problem]:
     for inv in result.invalid:
         out.append(Problem(inv.claim.owner, "InvalidAlias", inv.reason))
     return out
-
-
-async def make_client(kubeconfig: str | None) -> ApiClient:
-    try:
-        if kubeconfig or os.environ.get("KUBECONFIG"):
-            return await kconfig.new_client_from_config(config_file=kubeconfig)
-        kconfig.load_incluster_config()  # type: ignore[no-untyped-call]
-        return ApiClient()
-    except (kconfig.ConfigException, OSError, ValueError, TypeError) as e:
-        where = kubeconfig or os.environ.get("KUBECONFIG") or "in-cluster config"
-        raise ConfigError(f"cannot load Kubernetes config from {where}: {e}") from None
 
 
 async def add_kube_sources(app: App, *, kubeconfig: str | None,

@@ -14,7 +14,15 @@ import dns.rcode
 import pytest
 
 from aliasd.devcluster import ClusterError, LocalCluster
-from tests.helpers import AliasdProcess, answers, query, run_aliasd, wait_for
+from tests.helpers import (
+    AliasdProcess,
+    answers,
+    events,
+    query,
+    run_aliasd,
+    service,
+    wait_for,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -24,22 +32,6 @@ def aliasd(cluster: LocalCluster, tmp_path: Path) -> Iterator[AliasdProcess]:
     with run_aliasd(["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal"],
                     tmp=tmp_path) as p:
         yield p
-
-
-def service(cluster: LocalCluster, ns: str, name: str, *, alias: str | None = None,
-            ttl: str | None = None, headless: bool = False, **spec: Any) -> dict[str, Any]:
-    ann = {}
-    if alias is not None:
-        ann["aliasd.io/alias"] = alias
-    if ttl is not None:
-        ann["aliasd.io/ttl"] = ttl
-    body_spec: dict[str, Any] = {"ports": [{"name": "http", "port": 80}], **spec}
-    if headless:
-        body_spec["clusterIP"] = "None"
-    obj: dict[str, Any] = cluster.request("POST", f"/api/v1/namespaces/{ns}/services", {
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "annotations": ann}, "spec": body_spec})
-    return obj
 
 
 def set_alias(cluster: LocalCluster, ns: str, name: str, alias: str) -> None:
@@ -58,12 +50,6 @@ def a_records(p: AliasdProcess, name: str) -> list[str]:
 
 def rcode(p: AliasdProcess, name: str) -> str:
     return str(dns.rcode.to_text(query(p.dns, name, "A").rcode()))
-
-
-def events(cluster: LocalCluster, ns: str, name: str) -> list[tuple[str, str]]:
-    items = cluster.request(
-        "GET", f"/api/v1/namespaces/{ns}/events?fieldSelector=involvedObject.name%3D{name}")
-    return [(e["reason"], e["message"]) for e in items["items"]]
 
 
 def test_service_alias_follows_every_step(cluster: LocalCluster, aliasd: AliasdProcess,

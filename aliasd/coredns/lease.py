@@ -1,0 +1,148 @@
+"""Leader election with a coordination.k8s.io/v1 Lease (client-go's shape):
+every replica serves DNS, only the Lease holder writes the cluster DNS config.
+
+Expiry is judged by when *this* process last saw the Lease record change, not
+by the holder's clock, so clock skew between nodes cannot cause two leaders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes_asyncio.client import ApiClient, CoordinationV1Api
+
+from aliasd.kubeapi import TRANSIENT, call, message
+
+log = logging.getLogger(__name__)
+
+
+def default_identity() -> str:
+    """Pod name (or host name) plus a random suffix: a restarted process is a new
+    candidate, never mistaken for the old holder."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{secrets.token_hex(3)}"
+
+
+def _micro_time(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaderElector:
+    def __init__(self, api: ApiClient, *, namespace: str, name: str, identity: str,
+                 duration: float = 15.0, clock: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[bool], None] = lambda leading: None) -> None:
+        self.coord = CoordinationV1Api(api)
+        self.namespace, self.name, self.identity = namespace, name, identity
+        self.duration = duration
+        self.clock = clock
+        self.on_change = on_change
+        self.leading = False
+        self.holder: str | None = None
+        self.error: str | None = None
+        self._observed: tuple[Any, Any] = (None, None)
+        self._observed_at = 0.0
+        self._renewed_at = 0.0
+
+    @property
+    def lease_ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    async def try_acquire_or_renew(self) -> bool:
+        now = _micro_time(dt.datetime.now(dt.UTC))
+        status, lease = await call(self.coord.read_namespaced_lease, self.name, self.namespace)
+        if status == 404:
+            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": self.name, "namespace": self.namespace},
+                    "spec": {"holderIdentity": self.identity,
+                             "leaseDurationSeconds": max(1, round(self.duration)),
+                             "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
+            status, created = await call(self.coord.create_namespaced_lease, self.namespace,
+                                         body)
+            if status == 409:  # someone else created it first
+                return False
+            if status >= 300:
+                raise LeaseError(f"create Lease {self.lease_ref}: {message(status, created)}")
+            self._seen(self.identity, now)
+            return True
+        if status >= 300:
+            raise LeaseError(f"read Lease {self.lease_ref}: {message(status, lease)}")
+        spec = lease.setdefault("spec", {})
+        holder = spec.get("holderIdentity") or None
+        self._seen(holder, spec.get("renewTime"))
+        duration = spec.get("leaseDurationSeconds") or self.duration
+        if holder not in (None, self.identity) and self.clock() < self._observed_at + duration:
+            return False
+        if holder != self.identity:
+            spec["acquireTime"] = now
+            spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
+        spec.update(holderIdentity=self.identity, renewTime=now,
+                    leaseDurationSeconds=max(1, round(self.duration)))
+        status, body = await call(self.coord.replace_namespaced_lease, self.name,
+                                  self.namespace, lease)
+        if status == 409:  # changed since we read it: somebody else renewed or took it
+            return False
+        if status >= 300:
+            raise LeaseError(f"update Lease {self.lease_ref}: {message(status, body)}")
+        self._seen(self.identity, now)
+        return True
+
+    def _seen(self, holder: str | None, renew: Any) -> None:
+        self.holder = holder
+        if (holder, renew) != self._observed:
+            self._observed = (holder, renew)
+            self._observed_at = self.clock()
+
+    def _set(self, leading: bool) -> None:
+        if leading != self.leading:
+            self.leading = leading
+            if leading:
+                log.info("became leader (Lease %s, identity %s)", self.lease_ref, self.identity)
+            else:
+                log.info("no longer leader (Lease %s now held by %s)", self.lease_ref,
+                         self.holder or "nobody")
+            self.on_change(leading)
+
+    async def run(self) -> None:
+        """Acquire, then renew every third of the lease duration; step down when
+        a renewal has not succeeded for two thirds of it (client-go's deadlines)."""
+        period = self.duration / 3
+        while True:
+            try:
+                ok = await self.try_acquire_or_renew()
+                self.error = None
+            except (LeaseError, *TRANSIENT) as e:
+                ok = False
+                if self.error is None:
+                    log.warning("leader election: %s", e)
+                self.error = str(e)[:300]
+            if ok:
+                self._renewed_at = self.clock()
+            self._set(ok or (self.leading
+                             and self.clock() - self._renewed_at < self.duration * 2 / 3))
+            await asyncio.sleep(period)
+
+    async def release(self) -> None:
+        """Give the Lease up on shutdown so another replica takes over at once."""
+        if not self.leading:
+            return
+        self._set(False)
+        try:
+            status, lease = await call(self.coord.read_namespaced_lease, self.name,
+                                       self.namespace)
+            if status != 200 or lease.get("spec", {}).get("holderIdentity") != self.identity:
+                return
+            lease["spec"].update(holderIdentity=None, leaseDurationSeconds=1)
+            await call(self.coord.replace_namespaced_lease, self.name, self.namespace, lease)
+        except TRANSIENT as e:
+            log.warning("could not release Lease %s: %s", self.lease_ref, e)
+
+
+class LeaseError(Exception):
+    """The API server refused a Lease request (other than a lost race)."""

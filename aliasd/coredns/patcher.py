@@ -1,0 +1,392 @@
+"""Apply the desired cluster DNS configuration to its ConfigMaps (the I/O edge
+of ``aliasd.coredns``).
+
+Every write is an RFC 6902 JSON Patch whose ``test`` ops pin the values being
+replaced, so a concurrent edit by someone else makes the patch fail (422)
+instead of being overwritten; then the ConfigMap is re-read and the change
+recomputed on top of that edit. Nothing is written when nothing differs, so a
+restart causes zero writes. A watch on each ConfigMap repairs drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import functools
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jsonpatch
+from kubernetes_asyncio.client import ApiClient, CoreV1Api
+
+from aliasd.coredns import plan
+from aliasd.coredns.lease import LeaderElector
+from aliasd.coredns.plan import Forward
+from aliasd.kubeapi import TRANSIENT, call, message
+from aliasd.model import ApplyError, ConfigError, Owner, parse_ip
+from aliasd.sources.mapping import Problem
+from aliasd.sources.watch import Backoff, Informer, NotFound
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "corefile", "kube-dns", "node-local-dns", "off")
+RESYNC_SECONDS = 30.0
+MAX_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class Target:
+    """One ConfigMap aliasd edits, and how (a Corefile, or kube-dns JSON)."""
+
+    namespace: str
+    name: str
+    flavour: str  # "corefile" | "kube-dns"
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def key(self) -> str:
+        return plan.COREFILE_KEY if self.flavour == "corefile" else plan.STUB_KEY
+
+
+COREDNS = Target("kube-system", "coredns", "corefile")
+KUBE_DNS = Target("kube-system", "kube-dns", "kube-dns")
+NODE_LOCAL_DNS = Target("kube-system", "node-local-dns", "corefile")
+
+
+@dataclass(frozen=True)
+class PatcherConfig:
+    zones: tuple[str, ...]
+    mode: str = "auto"
+    forward_to: Forward | None = None  # else the cluster IP of dns_service
+    dns_service: str = "aliasd-system/aliasd"
+    coredns_configmap: str = "kube-system/coredns"
+
+
+@dataclass(frozen=True)
+class Change:
+    """A ConfigMap as read, and what aliasd wants it to be."""
+
+    target: Target
+    obj: dict[str, Any]  # the ConfigMap as read
+    data: dict[str, str]  # desired data
+    annotations: dict[str, str]  # desired annotations
+    conflicts: tuple[str, ...] = ()
+
+    @property
+    def old_value(self) -> str | None:
+        return (self.obj.get("data") or {}).get(self.target.key)
+
+    @property
+    def new_value(self) -> str | None:
+        return self.data.get(self.target.key)
+
+    @property
+    def changed(self) -> bool:
+        meta = self.obj.get("metadata", {})
+        return ((self.obj.get("data") or {}) != self.data
+                or (meta.get("annotations") or {}) != self.annotations)
+
+    def diff(self) -> str:
+        """Unified diff of the edited value (empty when nothing changes)."""
+        name = f"{self.target.ref}:data.{self.target.key}"
+        return "".join(difflib.unified_diff(
+            _lines(self.old_value), _lines(self.new_value), f"a/{name}", f"b/{name}"))
+
+    def patch(self) -> list[dict[str, Any]]:
+        """JSON Patch from what was read to what is wanted, with a ``test`` op in
+        front of every replaced or removed value (and on resourceVersion when a
+        member is added), so it applies only to the ConfigMap exactly as read."""
+        meta = self.obj.get("metadata", {})
+        # Only the parts aliasd edits, present exactly where the object has them.
+        src: dict[str, Any] = {"metadata": {k: meta[k] for k in ("annotations",) if k in meta}}
+        src.update({k: self.obj[k] for k in ("data",) if k in self.obj})
+        dst: dict[str, Any] = {"metadata": {"annotations": self.annotations}, "data": self.data}
+        if not self.annotations and "annotations" not in meta:
+            dst["metadata"].pop("annotations")
+        if not self.data and "data" not in self.obj:
+            dst.pop("data")
+        ops = list(jsonpatch.make_patch(src, dst))
+        tests: list[dict[str, Any]] = []
+        for op in ops:
+            if op["op"] in ("replace", "remove"):
+                value = jsonpatch.JsonPointer(op["path"]).resolve(src)
+                tests.append({"op": "test", "path": op["path"], "value": value})
+            elif op["op"] == "add" and not any(t["path"] == "/metadata/resourceVersion"
+                                               for t in tests):
+                tests.append({"op": "test", "path": "/metadata/resourceVersion",
+                              "value": meta.get("resourceVersion")})
+        return tests + ops
+
+
+def _lines(text: str | None) -> list[str]:
+    if text is None:
+        return []
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n\\ No newline at end of file\n"
+    return lines
+
+
+def parse_forward(text: str, *, flag: str = "--forward-to") -> Forward:
+    """``IP:PORT`` or ``[IPv6]:PORT`` (port defaults to 53). An IP, never a name:
+    CoreDNS resolves names in ``forward`` only once, at start."""
+    t = text.strip()
+    host, port = t, "53"
+    if t.startswith("["):
+        host, _, rest = t[1:].partition("]")
+        port = rest.lstrip(":") or "53"
+    elif t.count(":") == 1:
+        host, port = t.split(":")
+    try:
+        parse_ip(host)
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: need IP:PORT with an IP address (CoreDNS "
+                          f"resolves a host name in forward only once, at start)") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{flag} {text!r}: port must be 1..65535")
+    return Forward(host, int(port))
+
+
+def split_ref(text: str, *, flag: str) -> tuple[str, str]:
+    ns, _, name = text.partition("/")
+    if not ns or not name or "/" in name:
+        raise ConfigError(f"{flag} {text!r}: expected NAMESPACE/NAME")
+    return ns, name
+
+
+class Patcher:
+    """Keeps the cluster DNS ConfigMaps forwarding the alias zones to aliasd."""
+
+    name = "coredns"
+
+    def __init__(self, api: ApiClient, config: PatcherConfig, *,
+                 results: Counter[str] | None = None,
+                 report: Callable[[list[Problem]], None] = lambda problems: None) -> None:
+        if config.mode not in MODES:
+            raise ConfigError(f"--coredns-mode {config.mode!r}: choose one of "
+                              f"{', '.join(MODES)}")
+        self.core = CoreV1Api(api)
+        self.api = api
+        self.config = config
+        self.results: Counter[str] = results if results is not None else Counter()
+        self.report = report
+        ns, name = split_ref(config.coredns_configmap, flag="--coredns-configmap")
+        self.coredns = Target(ns, name, "corefile")
+        self.targets: list[Target] = []
+        self.conflicts: dict[str, tuple[str, ...]] = {}
+        self.forward: Forward | None = config.forward_to
+        self.error: str | None = None
+        self.elector: LeaderElector | None = None
+        self._dirty = asyncio.Event()
+        self._applied: set[str] = set()  # targets this process has written (drift = change after)
+
+    # ---- reading --------------------------------------------------------------------
+
+    async def _read(self, target: Target) -> dict[str, Any] | None:
+        status, obj = await call(self.core.read_namespaced_config_map, target.name,
+                                 target.namespace)
+        if status == 404:
+            return None
+        if status >= 300:
+            raise ApplyError(f"read ConfigMap {target.ref}: {message(status, obj)}")
+        return obj
+
+    async def resolve_targets(self) -> list[Target]:
+        """The ConfigMaps this mode edits; ``auto`` looks at which exist."""
+        mode = self.config.mode
+        if mode == "off":
+            return []
+        if mode == "corefile":
+            return [self.coredns]
+        if mode == "kube-dns":
+            return [KUBE_DNS]
+        if mode == "node-local-dns":
+            return [self.coredns, NODE_LOCAL_DNS]
+        found = [t for t in (self.coredns, KUBE_DNS, NODE_LOCAL_DNS)
+                 if await self._read(t) is not None]
+        if self.coredns in found:  # CoreDNS serves; a kube-dns ConfigMap would be unused
+            return [t for t in found if t != KUBE_DNS]
+        if not found:
+            raise ApplyError(f"no cluster DNS ConfigMap found (looked for {self.coredns.ref}, "
+                             f"{KUBE_DNS.ref}, {NODE_LOCAL_DNS.ref}); set --coredns-mode")
+        return found
+
+    async def resolve_forward(self) -> Forward:
+        """``--forward-to``, else the cluster IP and DNS port of aliasd's Service."""
+        if self.config.forward_to is not None:
+            return self.config.forward_to
+        ns, name = split_ref(self.config.dns_service, flag="--dns-service")
+        status, svc = await call(self.core.read_namespaced_service, name, ns)
+        if status >= 300:
+            raise ApplyError(f"cannot read aliasd's Service {ns}/{name} for the forward "
+                             f"target: {message(status, svc)} (or set --forward-to)")
+        spec = svc.get("spec") or {}
+        ip = spec.get("clusterIP")
+        if not ip or ip == "None":
+            raise ApplyError(f"Service {ns}/{name} has no cluster IP (headless?); CoreDNS "
+                             f"must forward to a stable IP")
+        ports = spec.get("ports") or []
+        port = next((p for p in ports if p.get("name") == "dns"), None) or next(
+            (p for p in ports if p.get("port") == 53), None) or next(
+            (p for p in ports if p.get("protocol", "TCP") == "UDP"), None)
+        if port is None:
+            raise ApplyError(f"Service {ns}/{name} has no DNS port (name it 'dns')")
+        return Forward(ip, int(port["port"]))
+
+    async def plan(self, target: Target, *, remove: bool = False) -> Change:
+        obj = await self._read(target)
+        if obj is None:
+            raise ApplyError(f"ConfigMap {target.ref} not found")
+        zones = () if remove else self.config.zones
+        forward = None if remove else self.forward
+        data = dict(obj.get("data") or {})
+        annotations = dict(obj.get("metadata", {}).get("annotations") or {})
+        value = data.get(target.key)
+        if target.flavour == "corefile":
+            if value is None:
+                raise ApplyError(f"ConfigMap {target.ref} has no data.{target.key}")
+            text, conflicts = plan.corefile_text(value, zones, forward)
+            data[target.key] = text
+        else:
+            stub, annotations, conflicts = plan.stub_domains(value, annotations, zones, forward)
+            if stub is None:
+                data.pop(target.key, None)
+            else:
+                data[target.key] = stub
+        return Change(target, obj, data, annotations, conflicts)
+
+    # ---- writing --------------------------------------------------------------------
+
+    async def apply(self, target: Target, *, remove: bool = False,
+                    write: bool = True) -> Change:
+        """Plan and (when ``write``) patch until it sticks; the final change."""
+        backoff = Backoff(initial=0.1, cap=2.0)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            change = await self.plan(target, remove=remove)
+            if not change.changed or not write:
+                if write:
+                    self.results["unchanged"] += 1
+                return change
+            self.results["attempt"] += 1
+            status, body = await call(self.core.patch_namespaced_config_map, target.name,
+                                      target.namespace, change.patch(),
+                                      field_manager="aliasd")
+            if status < 300:
+                self.results["applied"] += 1
+                return change
+            if status in (409, 422) and attempt < MAX_ATTEMPTS:
+                # Someone changed it between our read and our patch: their edit
+                # stands; recompute ours on top of it.
+                self.results["conflict"] += 1
+                log.info("%s changed while patching (%s); re-reading (attempt %d)",
+                         target.ref, message(status, body), attempt)
+                await asyncio.sleep(backoff.next())
+                continue
+            self.results["error"] += 1
+            raise ApplyError(f"patch ConfigMap {target.ref}: {message(status, body)}")
+        raise AssertionError("unreachable")
+
+    async def reconcile(self, write: bool) -> None:
+        """One pass over every target; errors are kept for /readyz and retried."""
+        problems: list[Problem] = []
+        errors = []
+        for target in self.targets:
+            try:
+                change = await self.apply(target, write=write)
+            except (ApplyError, *TRANSIENT) as e:
+                errors.append(str(e).splitlines()[0][:300])
+                continue
+            self.conflicts[target.ref] = change.conflicts
+            if write and change.changed:
+                self._log_change(change)
+                self._applied.add(target.ref)
+            for zone in change.conflicts:
+                meta = change.obj.get("metadata", {})
+                problems.append(Problem(
+                    Owner(0.0, target.namespace, target.name, "ConfigMap", meta.get("uid", "")),
+                    "CorefileConflict",
+                    f"zone {zone} already has a server block aliasd does not own; aliasd "
+                    f"leaves it alone, so that block decides where {zone} goes"))
+        error = "; ".join(errors) or None
+        if error and error != self.error:
+            log.warning("CoreDNS wiring: %s", error)
+        self.error = error
+        if write:
+            self.report(problems)
+
+    def _log_change(self, change: Change) -> None:
+        if change.target.ref in self._applied:
+            log.warning("%s was changed by someone else; restoring aliasd's part:\n%s",
+                        change.target.ref, change.diff().rstrip())
+        else:
+            log.info("patched %s:\n%s", change.target.ref, change.diff().rstrip())
+
+    # ---- running --------------------------------------------------------------------
+
+    def mark_dirty(self) -> None:
+        self._dirty.set()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "mode": self.config.mode,
+            "targets": [t.ref for t in self.targets],
+            "forward_to": str(self.forward) if self.forward else None,
+            "leader": self.elector.leading if self.elector else True,
+            "conflicts": {ref: list(z) for ref, z in self.conflicts.items() if z},
+            "error": self.error,
+        }
+
+    async def run(self) -> None:
+        backoff = Backoff(initial=0.5, cap=30.0)
+        while True:  # targets and forward address first; both need the API server
+            try:
+                self.targets = await self.resolve_targets()
+                self.forward = await self.resolve_forward()
+                break
+            except (ApplyError, ConfigError, *TRANSIENT) as e:
+                msg = str(e).splitlines()[0][:300]
+                if msg != self.error:
+                    log.warning("CoreDNS wiring: %s", msg)
+                self.error = msg
+                await asyncio.sleep(backoff.next())
+        if not self.targets:
+            log.info("CoreDNS wiring is off")
+            return
+        log.info("CoreDNS wiring (%s): %s forward the alias zones to %s", self.config.mode,
+                 ", ".join(t.ref for t in self.targets), self.forward)
+        watches = [Informer(f"configmap {t.ref}", functools.partial(
+            self.core.list_namespaced_config_map, t.namespace,
+            field_selector=f"metadata.name={t.name}"),
+            on_change=lambda k, old, new: self.mark_dirty()) for t in self.targets]
+        tasks = [asyncio.create_task(w.run(), name=f"watch-{w.name}") for w in watches]
+        if self.elector is not None:
+            tasks.append(asyncio.create_task(self.elector.run(), name="leader-election"))
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dirty.wait(), RESYNC_SECONDS)
+                self._dirty.clear()
+                with contextlib.suppress(ApplyError, ConfigError, *TRANSIENT):
+                    if self.config.forward_to is None:  # follow the Service if recreated
+                        self.forward = await self.resolve_forward()
+                await self.reconcile(write=self.elector is None or self.elector.leading)
+                for t in tasks:
+                    if t.done() and not t.cancelled() and t.exception() is not None:
+                        exc = t.exception()
+                        if not isinstance(exc, NotFound):
+                            raise exc  # type: ignore[misc]
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, NotFound):
+                    await t
+            if self.elector is not None:
+                await asyncio.shield(self.elector.release())

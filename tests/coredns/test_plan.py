@@ -1,0 +1,169 @@
+"""The desired cluster DNS config (pure): Corefile blocks, kube-dns stubDomains,
+and the guarded JSON Patch that gets there."""
+
+from __future__ import annotations
+
+import json
+
+import jsonpatch
+import pytest
+
+from aliasd.coredns import corefile
+from aliasd.coredns.patcher import COREDNS, KUBE_DNS, Change, parse_forward
+from aliasd.coredns.plan import STUB_ANNOTATION, Forward, corefile_text, stub_domains
+from aliasd.model import ApplyError, ConfigError
+
+from .test_corefile import KUBE_DNS_STYLE, KUBEADM
+
+FWD = Forward("10.96.0.53", 53)
+NODE_LOCAL = """cluster.local:53 {
+    errors
+    cache {
+        success 9984 30
+        denial 9984 5
+    }
+    bind 169.254.20.10 10.96.0.10
+    forward . __PILLAR__CLUSTER__DNS__ {
+        force_tcp
+    }
+}
+.:53 {
+    errors
+    cache 30
+    reload
+    bind 169.254.20.10 10.96.0.10
+    forward . __PILLAR__UPSTREAM__SERVERS__
+}
+"""
+
+
+def test_block_uses_the_root_port_and_bind() -> None:
+    text, conflicts = corefile_text(KUBEADM, ["internal."], FWD)
+    assert conflicts == ()
+    (ours,) = [b for b in corefile.server_blocks(text) if b.managed]
+    assert ours.keys == ("internal:53",)
+    assert corefile.directive(ours, "bind") == ["127.0.0.1"]
+    assert corefile.directive(ours, "forward") == [".", "10.96.0.53:53"]
+    nl, _ = corefile_text(NODE_LOCAL, ["internal"], Forward("10.96.0.99", 53))
+    (ours,) = [b for b in corefile.server_blocks(nl) if b.managed]
+    assert corefile.directive(ours, "bind") == ["169.254.20.10", "10.96.0.10"]
+    assert nl.startswith(NODE_LOCAL)
+
+
+def test_zones_come_and_go_and_removal_is_exact() -> None:
+    two, _ = corefile_text(KUBE_DNS_STYLE, ["internal.", "corp."], FWD)
+    assert [r.zone for r in corefile.managed_regions(two)] == ["internal", "corp"]
+    one, _ = corefile_text(two, ["corp."], FWD)
+    assert [r.zone for r in corefile.managed_regions(one)] == ["corp"]
+    moved, _ = corefile_text(one, ["corp."], Forward("fd00::53", 5353))
+    assert "forward . [fd00::53]:5353" in moved
+    assert corefile_text(moved, [], None)[0] == KUBE_DNS_STYLE
+    # No forward target known yet: existing blocks are kept, none is invented.
+    assert corefile_text(one, ["corp.", "new."], None)[0] == one
+
+
+def test_user_owned_zone_is_a_conflict_and_left_alone() -> None:
+    user = KUBEADM + "internal:53 {\n    forward . 10.0.0.1\n}\n"
+    text, conflicts = corefile_text(user, ["internal.", "corp."], FWD)
+    assert conflicts == ("internal",)
+    assert text.startswith(user) and "corp:53 {" in text
+    # A block of ours that the user later shadows with their own is withdrawn.
+    ours, _ = corefile_text(KUBEADM, ["internal."], FWD)
+    shadowed = ours + "internal:53 {\n    forward . 10.0.0.1\n}\n"
+    assert corefile_text(shadowed, ["internal."], FWD) == (user, ("internal",))
+
+
+def test_unparseable_corefile_is_an_apply_error() -> None:
+    with pytest.raises(ApplyError, match="cannot parse the Corefile: unbalanced"):
+        corefile_text(".:53 {\n  errors\n", ["internal"], FWD)
+
+
+def test_stub_domains_merge_keeps_other_entries_and_remove_is_exact() -> None:
+    original = '{"acme.local":   ["1.2.3.4"]}'
+    text, ann, conflicts = stub_domains(original, {"keep": "me"}, ["internal."], FWD)
+    assert json.loads(text or "") == {"acme.local": ["1.2.3.4"], "internal": ["10.96.0.53"]}
+    assert conflicts == () and ann["keep"] == "me"
+    assert json.loads(ann[STUB_ANNOTATION]) == {"original": original, "zones": ["internal"]}
+    # Idempotent: the same input gives the same text, byte for byte.
+    assert stub_domains(text, ann, ["internal."], FWD) == (text, ann, ())
+    assert stub_domains(text, ann, [], None) == (original, {"keep": "me"}, ())
+    # Someone added an entry meanwhile: it survives the removal.
+    edited = json.dumps({**json.loads(text or ""), "b.local": ["5.6.7.8"]})
+    back, ann2, _ = stub_domains(edited, ann, [], None)
+    assert json.loads(back or "") == {"acme.local": ["1.2.3.4"], "b.local": ["5.6.7.8"]}
+    assert STUB_ANNOTATION not in ann2
+    # No stubDomains key before: none after.
+    text, ann, _ = stub_domains(None, {}, ["internal"], FWD)
+    assert stub_domains(text, ann, [], None) == (None, {}, ())
+
+
+def test_stub_domains_conflict_and_port_rules() -> None:
+    mine = '{"internal": ["10.0.0.1"]}'
+    assert stub_domains(mine, {}, ["internal"], FWD) == (mine, {}, ("internal",))
+    with pytest.raises(ApplyError, match="must listen on port 53"):
+        stub_domains(None, {}, ["internal"], Forward("10.96.0.53", 5353))
+    with pytest.raises(ApplyError, match="stubDomains is not valid JSON"):
+        stub_domains("{nope", {}, ["internal"], FWD)
+    with pytest.raises(ApplyError, match="not a JSON object"):
+        stub_domains('["a"]', {}, ["internal"], FWD)
+
+
+def _cm(data: dict[str, str] | None, annotations: dict[str, str] | None = None
+        ) -> dict[str, object]:
+    meta: dict[str, object] = {"name": "coredns", "namespace": "kube-system",
+                               "resourceVersion": "42"}
+    if annotations is not None:
+        meta["annotations"] = annotations
+    obj: dict[str, object] = {"metadata": meta}
+    if data is not None:
+        obj["data"] = data
+    return obj
+
+
+def test_patch_tests_the_value_it_replaces_and_applies_exactly() -> None:
+    obj = _cm({"Corefile": KUBEADM})
+    new, _ = corefile_text(KUBEADM, ["internal"], FWD)
+    change = Change(COREDNS, obj, {"Corefile": new}, {})
+    ops = change.patch()
+    assert ops == [{"op": "test", "path": "/data/Corefile", "value": KUBEADM},
+                   {"op": "replace", "path": "/data/Corefile", "value": new}]
+    assert jsonpatch.apply_patch(obj, ops)["data"] == {"Corefile": new}
+    # Someone else's edit in between: the test op fails instead of overwriting it.
+    theirs = _cm({"Corefile": KUBEADM + "# ops edit\n"})
+    with pytest.raises(jsonpatch.JsonPatchTestFailed):
+        jsonpatch.apply_patch(theirs, ops)
+    assert "+internal:53 {" in change.diff() and change.changed
+    assert not Change(COREDNS, obj, {"Corefile": KUBEADM}, {}).changed
+
+
+def test_patch_adding_members_is_pinned_to_the_resource_version() -> None:
+    obj = _cm(None)
+    text, ann, _ = stub_domains(None, {}, ["internal"], FWD)
+    change = Change(KUBE_DNS, obj, {"stubDomains": text or ""}, ann)
+    ops = change.patch()
+    assert ops[0] == {"op": "test", "path": "/metadata/resourceVersion", "value": "42"}
+    patched = jsonpatch.apply_patch(obj, ops)
+    assert patched["data"] == {"stubDomains": text}
+    assert patched["metadata"]["annotations"] == ann
+    undone = jsonpatch.apply_patch(patched, Change(KUBE_DNS, patched, {}, {}).patch())
+    assert undone["data"] == {} and undone["metadata"]["annotations"] == {}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("10.96.0.53:53", Forward("10.96.0.53", 53)),
+    ("10.96.0.53", Forward("10.96.0.53", 53)),
+    ("[fd00::53]:5353", Forward("fd00::53", 5353)),
+    ("fd00::53", Forward("fd00::53", 53)),
+])
+def test_parse_forward(text: str, expected: Forward) -> None:
+    assert parse_forward(text) == expected
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("aliasd.aliasd-system.svc:53", "need IP:PORT with an IP address"),
+    ("10.96.0.53:0", "port must be 1..65535"),
+    ("10.96.0.53:dns", "port must be 1..65535"),
+])
+def test_parse_forward_rejects(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_forward(text)
