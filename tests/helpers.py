@@ -78,22 +78,35 @@ class AliasdProcess:
                 self.proc.wait()
 
 
+ALIASD_SCRIPT = [str(Path(sys.executable).parent / "aliasd")]
+"""The installed console script, as a container's ENTRYPOINT would call it."""
+
+
 @contextlib.contextmanager
 def run_aliasd(args: list[str], *, tmp: Path, env: dict[str, str] | None = None,
-               wait_ready: bool = True, dns_port: int | None = None
-               ) -> Iterator[AliasdProcess]:
+               wait_ready: bool = True, dns_port: int | None = None,
+               argv: list[str] | None = None) -> Iterator[AliasdProcess]:
     """``python -m aliasd run ARGS`` on free loopback ports; stopped on exit.
 
-    CoreDNS wiring is off unless ARGS turn it on (the flag beats the env var),
-    so tests that do not test it never touch the shared Corefile."""
+    With ``argv`` (e.g. a Dockerfile's ENTRYPOINT + CMD) that command line runs
+    instead, ``aliasd`` being the installed script, and the ports come from the
+    ALIASD_DNS_LISTEN / ALIASD_HTTP_LISTEN environment like in a container.
+    CoreDNS wiring is off unless ARGS or ENV turn it on, so tests that do not
+    test it never touch the shared Corefile."""
     dns_port, http_port = dns_port or free_udp_tcp_port(), free_port()
+    dns_listen, http_listen = f"127.0.0.1:{dns_port}", f"127.0.0.1:{http_port}"
     log = tmp / f"aliasd-{dns_port}.log"
-    cmd = [sys.executable, "-m", "aliasd", "--log-level", "debug", "run",
-           "--dns-listen", f"127.0.0.1:{dns_port}", "--http-listen", f"127.0.0.1:{http_port}",
-           *args]
+    if argv is None:
+        cmd = [sys.executable, "-m", "aliasd", "--log-level", "debug", "run",
+               "--dns-listen", dns_listen, "--http-listen", http_listen, *args]
+    else:
+        assert argv[0] == "aliasd", argv
+        cmd = [*ALIASD_SCRIPT, *argv[1:], *args]
+    full_env = {**os.environ, "ALIASD_COREDNS_MODE": "off", **(env or {}),
+                "ALIASD_DNS_LISTEN": dns_listen, "ALIASD_HTTP_LISTEN": http_listen}
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, "ALIASD_COREDNS_MODE": "off", **(env or {})})
+                                env=full_env)
     p = AliasdProcess(proc, dns_port, http_port, log)
     try:
         def up() -> bool:
@@ -158,3 +171,7 @@ def events(cluster: LocalCluster, ns: str, name: str) -> list[tuple[str, str]]:
     items = cluster.request(
         "GET", f"/api/v1/namespaces/{ns}/events?fieldSelector=involvedObject.name%3D{name}")
     return [(e["reason"], e["message"]) for e in items["items"]]
+
+
+def a_records(p: AliasdProcess, name: str) -> list[str]:
+    return answers(query(p.dns, name, "A"), "A")

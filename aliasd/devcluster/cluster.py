@@ -63,14 +63,16 @@ def free_udp_tcp_port() -> int:
 
 
 def ensure_binaries() -> Path:
-    """Directory holding kube-apiserver, etcd and coredns; builds them if missing.
+    """Directory holding kube-apiserver, etcd, coredns and kustomize; builds them
+    if missing.
 
     ``ALIASD_BIN_DIR`` points at prebuilt binaries and skips the build.
     """
     preset = os.environ.get("ALIASD_BIN_DIR")
     if preset:
         d = Path(preset)
-        missing = [b for b in ("kube-apiserver", "etcd", "coredns") if not (d / b).is_file()]
+        missing = [b for b in ("kube-apiserver", "etcd", "coredns", "kustomize")
+                   if not (d / b).is_file()]
         if missing:
             raise ClusterError(f"ALIASD_BIN_DIR={d} lacks {', '.join(missing)}")
         return d
@@ -299,6 +301,11 @@ class LocalCluster:
             proc.stop()
 
     def _write_kubeconfig(self) -> None:
+        self.write_kubeconfig(self.kubeconfig, user=ADMIN_TOKEN_USER, token=self.token)
+
+    def write_kubeconfig(self, path: Path, *, user: str, token: str) -> Path:
+        """A kubeconfig for this API server that authenticates with ``token``
+        (e.g. a ServiceAccount token from the TokenRequest API)."""
         cfg = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -306,12 +313,12 @@ class LocalCluster:
                 "server": self.api_url,
                 "certificate-authority": str(self.certs / "ca.crt"),
             }}],
-            "users": [{"name": ADMIN_TOKEN_USER, "user": {"token": self.token}}],
-            "contexts": [{"name": "local", "context": {
-                "cluster": "local", "user": ADMIN_TOKEN_USER}}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
             "current-context": "local",
         }
-        self.kubeconfig.write_text(yaml.safe_dump(cfg))
+        path.write_text(yaml.safe_dump(cfg))
+        return path
 
     # ---- REST ------------------------------------------------------------
 
@@ -333,12 +340,14 @@ class LocalCluster:
         except ValueError:
             return raw
 
-    def apply(self, obj: dict[str, Any]) -> Any:
-        """Server-side apply of one object (field manager ``aliasd-devcluster``)."""
+    def apply(self, obj: dict[str, Any], *, dry_run: bool = False) -> Any:
+        """Server-side apply of one object (field manager ``aliasd-devcluster``);
+        ``dry_run`` runs every admission and validation step but stores nothing."""
         path = resource_path(obj)
         name = obj["metadata"]["name"]
+        dry = "&dryRun=All" if dry_run else ""
         return self.request(
-            "PATCH", f"{path}/{name}?fieldManager=aliasd-devcluster&force=true", obj,
+            "PATCH", f"{path}/{name}?fieldManager=aliasd-devcluster&force=true{dry}", obj,
             content_type="application/apply-patch+yaml",
         )
 
@@ -440,6 +449,7 @@ _PLURALS = {
     "EndpointSlice": "endpointslices", "ServiceEntry": "serviceentries",
     "CustomResourceDefinition": "customresourcedefinitions", "PodDisruptionBudget":
     "poddisruptionbudgets", "NetworkPolicy": "networkpolicies",
+    "ClusterRoleBinding": "clusterrolebindings", "RoleBinding": "rolebindings",
 }
 _CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Build kube-apiserver, etcd and coredns from the Go module proxy into a cache
+# Build kube-apiserver, etcd, coredns and kustomize from the Go module proxy into a cache
 # outside the repository. Idempotent: binaries already present are kept.
 #
 #   hack/local-cluster/build.sh          # build what is missing, print the bin dir
 #
-# Output: the last line on stdout is the directory holding the three binaries.
+# Output: the last line on stdout is the directory holding the binaries.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,8 +18,10 @@ mkdir -p "$bindir"
 log() { echo "local-cluster: $*" >&2; }
 die() { echo "local-cluster: error: $*" >&2; exit 2; }
 
+kustomize_ok() { [[ -x "$bindir/kustomize" ]] && [[ "$("$bindir/kustomize" version 2>/dev/null)" == "${KUSTOMIZE_VERSION}" ]]; }
 have_all=1
 for b in kube-apiserver etcd coredns; do [[ -x "$bindir/$b" ]] || have_all=0; done
+kustomize_ok || have_all=0
 if [[ $have_all == 1 ]]; then
   echo "$bindir"
   exit 0
@@ -38,6 +40,14 @@ if [[ ! -x "$bindir/coredns" ]]; then
   GOBIN="$bindir" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@${COREDNS_VERSION}" \
     || die "building coredns ${COREDNS_VERSION} failed (above); is the Go module proxy ($(go env GOPROXY)) reachable?"
   log "coredns done ($((SECONDS - t0))s)"
+fi
+
+if ! kustomize_ok; then
+  log "building kustomize ${KUSTOMIZE_VERSION}"
+  GOBIN="$bindir" go install -trimpath -ldflags "-s -w" \
+    "sigs.k8s.io/kustomize/kustomize/v5@${KUSTOMIZE_VERSION}" \
+    || die "building kustomize ${KUSTOMIZE_VERSION} failed (above); is the Go module proxy ($(go env GOPROXY)) reachable?"
+  log "kustomize done ($((SECONDS - t0))s)"
 fi
 
 if [[ ! -x "$bindir/kube-apiserver" || ! -x "$bindir/etcd" ]]; then

@@ -16,6 +16,7 @@ import pytest
 from aliasd.devcluster import ClusterError, LocalCluster
 from tests.helpers import (
     AliasdProcess,
+    a_records,
     answers,
     events,
     query,
@@ -42,10 +43,6 @@ def set_alias(cluster: LocalCluster, ns: str, name: str, alias: str) -> None:
 
 def delete(cluster: LocalCluster, ns: str, name: str, kind: str = "services") -> None:
     cluster.request("DELETE", f"/api/v1/namespaces/{ns}/{kind}/{name}")
-
-
-def a_records(p: AliasdProcess, name: str) -> list[str]:
-    return answers(query(p.dns, name, "A"), "A")
 
 
 def rcode(p: AliasdProcess, name: str) -> str:

@@ -1,0 +1,223 @@
+"""The shipped manifests and Dockerfile against the real API server: they
+apply (server-side dry run, then for real), and aliasd started with the
+Dockerfile's command line works under its ServiceAccount's RBAC, which grants
+nothing it does not use."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from aliasd.coredns import corefile
+from aliasd.devcluster import ClusterError, LocalCluster, ensure_binaries
+from tests.helpers import ALIASD_SCRIPT, ROOT, a_records, events, run_aliasd, service, wait_for
+
+pytestmark = pytest.mark.cluster
+
+SA = "system:serviceaccount:aliasd-system:aliasd"
+
+
+def rendered(overlay: str) -> list[dict[str, Any]]:
+    out = subprocess.run([str(ensure_binaries() / "kustomize"), "build", str(ROOT / overlay)],
+                         capture_output=True, text=True, check=True, timeout=60)
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str, name: str = "aliasd") -> dict[str, Any]:
+    (doc,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+@pytest.fixture(scope="module")
+def deployed(cluster: LocalCluster) -> Iterator[list[dict[str, Any]]]:
+    """manifests/kind, server-side dry run first, then applied for real."""
+    docs = rendered("manifests/kind")
+    namespaces = [d for d in docs if d["kind"] == "Namespace"]
+    rest = [d for d in docs if d["kind"] != "Namespace"]
+    for group in (namespaces, rest):  # namespaced dry runs need the namespace to exist
+        for d in group:
+            cluster.apply(d, dry_run=True)
+        for d in group:
+            cluster.apply(d)
+    yield docs
+    for path in ("/api/v1/namespaces/aliasd-system/services/aliasd",
+                 "/apis/apps/v1/namespaces/aliasd-system/deployments/aliasd",
+                 "/apis/coordination.k8s.io/v1/namespaces/aliasd-system/leases/aliasd"):
+        with contextlib.suppress(ClusterError):
+            cluster.request("DELETE", path)
+
+
+def test_manifests_are_what_a_platform_team_expects(deployed: list[dict[str, Any]],
+                                                    cluster: LocalCluster) -> None:
+    assert sorted((d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"])
+                  for d in deployed) == [
+        ("ClusterRole", "", "aliasd"), ("ClusterRoleBinding", "", "aliasd"),
+        ("Deployment", "aliasd-system", "aliasd"), ("Namespace", "", "aliasd-system"),
+        ("PodDisruptionBudget", "aliasd-system", "aliasd"),
+        ("Role", "aliasd-system", "aliasd-leader-election"),
+        ("Role", "kube-system", "aliasd-coredns"),
+        ("RoleBinding", "aliasd-system", "aliasd-leader-election"),
+        ("RoleBinding", "kube-system", "aliasd-coredns"),
+        ("Service", "aliasd-system", "aliasd"), ("ServiceAccount", "aliasd-system", "aliasd")]
+    dep = cluster.request("GET", "/apis/apps/v1/namespaces/aliasd-system/deployments/aliasd")
+    spec = dep["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert dep["spec"]["replicas"] == 2
+    assert (c["image"], c["imagePullPolicy"]) == ("aliasd:dev", "Never")
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False,
+                                    "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}}
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert set(c["resources"]["requests"]) == {"cpu", "memory"}
+    assert "memory" in c["resources"]["limits"]
+    assert spec["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    svc = cluster.request("GET", "/api/v1/namespaces/aliasd-system/services/aliasd")["spec"]
+    assert sorted((p["name"], p["protocol"], p["port"], p["targetPort"])
+                  for p in svc["ports"]) == [("dns", "UDP", 53, "dns"),
+                                             ("dns-tcp", "TCP", 53, "dns-tcp"),
+                                             ("http", "TCP", 8080, "http")]
+    # The base differs only in the image: a registry image, pulled normally.
+    base = by_kind(rendered("manifests/base"), "Deployment")["spec"]["template"]["spec"]
+    assert base["containers"][0]["image"] == "ghcr.io/aliasd/aliasd:0.1.0"
+    assert "imagePullPolicy" not in base["containers"][0]
+
+
+def review(cluster: LocalCluster, verb: str, resource: str, *, group: str = "",
+           namespace: str = "", name: str = "") -> bool:
+    body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": SA, "groups": ["system:serviceaccounts",
+                                            "system:serviceaccounts:aliasd-system"],
+                     "resourceAttributes": {"verb": verb, "resource": resource, "group": group,
+                                            "namespace": namespace, "name": name}}}
+    allowed: bool = cluster.request(
+        "POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body)["status"].get(
+        "allowed", False)
+    return allowed
+
+
+def test_rbac_grants_exactly_what_aliasd_uses(deployed: list[dict[str, Any]],
+                                              cluster: LocalCluster) -> None:
+    role = cluster.request("GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles/aliasd")
+    assert sorted((r["apiGroups"][0], r["resources"][0], tuple(r["verbs"]))
+                  for r in role["rules"]) == [
+        ("", "events", ("create",)), ("", "services", ("get", "list", "watch")),
+        ("discovery.k8s.io", "endpointslices", ("list", "watch")),
+        ("networking.istio.io", "serviceentries", ("list", "watch"))]
+    denied = [
+        ("list", "secrets", "", "", ""), ("get", "secrets", "", "kube-system", "x"),
+        ("update", "services", "", "default", "kubernetes"),
+        ("patch", "services", "", "default", "kubernetes"),
+        ("delete", "events", "", "default", ""), ("patch", "events", "", "default", ""),
+        ("get", "customresourcedefinitions", "apiextensions.k8s.io", "", ""),
+        ("get", "configmaps", "", "kube-system", "extension-apiserver-authentication"),
+        ("patch", "configmaps", "", "kube-system", "kube-proxy"),
+        ("list", "configmaps", "", "kube-system", ""),
+        ("update", "configmaps", "", "kube-system", "coredns"),
+        ("delete", "configmaps", "", "kube-system", "coredns"),
+        ("patch", "configmaps", "", "default", "coredns"),
+        ("update", "leases", "coordination.k8s.io", "aliasd-system", "someone-else"),
+        ("update", "leases", "coordination.k8s.io", "kube-system", "kube-controller-manager"),
+        ("create", "pods", "", "aliasd-system", ""),
+        ("update", "endpointslices", "discovery.k8s.io", "default", "x"),
+    ]
+    assert [d for d in denied if review(cluster, d[0], d[1], group=d[2], namespace=d[3],
+                                        name=d[4])] == []
+    allowed = [
+        ("watch", "services", "", "", ""), ("get", "services", "", "aliasd-system", "aliasd"),
+        ("watch", "endpointslices", "discovery.k8s.io", "", ""),
+        ("watch", "serviceentries", "networking.istio.io", "", ""),
+        ("create", "events", "", "kube-system", ""),
+        ("patch", "configmaps", "", "kube-system", "coredns"),
+        ("watch", "configmaps", "", "kube-system", "node-local-dns"),
+        ("create", "leases", "coordination.k8s.io", "aliasd-system", ""),
+        ("update", "leases", "coordination.k8s.io", "aliasd-system", "aliasd"),
+    ]
+    assert [a for a in allowed if not review(cluster, a[0], a[1], group=a[2], namespace=a[3],
+                                             name=a[4])] == []
+
+
+def dockerfile() -> tuple[list[str], dict[str, str], str]:
+    """The final stage's ENTRYPOINT + CMD, ENV and USER."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    final = text[text.rindex("\nFROM "):]
+    entry = cmd = None
+    env: dict[str, str] = {}
+    user = ""
+    for line in final.splitlines():
+        word, _, rest = line.strip().partition(" ")
+        if word == "ENTRYPOINT":
+            entry = json.loads(rest)
+        elif word == "CMD":
+            cmd = json.loads(rest)
+        elif word == "USER":
+            user = rest.strip()
+        elif word == "ENV":
+            env.update(dict(re.findall(r"(\w+)=(\S+)", rest)))
+    assert entry is not None and cmd is not None
+    return entry + cmd, env, user
+
+
+def test_dockerfile_is_slim_and_non_root() -> None:
+    argv, env, user = dockerfile()
+    assert argv == ["aliasd", "run"]
+    assert user == "65532:65532"
+    text = (ROOT / "Dockerfile").read_text()
+    final = text[text.rindex("\nFROM "):]
+    assert final.splitlines()[1] == "FROM python:3.12-slim"
+    assert "pip install" not in final and "apt-get" not in final  # built in the first stage
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1"  # read-only root filesystem
+
+
+def test_the_image_command_works_under_the_service_account(
+        deployed: list[dict[str, Any]], cluster: LocalCluster, namespace: str,
+        tmp_path: Path) -> None:
+    """The container's command line and environment (Dockerfile ENTRYPOINT/CMD/ENV,
+    the Deployment's args and env) run outside a container, authenticated as the
+    ServiceAccount, exactly as the pod would."""
+    token = cluster.request(
+        "POST", "/api/v1/namespaces/aliasd-system/serviceaccounts/aliasd/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+         "spec": {"expirationSeconds": 3600}})["status"]["token"]
+    kc = cluster.write_kubeconfig(tmp_path / "sa-kubeconfig", user="aliasd", token=token)
+    argv, image_env, _ = dockerfile()
+    (c,) = by_kind(deployed, "Deployment")["spec"]["template"]["spec"]["containers"]
+    pod_env = {e["name"]: e.get("value", "") for e in c["env"]}
+    pod_env.update(POD_NAME="aliasd-7d9f-x1", POD_NAMESPACE="aliasd-system")
+    assert c["args"] == argv[1:]
+    ip = service(cluster, namespace, "fruits-api-service",
+                 alias="my-fruits.internal bad_label")["spec"]["clusterIP"]
+    aliasd_ip = cluster.request("GET", "/api/v1/namespaces/aliasd-system/services/aliasd")[
+        "spec"]["clusterIP"]
+    env = {k: v for k, v in image_env.items() if k != "PATH"} | pod_env | {
+        "KUBECONFIG": str(kc), "ALIASD_COREDNS_MODE": "auto",
+        "ALIASD_LEADER_LEASE_DURATION": "3", "ALIASD_LOG_FORMAT": "text"}
+    with run_aliasd([], tmp=tmp_path, env=env, argv=argv) as p:
+        wait_for(lambda: a_records(p, "my-fruits.internal.") == [ip], what="the alias")
+        wait_for(lambda: f"forward . {aliasd_ip}:53\n" in cluster.request(
+            "GET", "/api/v1/namespaces/kube-system/configmaps/coredns")["data"]["Corefile"],
+            what="CoreDNS patched to forward to the aliasd Service")
+        lease = cluster.request(
+            "GET", "/apis/coordination.k8s.io/v1/namespaces/aliasd-system/leases/aliasd")
+        assert lease["spec"]["holderIdentity"].startswith("aliasd-7d9f-x1_")
+        wait_for(lambda: [r for r, _ in events(cluster, namespace, "fruits-api-service")
+                          ] == ["InvalidAlias"], what="the InvalidAlias Event")
+        status, ready = p.http("/readyz")
+        assert status == 200 and ready["coredns"]["error"] is None
+        assert ready["coredns"]["targets"] == ["kube-system/coredns"]
+        assert not re.search(r"403|[Ff]orbidden", p.logs()), p.logs()
+    remove = subprocess.run([*ALIASD_SCRIPT, "coredns", "remove"], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert remove.returncode == 0, remove.stderr
+    text = cluster.request("GET", "/api/v1/namespaces/kube-system/configmaps/coredns")
+    assert text["data"]["Corefile"] == cluster.initial_corefile
+    assert corefile.managed_regions(text["data"]["Corefile"]) == []
