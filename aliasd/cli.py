@@ -20,7 +20,7 @@ log = logging.getLogger("aliasd")
 
 
 def _add(p: argparse.ArgumentParser, flag: str, *, default: Any = None, repeat: bool = False,
-         help: str, **kw: Any) -> None:
+         help: str, short: str | None = None, **kw: Any) -> None:
     dest = flag.lstrip("-").replace("-", "_")
     env_name = "ALIASD_" + dest.upper()
     env = os.environ.get(env_name)
@@ -30,7 +30,8 @@ def _add(p: argparse.ArgumentParser, flag: str, *, default: Any = None, repeat: 
                        f"env {env_name}, comma-separated)", **kw)
         p.set_defaults(**{dest + "_env": value, dest + "_default": default})
         return
-    p.add_argument(flag, default=env if env is not None else default,
+    names = [short, flag] if short else [flag]
+    p.add_argument(*names, default=env if env is not None else default,
                    help=f"{help} (env {env_name}; default: %(default)s)", **kw)
 
 
@@ -96,6 +97,29 @@ def build_parser() -> argparse.ArgumentParser:
          "config, ~/.kube/config)")
     _add(cdns, "--zone", repeat=True, default=["internal"], help="zones aliasd serves")
     _coredns_flags(cdns)
+
+    ls = sub.add_parser(
+        "list", help="the current aliases: of a running aliasd, or computed from the cluster",
+        description="List aliases (name, targets, owner, ttl, conflicts). With --server, "
+                    "ask a running aliasd (its /v1/aliases); otherwise compute them from "
+                    "the cluster the kubeconfig points at, exactly as aliasd would.")
+    _add(ls, "--server", help="URL of a running aliasd's HTTP endpoint, e.g. "
+         "http://127.0.0.1:8080")
+    _add(ls, "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster "
+         "config, ~/.kube/config)")
+    _add(ls, "--zone", repeat=True, default=["internal"], help="zones aliasd serves")
+    _add(ls, "--namespaces", repeat=True, help="namespaces to read (default: all)")
+    _add(ls, "--output", default="table", choices=["table", "wide", "json", "yaml"],
+         help="output format", short="-o")
+
+    demo = sub.add_parser(
+        "demo", help="run the whole path locally: control plane, aliasd, CoreDNS, dig",
+        description="Start the local control plane (real etcd, kube-apiserver, CoreDNS), "
+                    "apply examples/fruits/, run aliasd wired into CoreDNS and dig the alias "
+                    "through CoreDNS. Ctrl-C cleans everything up.")
+    demo.add_argument("--check", action="store_true",
+                      help="do not wait: assert the alias resolves through CoreDNS to the "
+                           "Service's cluster IP, clean up, exit 0 or 1")
     return parser
 
 
@@ -281,6 +305,24 @@ async def _coredns(args: argparse.Namespace) -> int:
         await api.close()
 
 
+async def _list_aliases(args: argparse.Namespace) -> int:
+    from aliasd import listing
+
+    if args.server:
+        doc = await listing.from_server(args.server)
+    else:
+        from aliasd.registry import ZoneConfig
+
+        try:
+            zones = ZoneConfig.from_names(_list(args, "zone"))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        doc = await listing.from_cluster(args.kubeconfig, zones=zones,
+                                         namespaces=_list(args, "namespaces"))
+    sys.stdout.write(listing.render(doc, args.output))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -290,6 +332,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_async(_serve(args))
         if args.command == "coredns":
             return run_async(_coredns(args))
+        if args.command == "list":
+            return run_async(_list_aliases(args))
+        if args.command == "demo":
+            from aliasd import demo
+
+            return demo.run(check=args.check)
     except AliasdError as e:
         print(f"aliasd: error: {e}", file=sys.stderr)
         return 1

@@ -7,8 +7,14 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
+
+from aliasd.dns.answer import LATENCY_BUCKETS, LATENCY_SAMPLE
 
 if TYPE_CHECKING:
     from aliasd.app import App
@@ -18,7 +24,8 @@ class AppCollector(Collector):
     def __init__(self, app: App) -> None:
         self.app = app
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily
+                                  | HistogramMetricFamily]:
         app = self.app
         q = CounterMetricFamily("aliasd_dns_queries", "DNS answers sent, by rcode and qtype",
                                 labels=["rcode", "qtype"])
@@ -31,6 +38,16 @@ class AppCollector(Collector):
         for kind, n in sorted(app.stats.problems.items()):
             p.add_metric([kind], n)
         yield p
+        st = app.stats
+        buckets, cumulative = [], 0
+        for le, n in zip(LATENCY_BUCKETS, st.latency_buckets, strict=True):
+            cumulative += n
+            buckets.append((repr(le), cumulative))
+        buckets.append(("+Inf", st.latency_count))
+        yield HistogramMetricFamily(
+            "aliasd_dns_answer_latency_seconds",
+            f"Time from a UDP query's arrival to its answer being ready, sampled (one query "
+            f"in {LATENCY_SAMPLE})", buckets=buckets, sum_value=st.latency_sum)
         fp = CounterMetricFamily("aliasd_dns_fast_path_hits",
                                  "Queries answered from the wire cache")
         fp.add_metric([], app.stats.fast_hits)

@@ -17,6 +17,7 @@ template valid for every casing of the same name.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import logging
 import struct
@@ -62,6 +63,10 @@ _COUNTS_NO_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _COUNTS_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 
 
+LATENCY_BUCKETS = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05)
+LATENCY_SAMPLE = 16  # a power of two: the hot path tests a bit mask
+
+
 @dataclass
 class Stats:
     """Counters read by the metrics endpoint: answers by (rcode, qtype name),
@@ -72,6 +77,19 @@ class Stats:
     problems: Counter[str] = field(default_factory=Counter)
     fast_hits: int = 0
     slow: int = 0
+    # Answer latency of one UDP query in LATENCY_SAMPLE (timing every query would
+    # cost more than the fast path itself): counts per bucket, sum, count.
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+    latency_sum: float = 0.0
+    latency_count: int = 0
+
+    def observe_latency(self, seconds: float) -> None:
+        i = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+        if i < len(LATENCY_BUCKETS):
+            self.latency_buckets[i] += 1
+        self.latency_sum += seconds
+        self.latency_count += 1
+
 
 
 _QTYPE_NAMES = {A: "A", NS: "NS", CNAME: "CNAME", SOA: "SOA", AAAA: "AAAA", SRV: "SRV",

@@ -13,11 +13,12 @@ import ipaddress
 import logging
 import socket
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from aliasd.dns.answer import Answerer, Stats
+from aliasd.dns.answer import LATENCY_SAMPLE, Answerer, Stats
 from aliasd.model import ConfigError
 from aliasd.zone import Snapshot
 
@@ -99,13 +100,20 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, server: DnsServer) -> None:
         self.server = server
         self.transport: asyncio.DatagramTransport | None = None
+        self._n = 0  # queries seen, for latency sampling
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio's: no isinstance check.
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        out = self.server.answerer.respond(data, tcp=False, client=str(addr[0]))
+        self._n += 1
+        if self._n & (LATENCY_SAMPLE - 1):
+            out = self.server.answerer.respond(data, tcp=False, client=str(addr[0]))
+        else:
+            t0 = time.perf_counter()
+            out = self.server.answerer.respond(data, tcp=False, client=str(addr[0]))
+            self.server.stats.observe_latency(time.perf_counter() - t0)
         if out is not None and self.transport is not None:
             self.transport.sendto(out, addr)
 
