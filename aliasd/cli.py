@@ -12,9 +12,16 @@ import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aliasd.model import AliasdError, ConfigError
+
+if TYPE_CHECKING:  # the commands import their modules lazily: `aliasd --help` stays fast
+    from collections import Counter
+
+    from kubernetes_asyncio.client import ApiClient
+
+    from aliasd.coredns.patcher import Patcher, PatcherConfig
 
 log = logging.getLogger("aliasd")
 
@@ -75,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(run, "--tcp-max-connections", default="256", help="concurrent TCP connections")
     _add(run, "--kubernetes", default="auto", choices=["auto", "on", "off"],
          help="watch Kubernetes; auto = on when --kubeconfig/KUBECONFIG is set or in a pod")
-    _add(run, "--kubeconfig", help="kubeconfig file (default: in-cluster config)")
+    _add(run, "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster "
+         "config, ~/.kube/config)")
     _add(run, "--namespaces", repeat=True,
          help="namespaces to watch for Services (default: all)")
     _coredns_flags(run)
@@ -193,6 +201,7 @@ async def _serve(args: argparse.Namespace) -> int:
         transfer = parse_networks(_list(args, "allow_transfer"), flag="--allow-transfer")
         idle = _number(args.tcp_idle_timeout, "--tcp-idle-timeout", float)
         max_conns = int(_number(args.tcp_max_connections, "--tcp-max-connections", int))
+        patcher_config = _patcher_config(args, zones.zones)  # bad wiring flags fail early
     except ValueError as e:
         raise ConfigError(str(e)) from None
     config = AppConfig(
@@ -217,7 +226,7 @@ async def _serve(args: argparse.Namespace) -> int:
         kube_client = await add_kube_sources(app, kubeconfig=args.kubeconfig,
                                              namespaces=_list(args, "namespaces"))
     if kube_client is not None and args.coredns_mode != "off":
-        app.components.append(_patcher(args, kube_client, zones.zones, app.patch_results))
+        app.components.append(_patcher(args, kube_client, patcher_config, app.patch_results))
     if not app.sources:
         raise ConfigError("nothing to serve: give --aliases-file, or --kubeconfig "
                           "(or run in a cluster) to watch Kubernetes")
@@ -236,7 +245,7 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _patcher_config(args: argparse.Namespace, zones: Sequence[str]) -> Any:
+def _patcher_config(args: argparse.Namespace, zones: Sequence[str]) -> PatcherConfig:
     from aliasd.coredns.patcher import PatcherConfig, parse_forward, split_ref
 
     split_ref(args.dns_service, flag="--dns-service")
@@ -246,14 +255,14 @@ def _patcher_config(args: argparse.Namespace, zones: Sequence[str]) -> Any:
         dns_service=args.dns_service, coredns_configmap=args.coredns_configmap)
 
 
-def _patcher(args: argparse.Namespace, api: Any, zones: Sequence[str],
-             results: Any) -> Any:
+def _patcher(args: argparse.Namespace, api: ApiClient, config: PatcherConfig,
+             results: Counter[str]) -> Patcher:
     from aliasd.coredns.lease import LeaderElector, default_identity
     from aliasd.coredns.patcher import Patcher, split_ref
     from aliasd.sources.kube import EventRecorder
 
     recorder = EventRecorder(api)
-    patcher = Patcher(api, _patcher_config(args, zones), results=results, report=recorder.sync)
+    patcher = Patcher(api, config, results=results, report=recorder.sync)
     if args.leader_election == "on":
         ns, name = split_ref(args.leader_lease, flag="--leader-lease")
         try:
