@@ -31,6 +31,7 @@ def aliases_document(result: Result) -> dict[str, Any]:
             "ports": [{"name": p.name, "protocol": p.protocol, "port": p.port}
                       for p in claim.ports],
             "owner": claim.owner.ref,
+            "weight": claim.weight if e.name in result.snapshot.weighted else None,
             "conflicts": losers.get(e.name, []),
         })
     return {

@@ -79,6 +79,9 @@ class AliasClaim:
     cname: str | None = None
     ttl: int = DEFAULT_TTL
     ports: tuple[Port, ...] = field(default=())
+    # Set when the owner asks to share the name: claims that all carry a weight
+    # form a weighted group instead of a conflict (0 = drained).
+    weight: int | None = None
 
 
 def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -100,3 +103,14 @@ def parse_ttl(value: object) -> int:
     if not MIN_TTL <= ttl <= MAX_TTL:
         raise ValueError(f"ttl {ttl} is outside {MIN_TTL}..{MAX_TTL}")
     return ttl
+
+
+MAX_WEIGHT = 10000
+
+
+def parse_weight(value: object) -> int:
+    """A weight 0..10000 (ValueError otherwise)."""
+    text = str(value).strip()
+    if not text.isdigit() or int(text) > MAX_WEIGHT:
+        raise ValueError(f"weight {value!r} must be a whole number 0..{MAX_WEIGHT}")
+    return int(text)

@@ -27,6 +27,7 @@ from aliasd.zone import (
     RRset,
     Snapshot,
     SoaData,
+    Weighted,
     ZoneInfo,
 )
 
@@ -186,8 +187,14 @@ def build(
 
     entries: list[Entry] = []
     conflicts: list[Conflict] = []
+    groups: dict[str, list[AliasClaim]] = {}
     for name in sorted(by_name):
         ranked = sorted(by_name[name], key=lambda c: c.owner)
+        if len(ranked) > 1 and all(c.weight is not None for c in ranked):
+            # Every claimant asked to share: a weighted group, not a conflict.
+            groups[name] = ranked
+            entries += [Entry(name, c) for c in ranked]
+            continue
         winner = ranked[0]
         entries.append(Entry(name, winner))
         for loser in ranked[1:]:
@@ -203,20 +210,28 @@ def build(
         rrsets[origin][NS] = zi.ns
         ns_name = f"{NS_LABEL}.{origin}"
         _add_addresses(rrsets, ns_name, config.ns_addresses, config.soa_ttl)
+    weighted: dict[str, Weighted] = {}
+    for name, group in groups.items():
+        # The smallest TTL of the group, so a weight shift takes effect quickly.
+        ttl = min(c.ttl for c in group)
+        variants = tuple(MappingProxyType(_targets(name, c, ttl, config)) for c in group)
+        weighted[name] = Weighted(tuple(c.weight or 0 for c in group), variants)
+        heaviest = max(range(len(group)), key=lambda i: group[i].weight or 0)
+        rrsets[name].update(variants[heaviest])  # what AXFR shows
     for entry in entries:
         c = entry.claim
+        if entry.name not in groups:
+            # The name exists even with no address now (a headless Service
+            # scaled to zero): NODATA, not NXDOMAIN.
+            rrsets[entry.name].update(_targets(entry.name, c, c.ttl, config))
         if c.cname is not None:
-            target = absolute_name(c.cname, config)
-            rrsets[entry.name][CNAME] = RRset(entry.name, CNAME, c.ttl, (target,))
             continue
-        # The name exists even with no address now (a headless Service scaled
-        # to zero): NODATA, not NXDOMAIN.
-        rrsets.setdefault(entry.name, {})
-        _add_addresses(rrsets, entry.name, c.addresses, c.ttl)
         for p in sorted(set(c.ports), key=lambda p: (p.protocol, p.name, p.port)):
             srv = f"_{p.name}._{p.protocol.lower()}.{entry.name}"
             rd: RData = (0, 100, p.port, entry.name)
             old = rrsets[srv].get(SRV)
+            if old is not None and rd in old.rdata:
+                continue
             rdata = (*old.rdata, rd) if old is not None else (rd,)
             rrsets[srv][SRV] = RRset(srv, SRV, c.ttl, rdata)
 
@@ -233,9 +248,18 @@ def build(
     frozen = {k: MappingProxyType(dict(v)) for k, v in rrsets.items()}
     snap = Snapshot(
         serial=serial, zones=tuple(zones), rrsets=MappingProxyType(frozen), ready=ready,
-        names=frozenset(names),
+        names=frozenset(names), weighted=MappingProxyType(weighted),
     )
     return Result(snap, tuple(entries), tuple(conflicts), tuple(invalid))
+
+
+def _targets(name: str, c: AliasClaim, ttl: int, config: ZoneConfig) -> dict[int, RRset]:
+    """The CNAME or A/AAAA RRsets of one claim (none: the name exists, NODATA)."""
+    if c.cname is not None:
+        return {CNAME: RRset(name, CNAME, ttl, (absolute_name(c.cname, config),))}
+    out: dict[str, dict[int, RRset]] = defaultdict(dict)
+    _add_addresses(out, name, c.addresses, ttl)
+    return out[name]
 
 
 def _add_addresses(

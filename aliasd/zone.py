@@ -6,8 +6,10 @@ server holds a reference to the current one and swaps it whole on change.
 
 from __future__ import annotations
 
+import bisect
 import enum
-from collections.abc import Mapping
+import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -75,6 +77,33 @@ class Lookup:
     answer: tuple[RRset, ...] = ()
     authority: tuple[RRset, ...] = ()
     additional: tuple[RRset, ...] = ()
+    # Which variant of a weighted qname answered, and whether the answer depended
+    # on no other random choice (so it may be cached per variant).
+    variant: int | None = None
+    cacheable: bool = True
+
+
+@dataclass(frozen=True)
+class Weighted:
+    """Several target sets for one name; each query gets one, chosen at random
+    in proportion to the weights (weight 0 = drained)."""
+
+    weights: tuple[int, ...]
+    variants: tuple[Mapping[int, RRset], ...]
+    cumulative: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        # All drained: spread evenly rather than answer nothing.
+        ws = self.weights if any(self.weights) else (1,) * len(self.weights)
+        total, cum = 0, []
+        for w in ws:
+            total += w
+            cum.append(total)
+        object.__setattr__(self, "cumulative", tuple(cum))
+
+    def pick(self, rnd: float) -> int:
+        """The variant for a uniform ``rnd`` in [0, 1)."""
+        return bisect.bisect_right(self.cumulative, rnd * self.cumulative[-1])
 
 
 @dataclass(frozen=True)
@@ -91,6 +120,7 @@ class Snapshot:
     ready: bool = True
     # Every owner name plus every ancestor up to its zone (empty non-terminals).
     names: frozenset[str] = frozenset()
+    weighted: Mapping[str, Weighted] = field(default_factory=lambda: MappingProxyType({}))
 
     def find_zone(self, qname: str) -> ZoneInfo | None:
         """The most specific served zone containing ``qname`` (normalized)."""
@@ -102,8 +132,12 @@ class Snapshot:
                 best = z
         return best
 
-    def lookup(self, qname: str, qtype: int) -> Lookup:
-        """Answer ``qname``/``qtype`` (``qname`` normalized: lower case, trailing dot)."""
+    def lookup(self, qname: str, qtype: int, *, variant: int | None = None,
+               rnd: Callable[[], float] = random.random) -> Lookup:
+        """Answer ``qname``/``qtype`` (``qname`` normalized: lower case, trailing dot).
+
+        A weighted ``qname`` answers with ``variant`` (else one drawn with ``rnd``);
+        a weighted name met while chasing a CNAME is drawn with ``rnd``."""
         zone = self.find_zone(qname)
         if zone is None:
             return Lookup(Rcode.REFUSED, authoritative=False)
@@ -112,22 +146,34 @@ class Snapshot:
         answer: list[RRset] = []
         seen: set[str] = set()
         name = qname
+        chosen: int | None = None
+        cacheable = True
         while True:
             if name not in self.names:
-                return self._negative(Rcode.NXDOMAIN, zone, answer)
+                return self._negative(Rcode.NXDOMAIN, zone, answer, chosen, cacheable)
             sets = self.rrsets.get(name, {})
+            group = self.weighted.get(name)
+            if group is not None:
+                if name == qname:
+                    chosen = variant if variant is not None else group.pick(rnd())
+                    sets = group.variants[chosen]
+                else:
+                    cacheable = False
+                    sets = group.variants[group.pick(rnd())]
             if qtype == ANY:
                 for t in ANY_PREFERENCE:
                     if t in sets:
-                        return Lookup(Rcode.NOERROR, True, (*answer, sets[t]))
-                return self._negative(Rcode.NOERROR, zone, answer)
+                        return Lookup(Rcode.NOERROR, True, (*answer, sets[t]),
+                                      variant=chosen, cacheable=cacheable)
+                return self._negative(Rcode.NOERROR, zone, answer, chosen, cacheable)
             if qtype in sets:
                 answer.append(sets[qtype])
                 return Lookup(Rcode.NOERROR, True, tuple(answer),
-                              additional=self._additional(sets[qtype]))
+                              additional=self._additional(sets[qtype]), variant=chosen,
+                              cacheable=cacheable)
             cname = sets.get(CNAME)
             if cname is None:
-                return self._negative(Rcode.NOERROR, zone, answer)
+                return self._negative(Rcode.NOERROR, zone, answer, chosen, cacheable)
             answer.append(cname)
             seen.add(name)
             target = cname.rdata[0]
@@ -136,13 +182,16 @@ class Snapshot:
             # outside them the client's resolver does it.
             next_zone = self.find_zone(target)
             if next_zone is None or target in seen or len(answer) >= MAX_CNAME_CHAIN:
-                return Lookup(Rcode.NOERROR, True, tuple(answer))
+                return Lookup(Rcode.NOERROR, True, tuple(answer), variant=chosen,
+                              cacheable=cacheable)
             zone, name = next_zone, target
 
-    def _negative(self, rcode: Rcode, zone: ZoneInfo, answer: list[RRset]) -> Lookup:
+    def _negative(self, rcode: Rcode, zone: ZoneInfo, answer: list[RRset],
+                  variant: int | None, cacheable: bool) -> Lookup:
         soa = zone.soa
         neg = RRset(soa.name, SOA, zone.negative_ttl, soa.rdata)
-        return Lookup(rcode, True, tuple(answer), authority=(neg,))
+        return Lookup(rcode, True, tuple(answer), authority=(neg,), variant=variant,
+                      cacheable=cacheable)
 
     def _additional(self, rrset: RRset) -> tuple[RRset, ...]:
         """Glue for NS, addresses of in-zone SRV targets."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import logging
+import random
 import struct
 from collections import Counter
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from aliasd.zone import (
     RRset,
     Snapshot,
     SoaData,
+    Weighted,
 )
 
 log = logging.getLogger(__name__)
@@ -155,6 +157,14 @@ def fast_shape(data: bytes, tcp: bool) -> _Shape | None:
     return _Shape(qend, data[12:qend].lower() + (b"\x80" if do else b"\x00"), limit)
 
 
+@dataclass
+class _Variants:
+    """Cached answers of a weighted name, one per variant, filled as drawn."""
+
+    group: Weighted
+    wires: list[tuple[bytes, str, str] | None]
+
+
 class Answerer:
     """Answers queries from one snapshot. A new snapshot gets a new Answerer
     (and so an empty answer cache); nothing here is ever mutated by an update."""
@@ -169,7 +179,8 @@ class Answerer:
         self.snapshot = snapshot
         self.stats = stats
         self.allow_transfer = tuple(allow_transfer)
-        self._cache: dict[bytes, tuple[bytes, str, str]] = {}
+        # question → answer template; for a weighted name, one template per variant.
+        self._cache: dict[bytes, tuple[bytes, str, str] | _Variants] = {}
 
     # ---- entry points ------------------------------------------------------
 
@@ -178,8 +189,14 @@ class Answerer:
         if type(data) is not bytes:
             data = bytes(data)
         shape = fast_shape(data, tcp)
+        variant = None
         if shape is not None:
-            hit = self._cache.get(shape.key)
+            entry = self._cache.get(shape.key)
+            if isinstance(entry, _Variants):  # weighted: a fresh draw for every query
+                variant = entry.group.pick(random.random())
+                hit = entry.wires[variant]
+            else:
+                hit = entry
             if hit is not None and len(hit[0]) <= shape.limit:
                 tmpl, rcode, qtype = hit
                 self.stats.fast_hits += 1
@@ -187,7 +204,7 @@ class Answerer:
                 return (data[:2] + bytes((tmpl[2] | (data[2] & _RD), tmpl[3] | (data[3] & _CD)))
                         + tmpl[4:12] + data[12:shape.qend] + tmpl[shape.qend:])
         try:
-            out = self._slow(data, tcp=tcp, client=client, shape=shape)
+            out = self._slow(data, tcp=tcp, client=client, shape=shape, variant=variant)
         except Exception:  # no input may take the server down; count and drop
             log.exception("internal error answering a query")
             self.stats.problems["internal_error"] += 1
@@ -239,7 +256,8 @@ class Answerer:
             return None, self._error(data, Rcode.FORMERR, "formerr_multiple_opt")
         return req, None
 
-    def _slow(self, data: bytes, *, tcp: bool, client: str, shape: _Shape | None) -> list[bytes]:
+    def _slow(self, data: bytes, *, tcp: bool, client: str, shape: _Shape | None,
+              variant: int | None = None) -> list[bytes]:
         self.stats.slow += 1
         req, err = self._parse(data)
         if req is None:
@@ -275,7 +293,8 @@ class Answerer:
             else:
                 self.stats.problems["transfer_refused"] += 1
         else:
-            lookup = self.snapshot.lookup(str(qname).lower(), q.qtype)
+            lookup = self.snapshot.lookup(str(qname).lower(), q.qtype, variant=variant)
+            cacheable = cacheable and lookup.cacheable
 
         header.rcode = int(lookup.rcode)
         header.aa = int(lookup.authoritative)
@@ -296,7 +315,15 @@ class Answerer:
             out = self._finish(resp, data, limit)
         elif cacheable and shape is not None and len(self._cache) < MAX_CACHE:
             tmpl = b"\x00\x00" + bytes((out[2] & ~_RD & 0xFF, out[3] & ~_CD & 0xFF)) + out[4:]
-            self._cache[shape.key] = (tmpl, rcode_n, qtype_n)
+            if lookup.variant is None:
+                self._cache[shape.key] = (tmpl, rcode_n, qtype_n)
+            else:
+                group = self.snapshot.weighted[str(qname).lower()]
+                cached = self._cache.get(shape.key)
+                if not isinstance(cached, _Variants):
+                    cached = _Variants(group, [None] * len(group.variants))
+                    self._cache[shape.key] = cached
+                cached.wires[lookup.variant] = (tmpl, rcode_n, qtype_n)
         self.stats.answers[(rcode_n, qtype_n)] += 1
         return [out]
 

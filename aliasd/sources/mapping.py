@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from aliasd.model import DEFAULT_TTL, AliasClaim, Owner, Port, parse_ttl
+from aliasd.model import DEFAULT_TTL, AliasClaim, Owner, Port, parse_ttl, parse_weight
 
 ALIAS_ANNOTATION = "aliasd.io/alias"
 TTL_ANNOTATION = "aliasd.io/ttl"
+WEIGHT_ANNOTATION = "aliasd.io/weight"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 _SPLIT = re.compile(r"[\s,]+")
 # name.ns.svc or name.ns.svc.cluster.local (any cluster domain)
@@ -121,12 +122,20 @@ def service_claims(svc: Mapping[str, Any], slices: Iterable[Mapping[str, Any]]
     problems: list[Problem] = []
     ttl = _ttl(svc, owner, problems)
     addresses, cname = service_targets(svc, slices)
+    weight = None
+    raw_weight = (svc.get("metadata", {}).get("annotations") or {}).get(WEIGHT_ANNOTATION)
+    if raw_weight is not None:
+        try:
+            weight = parse_weight(raw_weight)
+        except ValueError as e:
+            problems.append(Problem(owner, "InvalidWeight", f"{WEIGHT_ANNOTATION}: {e}; the "
+                                    f"Service does not share its aliases"))
     ports = tuple(
         Port(p["name"], str(p.get("protocol", "TCP")).upper(), int(p["port"]))
         for p in svc.get("spec", {}).get("ports") or [] if p.get("name") and p.get("port")
     ) if cname is None else ()
-    claims = [AliasClaim(n, owner, addresses=addresses, cname=cname, ttl=ttl, ports=ports)
-              for n in names]
+    claims = [AliasClaim(n, owner, addresses=addresses, cname=cname, ttl=ttl, ports=ports,
+                         weight=weight) for n in names]
     return claims, problems
 
 
@@ -166,6 +175,11 @@ def serviceentry_claims(
     )
     claims = []
     for host in hosts:
+        weighted = _se_weighted(se, services)
+        if weighted:
+            claims += [AliasClaim(host, owner, addresses=a, cname=c, ttl=ttl, weight=w,
+                                  ports=ports if c is None else ()) for a, c, w in weighted]
+            continue
         addresses, cname, why = _se_targets(se, host, services)
         if not addresses and cname is None:
             problems.append(Problem(owner, "NoUsableAddress",
@@ -179,6 +193,35 @@ def serviceentry_claims(
 def _se_protocol(port: Mapping[str, Any]) -> str:
     proto = str(port.get("protocol", "TCP")).upper()
     return "UDP" if proto == "UDP" else "TCP"  # HTTP, GRPC, TLS, ... all ride on TCP
+
+
+def _se_weighted(se: Mapping[str, Any], services: ServiceLookup
+                 ) -> list[tuple[tuple[str, ...], str | None, int]]:
+    """With endpoint weights (and no spec/status addresses, which come first):
+    one target set per usable endpoint with its weight (missing = 1)."""
+    spec = se.get("spec") or {}
+    endpoints = [ep for ep in spec.get("endpoints") or [] if isinstance(ep, dict)]
+    if spec.get("addresses") or (se.get("status") or {}).get("addresses") or not any(
+            "weight" in ep for ep in endpoints):
+        return []
+    out: list[tuple[tuple[str, ...], str | None, int]] = []
+    for ep in endpoints:
+        try:
+            weight = parse_weight(ep.get("weight", 1))
+        except ValueError:
+            continue
+        address = str(ep.get("address", "")).strip()
+        ip = _single_ip(address)
+        m = _SVC_HOST.match(address.lower())
+        if ip:
+            out.append(((ip,), None, weight))
+        elif m:
+            found = services(m.group(2), m.group(1))
+            if found is not None and (found[0] or found[1]):
+                out.append((found[0], found[1], weight))
+        elif address and not address.startswith("unix://"):
+            out.append(((), address, weight))
+    return out
 
 
 def _se_targets(se: Mapping[str, Any], host: str, services: ServiceLookup

@@ -79,3 +79,31 @@ def test_garbage_never_raises(data: bytes) -> None:
     out = a.respond(data)
     assert out is None or out[:2] == data[:2]
     assert a.stats.problems["internal_error"] == 0
+
+
+CHI2_1DF_P001 = 10.828  # chi-square critical value, 1 degree of freedom, p = 0.001
+
+
+def chi2(counts: dict[str, int], expected_share: dict[str, float]) -> float:
+    n = sum(counts.values())
+    return sum((counts.get(k, 0) - n * p) ** 2 / (n * p) for k, p in expected_share.items())
+
+
+def test_weighted_name_is_drawn_per_query_on_the_fast_path() -> None:
+    claims = [AliasClaim("shop.internal", Owner(1, "a", "blue"), addresses=("10.0.0.1",),
+                         weight=10),
+              AliasClaim("shop.internal", Owner(2, "a", "green"), addresses=("10.0.0.2",),
+                         weight=90)]
+    stats = Stats()
+    answerer = Answerer(registry.build(claims, config=CFG, serial=1).snapshot, stats=stats)
+    counts: dict[str, int] = {}
+    for i in range(4000):
+        q = dns.message.make_query("shop.internal.", "A", id=i % 65536)
+        out = answerer.respond(q.to_wire())
+        assert out is not None
+        (rrset,) = dns.message.from_wire(out).answer
+        ip = rrset[0].address
+        counts[ip] = counts.get(ip, 0) + 1
+    assert set(counts) == {"10.0.0.1", "10.0.0.2"}
+    assert chi2(counts, {"10.0.0.1": 0.1, "10.0.0.2": 0.9}) < CHI2_1DF_P001
+    assert stats.fast_hits >= 3990  # one slow answer per variant, the rest from the cache

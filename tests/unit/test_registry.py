@@ -96,3 +96,38 @@ def test_conflict_resolution_is_order_independent(claims: list[AliasClaim]) -> N
     res = registry.build(claims, config=CFG, serial=1)
     assert res.entries[0].claim.owner.name == "o0"
     assert len(res.conflicts) == 5
+
+
+def test_weighted_group_only_when_every_claimant_has_a_weight() -> None:
+    blue = claim("shop", created=1, owner="blue", addresses=("10.0.0.1",), weight=10, ttl=30)
+    green = claim("shop", created=2, owner="green", addresses=("10.0.0.2",), weight=90, ttl=5)
+    res = registry.build([green, blue], config=CFG, serial=1)
+    assert res.conflicts == ()
+    assert [(e.claim.owner.name, e.claim.weight) for e in res.entries] == [("blue", 10),
+                                                                           ("green", 90)]
+    group = res.snapshot.weighted["shop.internal."]
+    assert group.weights == (10, 90)
+    # The draw: [0, 0.1) → blue, [0.1, 1) → green; both answer with the group's smallest TTL.
+    for rnd, want in ((0.0, "10.0.0.1"), (0.0999, "10.0.0.1"), (0.1, "10.0.0.2"),
+                      (0.9999, "10.0.0.2")):
+        got = res.snapshot.lookup("shop.internal.", A, rnd=lambda r=rnd: r)
+        assert (got.answer[0].rdata, got.answer[0].ttl) == ((want,), 5)
+    assert res.snapshot.lookup("shop.internal.", A, variant=0).answer[0].rdata == ("10.0.0.1",)
+    # One claimant without a weight: the usual conflict rule (oldest wins).
+    plain = claim("shop", created=3, owner="plain", addresses=("10.0.0.3",))
+    res = registry.build([blue, green, plain], config=CFG, serial=1)
+    assert "shop.internal." not in res.snapshot.weighted
+    assert [c.loser.name for c in res.conflicts] == ["green", "plain"]
+
+
+def test_drained_variant_is_never_drawn_and_all_drained_spreads_evenly() -> None:
+    old = claim("lb", owner="old", cname="legacy.example.com", addresses=(), weight=0)
+    new = claim("lb", created=2, owner="new", addresses=("10.0.0.2",), weight=100)
+    snap = registry.build([old, new], config=CFG, serial=1).snapshot
+    assert {snap.lookup("lb.internal.", A, rnd=lambda r=r / 100: r).answer[0].rdata
+            for r in range(100)} == {("10.0.0.2",)}
+    drained = [claim("lb", owner="old", weight=0),
+               claim("lb", created=2, owner="new", addresses=("10.0.0.2",), weight=0)]
+    snap = registry.build(drained, config=CFG, serial=1).snapshot
+    assert [snap.lookup("lb.internal.", A, rnd=lambda r=r: r).answer[0].rdata
+            for r in (0.2, 0.7)] == [("10.0.0.1",), ("10.0.0.2",)]
