@@ -92,8 +92,9 @@ def test_manifests_are_what_a_platform_team_expects(deployed: list[dict[str, Any
     assert "imagePullPolicy" not in base["containers"][0]
 
 
-def review(cluster: LocalCluster, verb: str, resource: str, *, group: str = "",
-           namespace: str = "", name: str = "") -> bool:
+def review(cluster: LocalCluster, verb: str, resource: str, group: str, namespace: str,
+           name: str) -> bool:
+    """Whether aliasd's ServiceAccount may do this (a SubjectAccessReview)."""
     body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
             "spec": {"user": SA, "groups": ["system:serviceaccounts",
                                             "system:serviceaccounts:aliasd-system"],
@@ -130,8 +131,7 @@ def test_rbac_grants_exactly_what_aliasd_uses(deployed: list[dict[str, Any]],
         ("create", "pods", "", "aliasd-system", ""),
         ("update", "endpointslices", "discovery.k8s.io", "default", "x"),
     ]
-    assert [d for d in denied if review(cluster, d[0], d[1], group=d[2], namespace=d[3],
-                                        name=d[4])] == []
+    assert [d for d in denied if review(cluster, *d)] == []
     allowed = [
         ("watch", "services", "", "", ""), ("get", "services", "", "aliasd-system", "aliasd"),
         ("watch", "endpointslices", "discovery.k8s.io", "", ""),
@@ -142,8 +142,7 @@ def test_rbac_grants_exactly_what_aliasd_uses(deployed: list[dict[str, Any]],
         ("create", "leases", "coordination.k8s.io", "aliasd-system", ""),
         ("update", "leases", "coordination.k8s.io", "aliasd-system", "aliasd"),
     ]
-    assert [a for a in allowed if not review(cluster, a[0], a[1], group=a[2], namespace=a[3],
-                                             name=a[4])] == []
+    assert [a for a in allowed if not review(cluster, *a)] == []
 
 
 def dockerfile() -> tuple[list[str], dict[str, str], str]:

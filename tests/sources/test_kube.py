@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,6 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def aliasd(cluster: LocalCluster, tmp_path: Path) -> Iterator[AliasdProcess]:
-    with run_aliasd(["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal"],
-                    tmp=tmp_path) as p:
-        yield p
 
 
 def set_alias(cluster: LocalCluster, ns: str, name: str, alias: str) -> None:

@@ -4,23 +4,14 @@ Services sharing a name by ``aliasd.io/weight``, ServiceEntry endpoint weights."
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from aliasd.devcluster import LocalCluster
-from tests.helpers import AliasdProcess, events, query, run_aliasd, service, wait_for
+from tests.helpers import AliasdProcess, events, query, service, wait_for
 from tests.unit.test_fastpath import CHI2_1DF_P001, chi2
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def aliasd(cluster: LocalCluster, tmp_path: Path) -> Iterator[AliasdProcess]:
-    with run_aliasd(["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal"],
-                    tmp=tmp_path) as p:
-        yield p
 
 
 def split(p: AliasdProcess, name: str, n: int) -> Counter[str]:
