@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import bisect
 import enum
+import functools
+import itertools
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -90,16 +92,12 @@ class Weighted:
 
     weights: tuple[int, ...]
     variants: tuple[Mapping[int, RRset], ...]
-    cumulative: tuple[int, ...] = ()
 
-    def __post_init__(self) -> None:
+    @functools.cached_property
+    def cumulative(self) -> tuple[int, ...]:
         # All drained: spread evenly rather than answer nothing.
         ws = self.weights if any(self.weights) else (1,) * len(self.weights)
-        total, cum = 0, []
-        for w in ws:
-            total += w
-            cum.append(total)
-        object.__setattr__(self, "cumulative", tuple(cum))
+        return tuple(itertools.accumulate(ws))
 
     def pick(self, rnd: float) -> int:
         """The variant for a uniform ``rnd`` in [0, 1)."""

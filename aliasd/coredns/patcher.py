@@ -105,8 +105,11 @@ class Change:
         member is added), so it applies only to the ConfigMap exactly as read."""
         meta = self.obj.get("metadata", {})
         # Only the parts aliasd edits, present exactly where the object has them.
-        src: dict[str, Any] = {"metadata": {k: meta[k] for k in ("annotations",) if k in meta}}
-        src.update({k: self.obj[k] for k in ("data",) if k in self.obj})
+        src: dict[str, Any] = {"metadata": {}}
+        if "annotations" in meta:
+            src["metadata"]["annotations"] = meta["annotations"]
+        if "data" in self.obj:
+            src["data"] = self.obj["data"]
         dst: dict[str, Any] = {"metadata": {"annotations": self.annotations}, "data": self.data}
         if not self.annotations and "annotations" not in meta:
             dst["metadata"].pop("annotations")
@@ -173,7 +176,6 @@ class Patcher:
             raise ConfigError(f"--coredns-mode {config.mode!r}: choose one of "
                               f"{', '.join(MODES)}")
         self.core = CoreV1Api(api)
-        self.api = api
         self.config = config
         self.results: Counter[str] = results if results is not None else Counter()
         self.report = report
@@ -270,9 +272,10 @@ class Patcher:
         backoff = Backoff(initial=0.1, cap=2.0)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             change = await self.plan(target, remove=remove)
-            if not change.changed or not write:
-                if write:
-                    self.results["unchanged"] += 1
+            if not write:
+                return change
+            if not change.changed:
+                self.results["unchanged"] += 1
                 return change
             self.results["attempt"] += 1
             status, body = await call(self.core.patch_namespaced_config_map, target.name,

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from aliasd.kubeapi import TRANSIENT
 from aliasd.model import SourceError
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,7 @@ class Informer:
                 rv = None
             except NotFound:
                 raise
-            except (aiohttp.ClientError, ApiException, OSError, TimeoutError, ValueError,
-                    SourceError) as e:
+            except (*TRANSIENT, ValueError, SourceError) as e:
                 self.error = f"{type(e).__name__}: {e}"[:300]
                 self.on_restart()
                 delay = backoff.next()
