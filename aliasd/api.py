@@ -1,18 +1,33 @@
-"""Read-only HTTP endpoints: /healthz, /readyz, /metrics, /v1/aliases."""
+"""HTTP endpoints: /healthz, /readyz, /metrics, /v1/aliases, and the
+overrides API (/v1/overrides, issue 7), described in ``openapi.yaml``."""
 
 from __future__ import annotations
 
+import datetime as dt
+import hmac
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from aliasd.kubeapi import TRANSIENT
 from aliasd.metrics import build_registry
-from aliasd.model import ConfigError
+from aliasd.model import OVERRIDE_KIND, ApplyError, ConfigError
 from aliasd.registry import Result
+from aliasd.sources import overrides
 
 if TYPE_CHECKING:
     from aliasd.app import App
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 16 * 1024  # an override is a few hundred bytes
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def aliases_document(result: Result) -> dict[str, Any]:
@@ -20,6 +35,9 @@ def aliases_document(result: Result) -> dict[str, Any]:
     losers: dict[str, list[str]] = {}
     for c in result.conflicts:
         losers.setdefault(c.name, []).append(c.loser.ref)
+    beaten: dict[str, list[str]] = {}
+    for c in result.overridden:
+        beaten.setdefault(c.name, []).append(c.loser.ref)
     aliases = []
     for e in result.entries:
         claim = e.claim
@@ -33,6 +51,10 @@ def aliases_document(result: Result) -> dict[str, Any]:
             "owner": claim.owner.ref,
             "weight": claim.weight if e.name in result.snapshot.weighted else None,
             "conflicts": losers.get(e.name, []),
+            "override": claim.owner.kind == OVERRIDE_KIND,
+            "overridden": beaten.get(e.name, []),
+            "takeover": claim.takeover,
+            "fallback": claim.fallback,
         })
     return {
         "serial": result.snapshot.serial,
@@ -47,6 +69,34 @@ def aliases_document(result: Result) -> dict[str, Any]:
     }
 
 
+_LABEL = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+
+
+def name_pattern(zones: tuple[str, ...]) -> str:
+    """An override name of these zones: a bare label, or labels ending in a zone."""
+    suffix = "|".join(re.escape(z.rstrip(".")) for z in zones)
+    return f"^{_LABEL}$|^({_LABEL}[.])+({suffix})[.]?$"
+
+
+def _error(status: int, text: str, **headers: str) -> web.Response:
+    return web.json_response({"error": text}, status=status, headers=headers)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error as ``{"error": "..."}`` (aiohttp's own 404/405/413 included)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        text = e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason
+        if e.status == 413:
+            text = f"the body is larger than {MAX_BODY} bytes"
+        return _error(e.status, text or e.reason, **{
+            k: v for k, v in e.headers.items() if k.lower() == "allow"})
+
+
 def make_app(app: App) -> web.Application:
     registry = build_registry(app)
 
@@ -55,9 +105,12 @@ def make_app(app: App) -> web.Application:
 
     async def readyz(_: web.Request) -> web.Response:
         sources = {s.name: {"synced": s.synced, "error": s.error} for s in app.sources}
-        ready = app.ready and app.result.snapshot.ready
+        # Degraded (answering from the state file) is still ready: taking the
+        # pod out of its Service would leave clients with no answer at all.
+        ready = (app.ready and app.result.snapshot.ready) or app.degraded
         not_ready = [n for n, s in sources.items() if not s["synced"]]
-        body: dict[str, Any] = {"ready": ready, "sources": sources, "not_synced": not_ready}
+        body: dict[str, Any] = {"ready": ready, "degraded": app.degraded, "sources": sources,
+                                "not_synced": not_ready}
         # Components (CoreDNS wiring) are detail, not readiness: DNS answers either way.
         body.update({c.name: c.status() for c in app.components})
         return web.json_response(body, status=200 if ready else 503)
@@ -71,12 +124,117 @@ def make_app(app: App) -> web.Application:
     async def aliases(_: web.Request) -> web.Response:
         return web.json_response(aliases_document(app.result))
 
-    web_app = web.Application()
+    openapi_text = resources.files("aliasd").joinpath("openapi.yaml").read_text().replace(
+        "@NAME_PATTERN@", name_pattern(app.config.zones.zones))
+
+    async def openapi(_: web.Request) -> web.Response:
+        return web.Response(text=openapi_text, content_type="application/yaml")
+
+    web_app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
     web_app.router.add_get("/healthz", healthz)
     web_app.router.add_get("/readyz", readyz)
     web_app.router.add_get("/metrics", metrics)
     web_app.router.add_get("/v1/aliases", aliases)
+    web_app.router.add_get("/openapi.yaml", openapi)
+    OverridesApi(app).add_routes(web_app)
     return web_app
+
+
+class OverridesApi:
+    """``/v1/overrides``: reads for everyone, writes with the bearer token."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def add_routes(self, web_app: web.Application) -> None:
+        web_app.router.add_get("/v1/overrides", self.list)
+        web_app.router.add_get("/v1/overrides/{name}", self.get)
+        web_app.router.add_put("/v1/overrides/{name}", self.put)
+        web_app.router.add_delete("/v1/overrides/{name}", self.delete)
+
+    def _source(self) -> overrides.OverridesSource:
+        if self.app.overrides is None:
+            raise web.HTTPServiceUnavailable(text="overrides are off: aliasd has no "
+                                             "place to store them")
+        return self.app.overrides
+
+    def _name(self, request: web.Request) -> str:
+        try:
+            return overrides.parse_name(request.match_info["name"], self.app.config.zones)
+        except ValueError as e:
+            raise web.HTTPBadRequest(text=str(e)) from None
+
+    def _authorize(self, request: web.Request) -> None:
+        token = self.app.config.api_token
+        if token is None:
+            raise web.HTTPForbidden(text="the write API is off: start aliasd with "
+                                    "--api-token-file")
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            log.warning("override write from %s refused: no bearer token", request.remote)
+            raise web.HTTPUnauthorized(
+                text="missing bearer token (Authorization: Bearer <token>)",
+                headers={"WWW-Authenticate": 'Bearer realm="aliasd"'})
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            log.warning("override write from %s refused: wrong token", request.remote)
+            raise web.HTTPForbidden(text="the bearer token is wrong")
+
+    async def list(self, _: web.Request) -> web.Response:
+        items = self.app.overrides.items.values() if self.app.overrides else []
+        return web.json_response(
+            {"overrides": [o.document() for o in sorted(items, key=lambda o: o.name)]})
+
+    async def get(self, request: web.Request) -> web.Response:
+        name = self._name(request)
+        found = self._source().get(name)
+        if found is None:
+            raise web.HTTPNotFound(text=f"no override for {name}")
+        return web.json_response(found.document())
+
+    async def put(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        source = self._source()
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError as e:
+            raise web.HTTPBadRequest(text=f"the body is not valid JSON: {e}") from None
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            if isinstance(body, dict) and ({"updated", "by", "name"} & set(body)):
+                raise ValueError("name, updated and by are set by aliasd, not the caller")
+            o = overrides.parse(request.match_info["name"], body, zones=self.app.config.zones,
+                                updated=now, by=request.remote or "")
+        except ValueError as e:
+            raise web.HTTPBadRequest(text=str(e)) from None
+        created = source.get(o.name) is None
+        await self._store(source.put(o))
+        log.info("override %s set to %s (ttl %d) by %s", o.name,
+                 o.cname or ", ".join(o.addresses), o.ttl, request.remote)
+        self.app.rebuild()  # answer with it before replying
+        return web.json_response(o.document(), status=201 if created else 200)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        source = self._source()
+        name = self._name(request)
+        found = source.get(name)
+        if found is None:
+            raise web.HTTPNotFound(text=f"no override for {name}")
+        await self._store(source.delete(found))
+        log.info("override %s removed by %s", name, request.remote)
+        self.app.rebuild()
+        return web.json_response(found.document())
+
+    @staticmethod
+    async def _store(write: Awaitable[None]) -> None:
+        try:
+            await write
+        except (ApplyError, *TRANSIENT) as e:
+            log.error("storing an override failed: %s", str(e).splitlines()[0])
+            raise web.HTTPServiceUnavailable(
+                text=f"could not store the override: {str(e).splitlines()[0][:300]}") from None
 
 
 async def start_http(app: App, host: str, port: int) -> web.AppRunner:

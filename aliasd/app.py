@@ -22,6 +22,8 @@ from aliasd.dns.answer import Stats
 from aliasd.dns.server import DnsServer, ServerConfig
 from aliasd.model import AliasClaim
 from aliasd.registry import ZoneConfig
+from aliasd.sources.overrides import OverridesSource
+from aliasd.state import State, StateFile
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,9 @@ class AppConfig:
     http_port: int = 8080
     aliases_file: Path | None = None
     debounce: float = 0.02
+    state_file: Path | None = None
+    api_token: str | None = None  # bearer token for the write API; None = writes off
+    state_interval: float = 1.0  # at most one state file write per this many seconds
 
 
 class App:
@@ -86,6 +91,14 @@ class App:
         self.http_port = config.http_port
         self.watch_restarts: Counter[str] = Counter()
         self.patch_results: Counter[str] = Counter()
+        self.overrides: OverridesSource | None = None
+        self.state = StateFile(config.state_file) if config.state_file else None
+        # The last good snapshot's claims from the state file, served while the
+        # sources have not synced (then dropped for good).
+        self.stale: State | None = None
+        self.degraded = False
+        self._good_claims: list[AliasClaim] = []
+        self._state_dirty = asyncio.Event()
 
     # ---- state ---------------------------------------------------------------
 
@@ -96,28 +109,73 @@ class App:
     def ready(self) -> bool:
         return all(s.synced for s in self.sources)
 
+    def load_state(self) -> State | None:
+        """Read the state file: its claims are served until the sources sync.
+        A malformed file is logged and ignored (the sources still work)."""
+        if self.state is None:
+            return None
+        try:
+            state = self.state.load()
+        except ValueError as e:
+            log.error("%s; starting without it", e)
+            return None
+        if state is not None and state.claims:
+            self.stale = state
+            log.info("state file %s: %d claims, written at %s", self.state.path,
+                     len(state.claims), _iso(state.written))
+        return state
+
     def rebuild(self) -> bool:
         """Recompute the snapshot from every source; swap it in if anything
         changed (a new serial only then). Returns whether it changed."""
-        claims = [c for s in self.sources for c in s.claims]
         ready = self.ready
+        if ready:
+            self.stale = None  # fresh state from now on (a stale copy stays in the caches)
+        degraded = self.stale is not None
+        claims = list(self.stale.claims) if self.stale else [
+            c for s in self.sources for c in s.claims]
         serial = registry.next_serial(self.serial, self.clock())
-        result = registry.build(claims, config=self.config.zones, serial=serial, ready=ready)
-        key = (result.entries, result.conflicts, result.invalid, ready)
+        result = registry.build(claims, config=self.config.zones, serial=serial,
+                                ready=ready or degraded)
+        key = (result.entries, result.conflicts, result.invalid, result.overridden, ready,
+               degraded)
         changed = key != self._key
         if changed:
             self._key = key
             self.serial = serial
             self.result = result
+            self.degraded = degraded
             self.dns.swap(result.snapshot)
-            log.debug("snapshot %d: %d aliases, %d conflicts, %d invalid", serial,
-                      len(result.entries), len(result.conflicts), len(result.invalid))
+            log.debug("snapshot %d: %d aliases, %d conflicts, %d invalid%s", serial,
+                      len(result.entries), len(result.conflicts), len(result.invalid),
+                      " (from the state file)" if degraded else "")
+            if ready and self.state is not None:
+                self._good_claims = claims
+                self._state_dirty.set()
         for report in self.reporters:
             try:
                 report(self.result, changed)
             except Exception:
                 log.exception("reporting the new snapshot failed")
         return changed
+
+    async def _state_loop(self) -> None:
+        """Write the last good snapshot's claims (atomically, off the loop)."""
+        assert self.state is not None
+        failed = False
+        while True:
+            await self._state_dirty.wait()
+            self._state_dirty.clear()
+            try:
+                await asyncio.to_thread(self.state.save, now=self.clock(),
+                                        claims=self._good_claims)
+                failed = False
+            except OSError as e:
+                if not failed:
+                    log.error("cannot write the state file %s: %s", self.state.path,
+                              e.strerror or e)
+                failed = True
+            await asyncio.sleep(self.config.state_interval)
 
     async def _rebuild_loop(self) -> None:
         while True:
@@ -138,6 +196,8 @@ class App:
             runner = await start_http(self, self.config.http_host, self.config.http_port)
             self.rebuild()
             tasks = [asyncio.create_task(self._rebuild_loop(), name="rebuild")]
+            if self.state is not None:
+                tasks.append(asyncio.create_task(self._state_loop(), name="state-file"))
             tasks += [asyncio.create_task(s.run(), name=f"source-{s.name}") for s in self.sources]
             tasks += [asyncio.create_task(c.run(), name=c.name) for c in self.components]
             try:
@@ -160,3 +220,10 @@ class App:
             if runner is not None:
                 await runner.cleanup()
             await self.dns.stop()
+            if self.state is not None and self._state_dirty.is_set():
+                with contextlib.suppress(OSError):  # the last change, before exiting
+                    self.state.save(now=self.clock(), claims=self._good_claims)
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

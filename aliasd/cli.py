@@ -86,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
          "config, ~/.kube/config)")
     _add(run, "--namespaces", repeat=True,
          help="namespaces to watch for Services (default: all)")
+    _add(run, "--state-file", help="file for the last good snapshot (and, without "
+         "Kubernetes, the HTTP overrides): served at start until the sources sync")
+    _add(run, "--api-token-file", help="file holding the bearer token for the write API "
+         "(PUT/DELETE /v1/overrides); without it the write API is off")
+    _add(run, "--overrides-configmap", default=f"{_pod_namespace()}/aliasd-overrides",
+         help="NAMESPACE/NAME of the ConfigMap holding the HTTP overrides")
+    _add(run, "--allow-takeover", repeat=True,
+         help="allow aliasd.io/takeover of names under this suffix (example.com) or from "
+              "this namespace (namespace=NAME); both kinds given: both must match")
     _coredns_flags(run)
     _add(run, "--leader-election", default="on", choices=["on", "off"],
          help="with several replicas, only the holder of a Lease patches the cluster DNS")
@@ -117,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
          "config, ~/.kube/config)")
     _add(ls, "--zone", repeat=True, default=["internal"], help="zones aliasd serves")
     _add(ls, "--namespaces", repeat=True, help="namespaces to read (default: all)")
+    _add(ls, "--overrides-configmap", default=f"{_pod_namespace()}/aliasd-overrides",
+         help="NAMESPACE/NAME of the ConfigMap holding the HTTP overrides")
+    _add(ls, "--allow-takeover", repeat=True, help="as for aliasd run")
     _add(ls, "--output", default="table", choices=["table", "wide", "json", "yaml"],
          help="output format", short="-o")
 
@@ -189,13 +201,17 @@ def _number(text: str, flag: str, kind: type[int] | type[float]) -> float:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    from aliasd import registry
     from aliasd.app import App, AppConfig
     from aliasd.dns.server import ServerConfig, parse_listen, parse_networks
-    from aliasd.registry import ZoneConfig
+    from aliasd.registry import TakeoverPolicy, ZoneConfig
     from aliasd.sources.file import FileSource
+    from aliasd.sources.overrides import FileOverrides
 
     try:
-        zones = ZoneConfig.from_names(_list(args, "zone"), ns_addresses=_list(args, "ns_address"))
+        zones = ZoneConfig.from_names(
+            _list(args, "zone"), ns_addresses=_list(args, "ns_address"),
+            takeover=TakeoverPolicy.parse(_list(args, "allow_takeover")))
         dns_host, dns_port = parse_listen(args.dns_listen, flag="--dns-listen")
         http_host, http_port = parse_listen(args.http_listen, flag="--http-listen")
         transfer = parse_networks(_list(args, "allow_transfer"), flag="--allow-transfer")
@@ -210,8 +226,11 @@ async def _serve(args: argparse.Namespace) -> int:
                          tcp_idle_timeout=idle, tcp_max_connections=max_conns),
         http_host=http_host, http_port=http_port,
         aliases_file=Path(args.aliases_file) if args.aliases_file else None,
+        state_file=Path(args.state_file) if args.state_file else None,
+        api_token=_read_token(args.api_token_file) if args.api_token_file else None,
     )
     app = App(config)
+    state = app.load_state()
     if config.aliases_file is not None:
         fs = FileSource(config.aliases_file, config=zones, on_change=app.mark_dirty)
         fs.load()  # a bad file at start is fatal: there is no last good zone yet
@@ -224,9 +243,25 @@ async def _serve(args: argparse.Namespace) -> int:
         from aliasd.sources.kube import add_kube_sources
 
         kube_client = await add_kube_sources(app, kubeconfig=args.kubeconfig,
-                                             namespaces=_list(args, "namespaces"))
+                                             namespaces=_list(args, "namespaces"),
+                                             overrides=args.overrides_configmap)
+    elif app.state is not None:
+        overrides = FileOverrides(zones, app.mark_dirty, state=app.state, clock=app.clock)
+        overrides.load(state.overrides if state else ())
+        app.overrides = overrides
+        app.sources.append(overrides)
+    elif config.api_token is not None:
+        raise ConfigError("--api-token-file without Kubernetes needs --state-file: that is "
+                          "where overrides are kept across restarts")
     if kube_client is not None and args.coredns_mode != "off":
-        app.components.append(_patcher(args, kube_client, patcher_config, app.patch_results))
+        patcher = _patcher(args, kube_client, patcher_config, app.patch_results)
+        app.components.append(patcher)
+
+        def wire_takeovers(result: registry.Result, changed: bool) -> None:
+            if result.snapshot.ready:
+                patcher.set_takeovers(result.takeovers)
+
+        app.reporters.append(wire_takeovers)
     if not app.sources:
         raise ConfigError("nothing to serve: give --aliases-file, or --kubeconfig "
                           "(or run in a cluster) to watch Kubernetes")
@@ -245,8 +280,21 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_token(path: str) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"--api-token-file {path}: {e.strerror or e}") from None
+    if not token:
+        raise ConfigError(f"--api-token-file {path} is empty")
+    if any(c.isspace() for c in token):
+        raise ConfigError(f"--api-token-file {path}: the token contains whitespace")
+    return token
+
+
 def _patcher_config(args: argparse.Namespace, zones: Sequence[str]) -> PatcherConfig:
-    from aliasd.coredns.patcher import PatcherConfig, parse_forward, split_ref
+    from aliasd.coredns.patcher import PatcherConfig, parse_forward
+    from aliasd.kubeapi import split_ref
 
     split_ref(args.dns_service, flag="--dns-service")
     return PatcherConfig(
@@ -258,7 +306,8 @@ def _patcher_config(args: argparse.Namespace, zones: Sequence[str]) -> PatcherCo
 def _patcher(args: argparse.Namespace, api: ApiClient, config: PatcherConfig,
              results: Counter[str]) -> Patcher:
     from aliasd.coredns.lease import LeaderElector, default_identity
-    from aliasd.coredns.patcher import Patcher, split_ref
+    from aliasd.coredns.patcher import Patcher
+    from aliasd.kubeapi import split_ref
     from aliasd.sources.kube import EventRecorder
 
     recorder = EventRecorder(api)
@@ -320,14 +369,16 @@ async def _list_aliases(args: argparse.Namespace) -> int:
     if args.server:
         doc = await listing.from_server(args.server)
     else:
-        from aliasd.registry import ZoneConfig
+        from aliasd.registry import TakeoverPolicy, ZoneConfig
 
         try:
-            zones = ZoneConfig.from_names(_list(args, "zone"))
+            zones = ZoneConfig.from_names(
+                _list(args, "zone"), takeover=TakeoverPolicy.parse(_list(args, "allow_takeover")))
         except ValueError as e:
             raise ConfigError(str(e)) from None
         doc = await listing.from_cluster(args.kubeconfig, zones=zones,
-                                         namespaces=_list(args, "namespaces"))
+                                         namespaces=_list(args, "namespaces"),
+                                         overrides=args.overrides_configmap)
     sys.stdout.write(listing.render(doc, args.output))
     return 0
 

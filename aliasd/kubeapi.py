@@ -58,3 +58,11 @@ async def call(fn: Callable[..., Awaitable[Any]], *args: Any, **kw: Any
 def message(status: int, body: dict[str, Any]) -> str:
     """One line for a failed call: the API server's message, or the status."""
     return f"HTTP {status}: {body.get('message') or body.get('reason') or 'no message'}"
+
+
+def split_ref(text: str, *, flag: str) -> tuple[str, str]:
+    """``NAMESPACE/NAME`` from a flag (``ConfigError`` otherwise)."""
+    ns, _, name = text.partition("/")
+    if not ns or not name or "/" in name:
+        raise ConfigError(f"{flag} {text!r}: expected NAMESPACE/NAME")
+    return ns, name

@@ -35,28 +35,38 @@ async def from_server(url: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read {target}: {e or type(e).__name__}") from None
 
 
-async def from_cluster(kubeconfig: str | None, *, zones: ZoneConfig,
-                       namespaces: list[str]) -> dict[str, Any]:
+async def from_cluster(kubeconfig: str | None, *, zones: ZoneConfig, namespaces: list[str],
+                       overrides: str) -> dict[str, Any]:
     """List (and watch until synced) like ``aliasd run`` does, then build once."""
+    from aliasd.kubeapi import split_ref
     from aliasd.sources.kube import KubeSource
+    from aliasd.sources.overrides import ConfigMapOverrides
 
+    cm_ns, cm_name = split_ref(overrides, flag="--overrides-configmap")
     api = await make_client(kubeconfig)
     try:
-        source = KubeSource(api, zones=zones, namespaces=namespaces, on_change=lambda: None,
-                            restarts=Counter())
-        task = asyncio.create_task(source.run())
+        restarts: Counter[str] = Counter()
+        kube = KubeSource(api, zones=zones, namespaces=namespaces, on_change=lambda: None,
+                          restarts=restarts)
+        switch = ConfigMapOverrides(api, zones, lambda: None, namespace=cm_ns, name=cm_name,
+                                    restarts=restarts)
+        tasks = [asyncio.create_task(kube.run()), asyncio.create_task(switch.run())]
         deadline = time.monotonic() + SYNC_TIMEOUT
-        while not source.synced:
-            if task.done():
-                task.result()
-            if time.monotonic() > deadline:
-                raise ConfigError(f"could not read the cluster within {SYNC_TIMEOUT:.0f}s: "
-                                  f"{source.error or 'not synced'}")
-            await asyncio.sleep(0.05)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        result = registry.build(source.claims, config=zones,
+        try:
+            while not (kube.synced and switch.synced):
+                for task in tasks:
+                    if task.done():
+                        task.result()
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"could not read the cluster within {SYNC_TIMEOUT:.0f}s: "
+                                      f"{kube.error or switch.error or 'not synced'}")
+                await asyncio.sleep(0.05)
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        result = registry.build([*kube.claims, *switch.claims], config=zones,
                                 serial=registry.next_serial(0, time.time()), ready=True)
         return aliases_document(result)
     finally:

@@ -62,6 +62,11 @@ class AppCollector(Collector):
                                 value=res.snapshot.serial)
         yield GaugeMetricFamily("aliasd_ready", "1 when every source has synced",
                                 value=1 if app.ready else 0)
+        yield GaugeMetricFamily("aliasd_degraded", "1 while answering from the state file "
+                                "because the sources have not synced",
+                                value=1 if app.degraded else 0)
+        yield GaugeMetricFamily("aliasd_overrides", "HTTP overrides in effect",
+                                value=len(app.overrides.items) if app.overrides else 0)
         synced = GaugeMetricFamily("aliasd_source_synced", "1 when the source has synced",
                                    labels=["source"])
         for s in app.sources:

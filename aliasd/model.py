@@ -82,6 +82,16 @@ class AliasClaim:
     # Set when the owner asks to share the name: claims that all carry a weight
     # form a weighted group instead of a conflict (0 = drained).
     weight: int | None = None
+    # A name outside the served zones that the owner asks aliasd to answer for
+    # (aliasd.io/takeover); served only where --allow-takeover permits it.
+    takeover: bool = False
+    # The targets are the owner's aliasd.io/fallback addresses: it has no usable
+    # target of its own right now.
+    fallback: bool = False
+
+
+OVERRIDE_KIND = "Override"
+"""Owner kind of an HTTP override: it beats every other claim for its name."""
 
 
 def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

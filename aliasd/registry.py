@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from aliasd.model import AliasClaim, Owner, normalize_name
+from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner, normalize_name
 from aliasd.zone import (
     AAAA,
     CNAME,
@@ -36,11 +36,56 @@ NS_LABEL = "ns"
 
 
 @dataclass(frozen=True)
+class TakeoverPolicy:
+    """Which names outside the zones may be taken over (``--allow-takeover``):
+    a name under one of ``suffixes`` (if any are given) claimed from one of
+    ``namespaces`` (if any are given). Both empty: takeover is off."""
+
+    suffixes: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, items: Iterable[str]) -> TakeoverPolicy:
+        """``example.com`` (a name suffix) or ``namespace=NAME`` items."""
+        suffixes: list[str] = []
+        namespaces: list[str] = []
+        for item in items:
+            item = item.strip()
+            if item.startswith("namespace="):
+                ns = item.removeprefix("namespace=").strip()
+                if not _LABEL.match(ns):
+                    raise ValueError(f"--allow-takeover {item!r}: {ns!r} is not a namespace name")
+                namespaces.append(ns)
+                continue
+            suffix = normalize_name(item.lstrip("*").lstrip("."))
+            err = validate_fqdn(suffix)
+            if err:
+                raise ValueError(f"--allow-takeover {item!r}: {err} (give a name suffix such "
+                                 "as example.com, or namespace=NAME)")
+            suffixes.append(suffix)
+        return cls(tuple(suffixes), tuple(namespaces))
+
+    def refusal(self, name: str, namespace: str) -> str | None:
+        """Why ``namespace`` may not take over ``name`` (normalized), or None."""
+        if not self.suffixes and not self.namespaces:
+            return "takeover is off (aliasd runs without --allow-takeover)"
+        if self.suffixes and not any(name == s or name.endswith("." + s)
+                                     for s in self.suffixes):
+            return (f"{name} is not under an allowed suffix "
+                    f"({', '.join(self.suffixes)})")
+        if self.namespaces and namespace not in self.namespaces:
+            return (f"namespace {namespace or '(none)'} may not take over names "
+                    f"(allowed: {', '.join(self.namespaces)})")
+        return None
+
+
+@dataclass(frozen=True)
 class ZoneConfig:
     """The served zones (first = default for bare labels) and their SOA/NS."""
 
     zones: tuple[str, ...]
     ns_addresses: tuple[str, ...] = ()
+    takeover: TakeoverPolicy = field(default_factory=TakeoverPolicy)
     soa_ttl: int = 30
     refresh: int = 60
     retry: int = 10
@@ -48,7 +93,8 @@ class ZoneConfig:
     negative_ttl: int = 5
 
     @classmethod
-    def from_names(cls, zones: Iterable[str], *, ns_addresses: Iterable[str] = ()) -> ZoneConfig:
+    def from_names(cls, zones: Iterable[str], *, ns_addresses: Iterable[str] = (),
+                   takeover: TakeoverPolicy | None = None) -> ZoneConfig:
         normalized: list[str] = []
         for z in zones:
             n = normalize_name(z)
@@ -65,7 +111,8 @@ class ZoneConfig:
                 addrs.append(str(ipaddress.ip_address(a)))
             except ValueError:
                 raise ValueError(f"ns address {a!r} is not an IP address") from None
-        return cls(zones=tuple(normalized), ns_addresses=tuple(addrs))
+        return cls(zones=tuple(normalized), ns_addresses=tuple(addrs),
+                   takeover=takeover or TakeoverPolicy())
 
 
 @dataclass(frozen=True)
@@ -87,6 +134,11 @@ class Conflict:
 class Invalid:
     claim: AliasClaim
     reason: str
+    event: str = "InvalidAlias"  # the Kubernetes Event reason
+
+
+class TakeoverRefused(ValueError):
+    """A takeover the policy does not allow."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +147,10 @@ class Result:
     entries: tuple[Entry, ...] = ()
     conflicts: tuple[Conflict, ...] = ()
     invalid: tuple[Invalid, ...] = field(default=())
+    # Claims an HTTP override beats (winner = the override): on purpose, so
+    # not conflicts and no Events.
+    overridden: tuple[Conflict, ...] = ()
+    takeovers: tuple[str, ...] = ()  # names outside the zones being served
 
 
 def validate_fqdn(name: str) -> str | None:
@@ -151,9 +207,26 @@ def best_zone(name: str, zones: Iterable[str]) -> str | None:
     return best
 
 
+def _validate_takeover(claim: AliasClaim, config: ZoneConfig) -> str:
+    name = normalize_name(claim.name)
+    err = validate_fqdn(name)
+    if err:
+        raise ValueError(f"takeover {claim.name!r}: {err}")
+    if best_zone(name, config.zones) is not None:
+        raise ValueError(f"takeover {claim.name!r} is inside a served zone; "
+                         "use aliasd.io/alias for it")
+    if name.count(".") < 2:
+        raise ValueError(f"takeover {claim.name!r} is a top-level domain")
+    why = config.takeover.refusal(name, claim.owner.namespace)
+    if why:
+        raise TakeoverRefused(f"takeover of {name} refused: {why}")
+    return name
+
+
 def _validate_claim(claim: AliasClaim, config: ZoneConfig) -> str:
     """The normalized name of a valid claim; ``ValueError`` otherwise."""
-    name, _zone = qualify(claim.name, config)
+    name = (_validate_takeover(claim, config) if claim.takeover
+            else qualify(claim.name, config)[0])
     if claim.cname is not None and claim.addresses:
         raise ValueError(f"alias {claim.name!r} has both addresses and a cname")
     if claim.cname is not None:
@@ -180,6 +253,9 @@ def build(
     for claim in claims:
         try:
             name = _validate_claim(claim, config)
+        except TakeoverRefused as e:
+            invalid.append(Invalid(claim, str(e), "TakeoverNotAllowed"))
+            continue
         except ValueError as e:
             invalid.append(Invalid(claim, str(e)))
             continue
@@ -187,9 +263,15 @@ def build(
 
     entries: list[Entry] = []
     conflicts: list[Conflict] = []
+    overridden: list[Conflict] = []
     groups: dict[str, list[AliasClaim]] = {}
     for name in sorted(by_name):
-        ranked = sorted(by_name[name], key=lambda c: c.owner)
+        # An HTTP override beats every other claim (issue 7).
+        ranked = sorted(by_name[name], key=lambda c: (c.owner.kind != OVERRIDE_KIND, c.owner))
+        if ranked[0].owner.kind == OVERRIDE_KIND:
+            entries.append(Entry(name, ranked[0]))
+            overridden += [Conflict(name, ranked[0].owner, c.owner) for c in ranked[1:]]
+            continue
         if len(ranked) > 1 and all(c.weight is not None for c in ranked):
             # Every claimant asked to share: a weighted group, not a conflict.
             groups[name] = ranked
@@ -210,6 +292,12 @@ def build(
         rrsets[origin][NS] = zi.ns
         ns_name = f"{NS_LABEL}.{origin}"
         _add_addresses(rrsets, ns_name, config.ns_addresses, config.soa_ttl)
+    # A taken-over name is a zone of exactly that name, so that a query for
+    # anything below it is answered (NXDOMAIN) rather than refused. Its SOA
+    # only serves negative answers: an apex SOA next to a CNAME is not allowed.
+    takeovers = sorted({e.name for e in entries if e.claim.takeover})
+    zones += [_apex(name, config, serial) for name in takeovers]
+    all_zones = [z.origin for z in zones]
     weighted: dict[str, Weighted] = {}
     for name, group in groups.items():
         # The smallest TTL of the group, so a weight shift takes effect quickly.
@@ -218,8 +306,12 @@ def build(
         weighted[name] = Weighted(tuple(c.weight or 0 for c in group), variants)
         heaviest = max(range(len(group)), key=lambda i: group[i].weight or 0)
         rrsets[name].update(variants[heaviest])  # what AXFR shows
+    unusable = {name for name, group in groups.items()
+                if not any(c.addresses or c.cname for c in group)}
     for entry in entries:
         c = entry.claim
+        if not c.addresses and c.cname is None and entry.name not in groups:
+            unusable.add(entry.name)
         if entry.name not in groups:
             # The name exists even with no address now (a headless Service
             # scaled to zero): NODATA, not NXDOMAIN.
@@ -237,7 +329,7 @@ def build(
 
     names: set[str] = set()
     for name in rrsets:
-        zone = best_zone(name, config.zones)
+        zone = best_zone(name, all_zones)
         assert zone is not None
         n = name
         while True:
@@ -249,8 +341,10 @@ def build(
     snap = Snapshot(
         serial=serial, zones=tuple(zones), rrsets=MappingProxyType(frozen), ready=ready,
         names=frozenset(names), weighted=MappingProxyType(weighted),
+        unusable=frozenset(unusable),
     )
-    return Result(snap, tuple(entries), tuple(conflicts), tuple(invalid))
+    return Result(snap, tuple(entries), tuple(conflicts), tuple(invalid), tuple(overridden),
+                  tuple(takeovers))
 
 
 def _targets(name: str, c: AliasClaim, ttl: int, config: ZoneConfig) -> dict[int, RRset]:

@@ -119,6 +119,10 @@ class Snapshot:
     # Every owner name plus every ancestor up to its zone (empty non-terminals).
     names: frozenset[str] = frozenset()
     weighted: Mapping[str, Weighted] = field(default_factory=lambda: MappingProxyType({}))
+    # Aliases with no usable target and no fallback (a headless Service with no
+    # ready endpoint): SERVFAIL, the last stage of the issue 7 fallback chain,
+    # so resolvers retry instead of caching "no address".
+    unusable: frozenset[str] = frozenset()
 
     def find_zone(self, qname: str) -> ZoneInfo | None:
         """The most specific served zone containing ``qname`` (normalized)."""
@@ -149,6 +153,8 @@ class Snapshot:
         while True:
             if name not in self.names:
                 return self._negative(Rcode.NXDOMAIN, zone, answer, chosen, cacheable)
+            if name in self.unusable:
+                return Lookup(Rcode.SERVFAIL, authoritative=False, cacheable=cacheable)
             sets = self.rrsets.get(name, {})
             group = self.weighted.get(name)
             if group is not None:

@@ -121,6 +121,24 @@ def run_aliasd(args: list[str], *, tmp: Path, env: dict[str, str] | None = None,
         p.stop()
 
 
+def http_json(p: AliasdProcess, method: str, path: str, body: Any = None, *,
+              token: str | None = None, raw: bytes | None = None) -> tuple[int, Any]:
+    """One HTTP request with a JSON body (or ``raw`` bytes), optionally with a
+    bearer token: (status, parsed JSON answer)."""
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{p.http_port}{path}", data=data,
+                                 method=method)
+    req.add_header("Content-Type", "application/json")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            status, text = r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        status, text = e.code, e.read().decode()
+    return status, json.loads(text)
+
+
 def query(server: tuple[str, int], name: str, rdtype: str | int = "A", *, tcp: bool = False,
           use_edns: int | bool = False, payload: int = 1232, timeout: float = 3.0,
           **kw: Any) -> dns.message.Message:

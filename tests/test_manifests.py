@@ -18,7 +18,16 @@ import yaml
 
 from aliasd.coredns import corefile
 from aliasd.devcluster import ClusterError, LocalCluster, ensure_binaries
-from tests.helpers import ALIASD_SCRIPT, ROOT, a_records, events, run_aliasd, service, wait_for
+from tests.helpers import (
+    ALIASD_SCRIPT,
+    ROOT,
+    a_records,
+    events,
+    http_json,
+    run_aliasd,
+    service,
+    wait_for,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -60,11 +69,14 @@ def test_manifests_are_what_a_platform_team_expects(deployed: list[dict[str, Any
     assert sorted((d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"])
                   for d in deployed) == [
         ("ClusterRole", "", "aliasd"), ("ClusterRoleBinding", "", "aliasd"),
+        ("ConfigMap", "aliasd-system", "aliasd-overrides"),
         ("Deployment", "aliasd-system", "aliasd"), ("Namespace", "", "aliasd-system"),
         ("PodDisruptionBudget", "aliasd-system", "aliasd"),
         ("Role", "aliasd-system", "aliasd-leader-election"),
+        ("Role", "aliasd-system", "aliasd-overrides"),
         ("Role", "kube-system", "aliasd-coredns"),
         ("RoleBinding", "aliasd-system", "aliasd-leader-election"),
+        ("RoleBinding", "aliasd-system", "aliasd-overrides"),
         ("RoleBinding", "kube-system", "aliasd-coredns"),
         ("Service", "aliasd-system", "aliasd"), ("ServiceAccount", "aliasd-system", "aliasd")]
     dep = cluster.request("GET", "/apis/apps/v1/namespaces/aliasd-system/deployments/aliasd")
@@ -81,6 +93,10 @@ def test_manifests_are_what_a_platform_team_expects(deployed: list[dict[str, Any
     assert set(c["resources"]["requests"]) == {"cpu", "memory"}
     assert "memory" in c["resources"]["limits"]
     assert spec["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    # The state file lives on a writable emptyDir (the root filesystem is read-only).
+    assert {"name": "ALIASD_STATE_FILE", "value": "/var/lib/aliasd/state.json"} in c["env"]
+    assert {"name": "state", "mountPath": "/var/lib/aliasd"} in c["volumeMounts"]
+    assert {"name": "state", "emptyDir": {"sizeLimit": "64Mi"}} in spec["volumes"]
     svc = cluster.request("GET", "/api/v1/namespaces/aliasd-system/services/aliasd")["spec"]
     assert sorted((p["name"], p["protocol"], p["port"], p["targetPort"])
                   for p in svc["ports"]) == [("dns", "UDP", 53, "dns"),
@@ -129,6 +145,9 @@ def test_rbac_grants_exactly_what_aliasd_uses(deployed: list[dict[str, Any]],
         ("update", "leases", "coordination.k8s.io", "aliasd-system", "someone-else"),
         ("update", "leases", "coordination.k8s.io", "kube-system", "kube-controller-manager"),
         ("create", "pods", "", "aliasd-system", ""),
+        ("create", "configmaps", "", "aliasd-system", ""),
+        ("patch", "configmaps", "", "aliasd-system", "kube-root-ca.crt"),
+        ("list", "configmaps", "", "aliasd-system", ""),
         ("update", "endpointslices", "discovery.k8s.io", "default", "x"),
     ]
     assert [d for d in denied if review(cluster, *d)] == []
@@ -141,6 +160,8 @@ def test_rbac_grants_exactly_what_aliasd_uses(deployed: list[dict[str, Any]],
         ("watch", "configmaps", "", "kube-system", "node-local-dns"),
         ("create", "leases", "coordination.k8s.io", "aliasd-system", ""),
         ("update", "leases", "coordination.k8s.io", "aliasd-system", "aliasd"),
+        ("watch", "configmaps", "", "aliasd-system", "aliasd-overrides"),
+        ("patch", "configmaps", "", "aliasd-system", "aliasd-overrides"),
     ]
     assert [a for a in allowed if not review(cluster, *a)] == []
 
@@ -197,11 +218,28 @@ def test_the_image_command_works_under_the_service_account(
                  alias="my-fruits.internal bad_label")["spec"]["clusterIP"]
     aliasd_ip = cluster.request("GET", "/api/v1/namespaces/aliasd-system/services/aliasd")[
         "spec"]["clusterIP"]
+    # The pod's emptyDir is the test's tmp_path; the API token the operator adds.
+    pod_env["ALIASD_STATE_FILE"] = pod_env["ALIASD_STATE_FILE"].replace(
+        "/var/lib/aliasd", str(tmp_path))
+    (tmp_path / "token").write_text("t0ken\n")
     env = {k: v for k, v in image_env.items() if k != "PATH"} | pod_env | {
         "KUBECONFIG": str(kc), "ALIASD_COREDNS_MODE": "auto",
-        "ALIASD_LEADER_LEASE_DURATION": "3", "ALIASD_LOG_FORMAT": "text"}
+        "ALIASD_LEADER_LEASE_DURATION": "3", "ALIASD_LOG_FORMAT": "text",
+        "ALIASD_API_TOKEN_FILE": str(tmp_path / "token")}
     with run_aliasd([], tmp=tmp_path, env=env, argv=argv) as p:
         wait_for(lambda: a_records(p, "my-fruits.internal.") == [ip], what="the alias")
+        # An override goes into the shipped ConfigMap under the Role's limits.
+        status, doc = http_json(p, "PUT", "/v1/overrides/my-fruits", {"addresses": ["10.9.9.9"]},
+                                token="t0ken")
+        assert status == 201, doc
+        assert a_records(p, "my-fruits.internal.") == ["10.9.9.9"]
+        stored = cluster.request(
+            "GET", "/api/v1/namespaces/aliasd-system/configmaps/aliasd-overrides")["data"]
+        assert json.loads(stored["my-fruits.internal"])["addresses"] == ["10.9.9.9"]
+        assert http_json(p, "DELETE", "/v1/overrides/my-fruits", token="t0ken")[0] == 200
+        assert a_records(p, "my-fruits.internal.") == [ip]
+        wait_for(lambda: json.loads((tmp_path / "state.json").read_text())["claims"],
+                 what="the state file")
         wait_for(lambda: f"forward . {aliasd_ip}:53\n" in cluster.request(
             "GET", "/api/v1/namespaces/kube-system/configmaps/coredns")["data"]["Corefile"],
             what="CoreDNS patched to forward to the aliasd Service")

@@ -167,8 +167,11 @@ def user_blocks_for(text: str, zone: str) -> list[ServerBlock]:
 def render_block(zone: str, *, port: int, forward_to: str, bind: str | None) -> str:
     z = zone.rstrip(".")
     bind_line = f"    bind {bind}\n" if bind else ""
+    # No cache plugin: aliasd is authoritative and answers in microseconds, and
+    # a CoreDNS cache would hand one weighted draw to every client for a whole
+    # TTL and delay an override by the old answer's TTL (issue 7).
     return (f"{BEGIN}{z} (managed by aliasd; edits here are overwritten)\n"
-            f"{z}:{port} {{\n{bind_line}    errors\n    cache 30\n"
+            f"{z}:{port} {{\n{bind_line}    errors\n"
             f"    forward . {forward_to}\n}}\n{END}{z}\n")
 
 

@@ -26,7 +26,7 @@ from kubernetes_asyncio.client import ApiClient, CoreV1Api
 from aliasd.coredns import plan
 from aliasd.coredns.lease import LeaderElector
 from aliasd.coredns.plan import Forward
-from aliasd.kubeapi import TRANSIENT, call, message
+from aliasd.kubeapi import TRANSIENT, call, message, split_ref
 from aliasd.model import ApplyError, ConfigError, Owner, parse_ip
 from aliasd.sources.mapping import Problem
 from aliasd.sources.watch import Backoff, Informer, NotFound
@@ -157,13 +157,6 @@ def parse_forward(text: str, *, flag: str = "--forward-to") -> Forward:
     return Forward(host, int(port))
 
 
-def split_ref(text: str, *, flag: str) -> tuple[str, str]:
-    ns, _, name = text.partition("/")
-    if not ns or not name or "/" in name:
-        raise ConfigError(f"{flag} {text!r}: expected NAMESPACE/NAME")
-    return ns, name
-
-
 class Patcher:
     """Keeps the cluster DNS ConfigMaps forwarding the alias zones to aliasd."""
 
@@ -188,6 +181,29 @@ class Patcher:
         self.elector: LeaderElector | None = None
         self._dirty = asyncio.Event()
         self._applied: set[str] = set()  # targets this process has written (drift = change after)
+        # Names outside the zones that aliasd serves (issue 7 takeover), each
+        # one more managed block; None until the sources have synced, and
+        # meanwhile the blocks already there are kept as they are.
+        self.takeovers: tuple[str, ...] | None = None
+
+    def set_takeovers(self, names: tuple[str, ...]) -> None:
+        """The taken-over names of the current snapshot (a reporter calls this)."""
+        if names != self.takeovers:
+            self.takeovers = names
+            self.mark_dirty()
+
+    def _names(self, target: Target, value: str | None,
+               annotations: dict[str, str]) -> tuple[str, ...]:
+        """The zones, plus the taken-over names (the ones already wired while
+        those are not known yet)."""
+        if self.takeovers is not None:
+            return (*self.config.zones, *self.takeovers)
+        zones = {plan.zone_key(z) for z in self.config.zones}
+        if target.flavour == "corefile":
+            present = plan.managed_names(value or "")
+        else:
+            present = plan.stub_names(annotations)
+        return (*self.config.zones, *(n for n in present if n not in zones))
 
     # ---- reading --------------------------------------------------------------------
 
@@ -246,11 +262,11 @@ class Patcher:
         obj = await self._read(target)
         if obj is None:
             raise ApplyError(f"ConfigMap {target.ref} not found")
-        zones = () if remove else self.config.zones
         forward = None if remove else self.forward
         data = dict(obj.get("data") or {})
         annotations = dict(obj.get("metadata", {}).get("annotations") or {})
         value = data.get(target.key)
+        zones = () if remove else self._names(target, value, annotations)
         if target.flavour == "corefile":
             if value is None:
                 raise ApplyError(f"ConfigMap {target.ref} has no data.{target.key}")
@@ -343,6 +359,7 @@ class Patcher:
             "forward_to": str(self.forward) if self.forward else None,
             "leader": self.elector.leading if self.elector else True,
             "conflicts": {ref: list(z) for ref, z in self.conflicts.items() if z},
+            "takeovers": list(self.takeovers or ()),
             "error": self.error,
         }
 

@@ -34,8 +34,25 @@ class Forward:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def _zone(z: str) -> str:
+def zone_key(z: str) -> str:
     return z.lower().rstrip(".")
+
+
+def managed_names(text: str) -> list[str]:
+    """The names of aliasd's blocks in a Corefile (unparseable: none)."""
+    try:
+        return [r.zone for r in corefile.managed_regions(text)]
+    except corefile.CorefileError:
+        return []
+
+
+def stub_names(annotations: Mapping[str, str]) -> list[str]:
+    """aliasd's kube-dns stubDomains entries, from its record annotation."""
+    try:
+        return list(_json_object(annotations.get(STUB_ANNOTATION), STUB_ANNOTATION)
+                    .get("zones", []))
+    except ApplyError:
+        return []
 
 
 def corefile_text(text: str, zones: Sequence[str], forward: Forward | None
@@ -50,7 +67,7 @@ def corefile_text(text: str, zones: Sequence[str], forward: Forward | None
                         if corefile.split_key(k)[0] == ".")
             args = corefile.directive(root, "bind")
             bind = " ".join(args) if args else None
-        wanted = [_zone(z) for z in zones]
+        wanted = [zone_key(z) for z in zones]
         out = text
         for region in corefile.managed_regions(text):
             if region.zone not in wanted:
@@ -83,7 +100,7 @@ def stub_domains(value: str | None, annotations: Mapping[str, str], zones: Seque
     original = record.get("original", value)
     prev_ours = set(record.get("zones", []))
     rest = {k: v for k, v in current.items() if k not in prev_ours}
-    wanted = [_zone(z) for z in zones]
+    wanted = [zone_key(z) for z in zones]
     conflicts = tuple(z for z in wanted if z in rest)
     if forward is not None and len(conflicts) < len(wanted) and forward.port != 53:
         raise ApplyError(f"kube-dns stubDomains take IPs only, so aliasd's Service must "

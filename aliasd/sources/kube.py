@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, DiscoveryV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from aliasd.kubeapi import make_client
+from aliasd.kubeapi import make_client, split_ref
 from aliasd.model import AliasClaim
 from aliasd.registry import Result, ZoneConfig, best_zone
 from aliasd.sources import mapping
 from aliasd.sources.mapping import Problem
+from aliasd.sources.overrides import ConfigMapOverrides
 from aliasd.sources.watch import Informer, NotFound, Obj
 
 if TYPE_CHECKING:
@@ -270,18 +271,23 @@ def registry_problems(result: Result) -> list[Problem]:
                            f"alias {c.name} is already served for {c.winner.ref} (the older "
                            f"claim wins); this claim takes over when that one goes away"))
     for inv in result.invalid:
-        out.append(Problem(inv.claim.owner, "InvalidAlias", inv.reason))
+        out.append(Problem(inv.claim.owner, inv.event, inv.reason))
     return out
 
 
-async def add_kube_sources(app: App, *, kubeconfig: str | None,
-                           namespaces: list[str]) -> ApiClient:
-    """Create the client, the source and the Event reporter, and attach them."""
+async def add_kube_sources(app: App, *, kubeconfig: str | None, namespaces: list[str],
+                           overrides: str) -> ApiClient:
+    """Create the client, the sources (Kubernetes objects; the overrides
+    ConfigMap ``overrides``, NAMESPACE/NAME) and the Event reporter; attach them."""
+    cm_ns, cm_name = split_ref(overrides, flag="--overrides-configmap")
     api = await make_client(kubeconfig)
     source = KubeSource(api, zones=app.config.zones, namespaces=namespaces,
                         on_change=app.mark_dirty, restarts=app.watch_restarts)
     recorder = EventRecorder(api)
     app.sources.append(source)
+    app.overrides = ConfigMapOverrides(api, app.config.zones, app.mark_dirty, namespace=cm_ns,
+                                       name=cm_name, restarts=app.watch_restarts)
+    app.sources.append(app.overrides)
 
     def report(result: Result, changed: bool) -> None:
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to report to

@@ -19,6 +19,8 @@ from aliasd.model import DEFAULT_TTL, AliasClaim, Owner, Port, parse_ttl, parse_
 ALIAS_ANNOTATION = "aliasd.io/alias"
 TTL_ANNOTATION = "aliasd.io/ttl"
 WEIGHT_ANNOTATION = "aliasd.io/weight"
+TAKEOVER_ANNOTATION = "aliasd.io/takeover"
+FALLBACK_ANNOTATION = "aliasd.io/fallback"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 _SPLIT = re.compile(r"[\s,]+")
 # name.ns.svc or name.ns.svc.cluster.local (any cluster domain)
@@ -67,8 +69,8 @@ def _ttl(obj: Mapping[str, Any], owner: Owner, problems: list[Problem]) -> int:
         return DEFAULT_TTL
 
 
-def alias_names(obj: Mapping[str, Any]) -> list[str]:
-    raw = (obj.get("metadata", {}).get("annotations") or {}).get(ALIAS_ANNOTATION, "")
+def alias_names(obj: Mapping[str, Any], annotation: str = ALIAS_ANNOTATION) -> list[str]:
+    raw = (obj.get("metadata", {}).get("annotations") or {}).get(annotation, "")
     names: list[str] = []
     for n in _SPLIT.split(raw.strip()):
         if n and n.lower() not in (x.lower() for x in names):
@@ -113,15 +115,39 @@ def _valid_ips(values: Iterable[str]) -> list[str]:
     return out
 
 
+def _fallback(obj: Mapping[str, Any], owner: Owner, problems: list[Problem]
+              ) -> tuple[str, ...]:
+    """The ``aliasd.io/fallback`` addresses (invalid → Problem, none used)."""
+    raw = (obj.get("metadata", {}).get("annotations") or {}).get(FALLBACK_ANNOTATION)
+    if raw is None:
+        return ()
+    out: list[str] = []
+    for item in _SPLIT.split(raw.strip()):
+        if not item:
+            continue
+        try:
+            out.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            problems.append(Problem(owner, "InvalidFallback", f"{FALLBACK_ANNOTATION}: "
+                                    f"{item!r} is not an IP address; no fallback is used"))
+            return ()
+    return tuple(dict.fromkeys(out))
+
+
 def service_claims(svc: Mapping[str, Any], slices: Iterable[Mapping[str, Any]]
                    ) -> tuple[list[AliasClaim], list[Problem]]:
     names = alias_names(svc)
-    if not names:
+    takeovers = alias_names(svc, TAKEOVER_ANNOTATION)
+    if not names and not takeovers:
         return [], []
     owner = owner_of(svc, "Service")
     problems: list[Problem] = []
     ttl = _ttl(svc, owner, problems)
     addresses, cname = service_targets(svc, slices)
+    fallback = _fallback(svc, owner, problems)
+    use_fallback = not addresses and cname is None and bool(fallback)
+    if use_fallback:
+        addresses = fallback
     weight = None
     raw_weight = (svc.get("metadata", {}).get("annotations") or {}).get(WEIGHT_ANNOTATION)
     if raw_weight is not None:
@@ -135,7 +161,9 @@ def service_claims(svc: Mapping[str, Any], slices: Iterable[Mapping[str, Any]]
         for p in svc.get("spec", {}).get("ports") or [] if p.get("name") and p.get("port")
     ) if cname is None else ()
     claims = [AliasClaim(n, owner, addresses=addresses, cname=cname, ttl=ttl, ports=ports,
-                         weight=weight) for n in names]
+                         weight=weight, fallback=use_fallback) for n in names]
+    claims += [AliasClaim(n, owner, addresses=addresses, cname=cname, ttl=ttl, weight=weight,
+                          fallback=use_fallback, takeover=True) for n in takeovers]
     return claims, problems
 
 
@@ -159,15 +187,23 @@ def _single_ip(text: str) -> str | None:
 def serviceentry_claims(
     se: Mapping[str, Any], *, in_zone: Callable[[str], bool], services: ServiceLookup,
 ) -> tuple[list[AliasClaim], list[Problem]]:
-    """Claims for every host of ``se`` inside a served zone."""
+    """Claims for every host of ``se`` inside a served zone, and for the hosts
+    its ``aliasd.io/takeover`` annotation names."""
     spec = se.get("spec") or {}
-    hosts = [h for h in spec.get("hosts") or [] if isinstance(h, str)
-             and not h.startswith("*") and in_zone(h)]
-    if not hosts:
-        return [], []
+    all_hosts = [h for h in spec.get("hosts") or [] if isinstance(h, str)
+                 and not h.startswith("*")]
+    takeovers = {h.lower().rstrip(".") for h in alias_names(se, TAKEOVER_ANNOTATION)}
+    hosts = [h for h in all_hosts if in_zone(h) or h.lower().rstrip(".") in takeovers]
     owner = owner_of(se, "ServiceEntry")
     problems: list[Problem] = []
+    missing = takeovers - {h.lower().rstrip(".") for h in all_hosts}
+    if missing:
+        problems.append(Problem(owner, "InvalidTakeover", f"{TAKEOVER_ANNOTATION}: "
+                                f"{', '.join(sorted(missing))} not in spec.hosts; ignored"))
+    if not hosts:
+        return [], problems
     ttl = _ttl(se, owner, problems)
+    fallback = _fallback(se, owner, problems)
     ports = tuple(
         Port(str(p["name"]).lower(), _se_protocol(p), int(p["number"]))
         for p in spec.get("ports") or [] if p.get("name") and p.get("number")
@@ -175,18 +211,25 @@ def serviceentry_claims(
     )
     claims = []
     for host in hosts:
+        takeover = host.lower().rstrip(".") in takeovers
+        host_ports = () if takeover else ports
         weighted = _se_weighted(se, services)
         if weighted:
             claims += [AliasClaim(host, owner, addresses=a, cname=c, ttl=ttl, weight=w,
-                                  ports=ports if c is None else ()) for a, c, w in weighted]
+                                  takeover=takeover, ports=host_ports if c is None else ())
+                       for a, c, w in weighted]
             continue
         addresses, cname, why = _se_targets(se, host, services)
         if not addresses and cname is None:
+            if fallback:
+                claims.append(AliasClaim(host, owner, addresses=fallback, ttl=ttl,
+                                         takeover=takeover, fallback=True))
+                continue
             problems.append(Problem(owner, "NoUsableAddress",
                                     f"host {host}: {why}; it is not served"))
             continue
         claims.append(AliasClaim(host, owner, addresses=addresses, cname=cname, ttl=ttl,
-                                 ports=ports if cname is None else ()))
+                                 takeover=takeover, ports=host_ports if cname is None else ()))
     return claims, problems
 
 

@@ -96,7 +96,7 @@ def test_pod_path_through_coredns_restart_writes_nothing_remove_is_exact(
         _, ready = p.http("/readyz")
         assert ready["coredns"] == {"mode": "corefile", "targets": ["kube-system/coredns"],
                                     "forward_to": f"127.0.0.1:{port}", "leader": True,
-                                    "conflicts": {}, "error": None}
+                                    "conflicts": {}, "takeovers": [], "error": None}
         assert metric(p, 'aliasd_corefile_patches_total{result="applied"}') == 1.0
     rv = coredns.request("GET", f"{CM}/coredns")["metadata"]["resourceVersion"]
     with run_aliasd(wired(coredns, port), tmp=tmp_path, dns_port=port) as p:

@@ -200,11 +200,13 @@ def endpoint_slice(cluster: LocalCluster, ns: str, service_name: str,
 def test_headless_service_ready_endpoints_only(cluster: LocalCluster, aliasd: AliasdProcess,
                                                namespace: str) -> None:
     service(cluster, namespace, "db", alias="headless-db.internal", headless=True)
-    # No endpoints yet: the name exists with no address (NODATA), not NXDOMAIN.
+    # No ready endpoint and no aliasd.io/fallback: SERVFAIL (issue 7: the last
+    # stage of the fallback chain), neither a cached "no address" nor NXDOMAIN.
     wait_for(lambda: any(a["name"] == "headless-db.internal."
                          for a in aliasd.http("/v1/aliases")[1]["aliases"]), what="alias")
-    r = query(aliasd.dns, "headless-db.internal.", "A")
-    assert r.rcode() == dns.rcode.NOERROR and r.answer == []
+    for qtype in ("A", "AAAA"):
+        r = query(aliasd.dns, "headless-db.internal.", qtype)
+        assert r.rcode() == dns.rcode.SERVFAIL and r.answer == []
     endpoint_slice(cluster, namespace, "db",
                    {"10.244.0.1": True, "10.244.0.2": None, "10.244.0.3": False})
     wait_for(lambda: a_records(aliasd, "headless-db.internal.") == ["10.244.0.1", "10.244.0.2"],
@@ -266,7 +268,8 @@ def test_not_ready_until_synced_servfail_not_nxdomain(cluster: LocalCluster, tmp
                         wait_ready=False) as p:
             status, body = p.http("/readyz")
             assert status == 503
-            assert body["ready"] is False and body["not_synced"] == ["kubernetes"]
+            assert body["ready"] is False and body["not_synced"] == ["kubernetes", "overrides"]
+            assert body["degraded"] is False  # no state file: nothing to fall back on
             assert rcode(p, "anything.internal.") == "SERVFAIL"
             assert rcode(p, "example.com.") == "REFUSED"
             cluster.start_apiserver()

@@ -1,0 +1,125 @@
+"""The state file (``--state-file``): the claims of the last good snapshot and,
+standalone, the HTTP overrides, so that a restart can answer before (or
+without) the sources (issue 7, staged fallback).
+
+Written atomically (temporary file in the same directory, fsync, rename), so a
+crash mid-write leaves the previous version, never half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aliasd.model import AliasClaim, Owner, Port
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class State:
+    claims: tuple[AliasClaim, ...]
+    overrides: tuple[dict[str, Any], ...]
+    written: float  # seconds since the epoch
+
+
+def claim_to_json(c: AliasClaim) -> dict[str, Any]:
+    o = c.owner
+    return {
+        "name": c.name, "addresses": list(c.addresses), "cname": c.cname, "ttl": c.ttl,
+        "ports": [[p.name, p.protocol, p.port] for p in c.ports], "weight": c.weight,
+        "takeover": c.takeover, "fallback": c.fallback,
+        "owner": {"created": o.created, "namespace": o.namespace, "name": o.name,
+                  "kind": o.kind, "uid": o.uid},
+    }
+
+
+def claim_from_json(d: Any) -> AliasClaim:
+    """The inverse of :func:`claim_to_json`; ``ValueError`` on anything else."""
+    try:
+        o = d["owner"]
+        return AliasClaim(
+            name=str(d["name"]),
+            owner=Owner(float(o["created"]), str(o["namespace"]), str(o["name"]),
+                        str(o["kind"]), str(o["uid"])),
+            addresses=tuple(str(a) for a in d["addresses"]),
+            cname=None if d["cname"] is None else str(d["cname"]),
+            ttl=int(d["ttl"]),
+            ports=tuple(Port(str(n), str(p), int(num)) for n, p, num in d["ports"]),
+            weight=None if d["weight"] is None else int(d["weight"]),
+            takeover=bool(d["takeover"]), fallback=bool(d["fallback"]),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"a stored claim is malformed ({type(e).__name__}: {e})") from None
+
+
+class StateFile:
+    """One JSON file; ``save`` replaces the part it is given and keeps the other."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._claims: list[dict[str, Any]] = []
+        self._overrides: list[dict[str, Any]] = []
+        # Snapshots are saved from a worker thread, overrides from the event
+        # loop: one at a time, each with the other's latest part.
+        self._lock = threading.Lock()
+
+    def load(self) -> State | None:
+        """The stored state; None if there is no file. A malformed file is an
+        error naming the file and the problem (``ValueError``)."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise ValueError(f"state file {self.path}: {e.strerror or e}") from None
+        try:
+            doc = json.loads(text)
+            if not isinstance(doc, dict) or doc.get("version") != VERSION:
+                raise ValueError(f"not an aliasd state file of version {VERSION}")
+            claims = tuple(claim_from_json(c) for c in doc["claims"])
+            overrides = tuple(doc["overrides"])
+            if not all(isinstance(o, dict) for o in overrides):
+                raise ValueError("overrides must be objects")
+            written = float(doc["written"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"state file {self.path}: {e}") from None
+        self._claims = [claim_to_json(c) for c in claims]
+        self._overrides = list(overrides)
+        return State(claims, overrides, written)
+
+    def save(self, *, now: float, claims: Iterable[AliasClaim] | None = None,
+             overrides: Sequence[dict[str, Any]] | None = None) -> None:
+        """Write the file atomically; ``OSError`` if that fails (the old file stays)."""
+        with self._lock:
+            self._save(now, claims, overrides)
+
+    def _save(self, now: float, claims: Iterable[AliasClaim] | None,
+              overrides: Sequence[dict[str, Any]] | None) -> None:
+        new_claims = self._claims if claims is None else [claim_to_json(c) for c in claims]
+        new_overrides = self._overrides if overrides is None else list(overrides)
+        doc = {"version": VERSION, "written": now, "claims": new_claims,
+               "overrides": new_overrides}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(doc, f, separators=(",", ":"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._claims, self._overrides = new_claims, new_overrides

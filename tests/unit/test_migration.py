@@ -1,0 +1,137 @@
+"""Pure parts of issue 7 beyond weights: override parsing, overrides and
+takeovers in the registry, the state file format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aliasd import registry
+from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner, Port
+from aliasd.registry import TakeoverPolicy, ZoneConfig
+from aliasd.sources import overrides
+from aliasd.state import StateFile
+from aliasd.zone import CNAME, A, Rcode
+
+ZONES = ZoneConfig.from_names(["internal"])
+SVC = Owner(100.0, "shop", "api")
+OLD = Owner(50.0, "shop", "old")
+
+
+@pytest.mark.parametrize(("name", "body", "error"), [
+    ("x.example.com", {"addresses": ["10.0.0.1"]}, "outside the served zones"),
+    ("x", [], "must be a JSON object"),
+    ("x", {}, "exactly one of"),
+    ("x", {"addresses": ["10.0.0.1"], "cname": "y"}, "exactly one of"),
+    ("x", {"addresses": []}, "non-empty list"),
+    ("x", {"addresses": "10.0.0.1"}, "non-empty list"),
+    ("x", {"addresses": ["10.0.0.300"]}, "'10.0.0.300' is not an IP address"),
+    ("x", {"addresses": [7]}, "7 is not a string"),
+    ("x", {"addresses": ["10.0.0.1"] * 65}, "at most 64"),
+    ("x", {"addresses": ["10.0.0.1"], "ttl": 0}, "outside 1..86400"),
+    ("x", {"addresses": ["10.0.0.1"], "ttl": "5"}, "whole number"),
+    ("x", {"addresses": ["10.0.0.1"], "ttl": True}, "whole number"),
+    ("x", {"addresses": ["10.0.0.1"], "adresses": []}, "unknown field(s) adresses"),
+    ("x", {"cname": "x.internal"}, "cname to itself"),
+    ("x", {"cname": "bad_name.example.com"}, "not a valid DNS label"),
+    ("bad_name", {"addresses": ["10.0.0.1"]}, "not a valid DNS label"),
+    ("internal.", {"addresses": ["10.0.0.1"]}, "zone apex"),
+])
+def test_override_parse_rejects(name: str, body: object, error: str) -> None:
+    with pytest.raises(ValueError, match=None) as e:
+        overrides.parse(name, body, zones=ZONES)
+    assert error in str(e.value)
+
+
+def test_override_parse_normalizes() -> None:
+    o = overrides.parse("Valkey-Master", {"addresses": ["10.0.0.7", "fd00::7", "10.0.0.7"],
+                                          "ttl": 5}, zones=ZONES, updated="t", by="1.2.3.4")
+    assert (o.name, o.addresses, o.cname, o.ttl) == (
+        "valkey-master.internal.", ("10.0.0.7", "fd00::7"), None, 5)
+    assert overrides.parse(o.key, o.stored(), zones=ZONES, updated="t", by="1.2.3.4") == o
+    c = overrides.parse("db", {"cname": "db.example.com"}, zones=ZONES)
+    assert (c.cname, c.ttl) == ("db.example.com.", 30)
+
+
+def test_override_beats_every_claim_and_is_not_a_conflict() -> None:
+    o = overrides.parse("api", {"addresses": ["10.0.0.7"], "ttl": 5}, zones=ZONES)
+    claims = [AliasClaim("api", SVC, addresses=("10.96.0.1",)),
+              AliasClaim("api", OLD, addresses=("10.96.0.2",), weight=1), o.claim()]
+    res = registry.build(claims, config=ZONES, serial=1)
+    assert [(e.name, e.claim.owner.kind) for e in res.entries] == [
+        ("api.internal.", OVERRIDE_KIND)]
+    assert res.conflicts == ()
+    assert sorted(c.loser.ref for c in res.overridden) == ["Service shop/api",
+                                                            "Service shop/old"]
+    look = res.snapshot.lookup("api.internal.", A)
+    assert [r.rdata for r in look.answer] == [("10.0.0.7",)] and look.answer[0].ttl == 5
+
+
+POLICY = TakeoverPolicy.parse(["example.com", "namespace=shop"])
+
+
+def test_takeover_policy() -> None:
+    assert POLICY.suffixes == ("example.com.",) and POLICY.namespaces == ("shop",)
+    assert POLICY.refusal("legacy-lb.example.com.", "shop") is None
+    assert "not under an allowed suffix" in (POLICY.refusal("lb.example.org.", "shop") or "")
+    assert "namespace other may not" in (POLICY.refusal("lb.example.com.", "other") or "")
+    assert "takeover is off" in (TakeoverPolicy().refusal("lb.example.com.", "shop") or "")
+    only_ns = TakeoverPolicy.parse(["namespace=shop"])
+    assert only_ns.refusal("anything.example.org.", "shop") is None
+    with pytest.raises(ValueError, match="not a namespace name"):
+        TakeoverPolicy.parse(["namespace=Bad_NS"])
+    with pytest.raises(ValueError, match="give a name suffix"):
+        TakeoverPolicy.parse(["exa mple.com"])
+
+
+def test_takeover_serves_exactly_that_name_as_its_own_zone() -> None:
+    config = ZoneConfig.from_names(["internal"], takeover=POLICY)
+    claims = [AliasClaim("legacy-lb.example.com", SVC, addresses=("192.0.2.10",),
+                         takeover=True),
+              AliasClaim("db.example.org", SVC, addresses=("192.0.2.11",), takeover=True),
+              AliasClaim("x.internal", SVC, addresses=("192.0.2.12",), takeover=True)]
+    res = registry.build(claims, config=config, serial=7)
+    assert res.takeovers == ("legacy-lb.example.com.",)
+    assert [(i.claim.name, i.event) for i in res.invalid] == [
+        ("db.example.org", "TakeoverNotAllowed"), ("x.internal", "InvalidAlias")]
+    snap = res.snapshot
+    assert snap.lookup("legacy-lb.example.com.", A).answer[0].rdata == ("192.0.2.10",)
+    below = snap.lookup("www.legacy-lb.example.com.", A)
+    assert below.rcode == Rcode.NXDOMAIN and below.authority[0].name == "legacy-lb.example.com."
+    assert snap.lookup("other.example.com.", A).rcode == Rcode.REFUSED
+    # A CNAME at the taken-over name (the datacenter's own name) is fine: no apex SOA RRset.
+    res = registry.build([AliasClaim("legacy-lb.example.com", SVC, cname="lb.dc.example.net",
+                                     takeover=True)], config=config, serial=8)
+    assert res.snapshot.lookup("legacy-lb.example.com.", A).answer[0].rtype == CNAME
+
+
+def test_no_usable_target_is_servfail_fallback_answers() -> None:
+    res = registry.build([AliasClaim("empty", SVC), AliasClaim("fb", OLD, addresses=(
+        "10.0.0.9",), fallback=True)], config=ZONES, serial=1)
+    assert res.snapshot.lookup("empty.internal.", A).rcode == Rcode.SERVFAIL
+    assert res.snapshot.lookup("fb.internal.", A).answer[0].rdata == ("10.0.0.9",)
+
+
+def test_state_file_round_trip_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    sf = StateFile(path)
+    assert sf.load() is None
+    claims = [AliasClaim("a", SVC, addresses=("10.0.0.1",), ttl=7,
+                         ports=(Port("http", "TCP", 80),), weight=3, takeover=True,
+                         fallback=True),
+              AliasClaim("b", OLD, cname="c.example.com")]
+    sf.save(now=123.0, claims=claims)
+    sf.save(now=124.0, overrides=[{"name": "x.internal.", "addresses": ["10.0.0.2"]}])
+    state = StateFile(path).load()
+    assert state is not None
+    assert state.claims == tuple(claims)  # the overrides write kept the claims
+    assert state.overrides == ({"name": "x.internal.", "addresses": ["10.0.0.2"]},)
+    assert state.written == 124.0
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary left
+    path.write_text('{"version": 1, "claims": [{"name": "a"}], "overrides": [], "written": 1}')
+    with pytest.raises(ValueError, match=r"state.json: a stored claim is malformed"):
+        StateFile(path).load()
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"state\.json"):
+        StateFile(path).load()
