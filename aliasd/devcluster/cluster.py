@@ -71,7 +71,7 @@ def ensure_binaries() -> Path:
     preset = os.environ.get("ALIASD_BIN_DIR")
     if preset:
         d = Path(preset)
-        missing = [b for b in ("kube-apiserver", "etcd", "coredns", "kustomize")
+        missing = [b for b in ("kube-apiserver", "etcd", "coredns", "kubectl", "kustomize")
                    if not (d / b).is_file()]
         if missing:
             raise ClusterError(f"ALIASD_BIN_DIR={d} lacks {', '.join(missing)}")

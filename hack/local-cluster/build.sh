@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build kube-apiserver, etcd, coredns and kustomize from the Go module proxy into a cache
+# Build kube-apiserver, etcd, coredns, kubectl and kustomize from the Go module proxy into a cache
 # outside the repository. Idempotent: binaries already present are kept.
 #
 #   hack/local-cluster/build.sh          # build what is missing, print the bin dir
@@ -20,7 +20,7 @@ die() { echo "local-cluster: error: $*" >&2; exit 2; }
 
 kustomize_ok() { [[ -x "$bindir/kustomize" ]] && [[ "$("$bindir/kustomize" version 2>/dev/null)" == "${KUSTOMIZE_VERSION}" ]]; }
 have_all=1
-for b in kube-apiserver etcd coredns; do [[ -x "$bindir/$b" ]] || have_all=0; done
+for b in kube-apiserver etcd coredns kubectl; do [[ -x "$bindir/$b" ]] || have_all=0; done
 kustomize_ok || have_all=0
 if [[ $have_all == 1 ]]; then
   echo "$bindir"
@@ -50,7 +50,7 @@ if ! kustomize_ok; then
   log "kustomize done ($((SECONDS - t0))s)"
 fi
 
-if [[ ! -x "$bindir/kube-apiserver" || ! -x "$bindir/etcd" ]]; then
+if [[ ! -x "$bindir/kube-apiserver" || ! -x "$bindir/etcd" || ! -x "$bindir/kubectl" ]]; then
   work="$cache/build/k8s-${K8S_VERSION}"
   rm -rf "$work"; mkdir -p "$work"
   cp -r "$here/wrapper/." "$work/"
@@ -76,7 +76,8 @@ if [[ ! -x "$bindir/kube-apiserver" || ! -x "$bindir/etcd" ]]; then
   cd "$work"
   export GOFLAGS="-mod=mod"
   log "resolving modules (first time: downloads several hundred MB of sources)"
-  go get "k8s.io/kubernetes/cmd/kube-apiserver@${K8S_VERSION}" "go.etcd.io/etcd/server/v3/etcdmain@${ETCD_VERSION}" >&2 \
+  go get "k8s.io/kubernetes/cmd/kube-apiserver@${K8S_VERSION}" "k8s.io/kubernetes/cmd/kubectl@${K8S_VERSION}" \
+    "go.etcd.io/etcd/server/v3/etcdmain@${ETCD_VERSION}" >&2 \
     || die "resolving k8s.io/kubernetes@${K8S_VERSION} failed (above); is the Go module proxy ($(go env GOPROXY)) reachable?"
   major="${K8S_VERSION#v}"; major="${major%%.*}"
   minor="$(echo "$K8S_VERSION" | cut -d. -f2)"
@@ -95,6 +96,13 @@ if [[ ! -x "$bindir/kube-apiserver" || ! -x "$bindir/etcd" ]]; then
     go build -trimpath -ldflags "$ldflags" -o "$bindir/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
     mv "$bindir/kube-apiserver.tmp" "$bindir/kube-apiserver"
     log "kube-apiserver done ($((SECONDS - t0))s)"
+  fi
+  if [[ ! -x "$bindir/kubectl" ]]; then
+    # The README walkthroughs are run by the tests, kubectl commands included.
+    log "building kubectl ${K8S_VERSION}"
+    go build -trimpath -ldflags "$ldflags" -o "$bindir/kubectl.tmp" k8s.io/kubernetes/cmd/kubectl
+    mv "$bindir/kubectl.tmp" "$bindir/kubectl"
+    log "kubectl done ($((SECONDS - t0))s)"
   fi
 fi
 log "all binaries built in $((SECONDS - t0))s"
