@@ -258,3 +258,20 @@ def test_the_image_command_works_under_the_service_account(
     text = cluster.request("GET", "/api/v1/namespaces/kube-system/configmaps/coredns")
     assert text["data"]["Corefile"] == cluster.initial_corefile
     assert corefile.managed_regions(text["data"]["Corefile"]) == []
+
+
+def test_overrides_api_overlay_mounts_the_token(deployed: list[dict[str, Any]],
+                                                cluster: LocalCluster) -> None:
+    """manifests/overrides-api (the kind overlay plus the write API's token) is
+    accepted by the API server (server-side dry run, over the deployed base) and
+    wires the token file."""
+    docs = rendered("manifests/overrides-api")
+    for d in docs:
+        cluster.apply(d, dry_run=True)
+    spec = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert {"name": "ALIASD_API_TOKEN_FILE", "value": "/etc/aliasd/api-token/token"} in c["env"]
+    assert {"name": "api-token", "mountPath": "/etc/aliasd/api-token",
+            "readOnly": True} in c["volumeMounts"]
+    assert {"name": "api-token", "secret": {"secretName": "aliasd-api-token"}} in spec["volumes"]
+    assert c["imagePullPolicy"] == "Never"  # still the kind overlay underneath
