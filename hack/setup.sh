@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the demo and the tests need, idempotently:
-#   - Debian tools (dig, dnsperf) with apt-get
+#   - Debian tools (dig, dnsperf, curl, jq) with apt-get
 #   - Python deps into ./.venv
 #   - kube-apiserver, etcd, coredns and kustomize built with Go into ~/.cache/aliasd/bin
 set -euo pipefail
@@ -11,6 +11,8 @@ log() { echo "setup: $*" >&2; }
 need_apt=()
 command -v dig >/dev/null 2>&1 || need_apt+=(bind9-dnsutils)
 command -v dnsperf >/dev/null 2>&1 || need_apt+=(dnsperf)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)  # the README walkthroughs (tests run them)
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 if ((${#need_apt[@]})); then
   sudo=""; [[ $(id -u) == 0 ]] || sudo="sudo"
   command -v apt-get >/dev/null 2>&1 || { echo "setup: error: need ${need_apt[*]} and apt-get is not available: install them by hand" >&2; exit 2; }

@@ -75,9 +75,18 @@ class Override:
         return doc
 
 
+def _strict(text: str, what: str) -> str:
+    """The API takes names and addresses exactly: no whitespace to strip."""
+    if not text or any(c.isspace() for c in text):
+        raise ValueError(f"{what} {text!r} is empty or contains whitespace")
+    if len(text) > 253:
+        raise ValueError(f"{what} is {len(text)} characters long (max 253)")
+    return text
+
+
 def parse_name(name: str, zones: ZoneConfig) -> str:
     """An override's name: inside a served zone (``ValueError`` otherwise)."""
-    return qualify(name, zones)[0]
+    return qualify(_strict(name, "name"), zones)[0]
 
 
 def parse(name: str, body: object, *, zones: ZoneConfig, updated: str = "",
@@ -91,18 +100,18 @@ def parse(name: str, body: object, *, zones: ZoneConfig, updated: str = "",
     if unknown:
         raise ValueError(f"unknown field(s) {', '.join(unknown)}; "
                          f"allowed: {', '.join(sorted(FIELDS))}")
-    addresses_raw, cname_raw = body.get("addresses"), body.get("cname")
-    if (addresses_raw is None) == (cname_raw is None):
+    if ("addresses" in body) == ("cname" in body):
         raise ValueError('give exactly one of "addresses" (a list of IPs) and "cname"')
+    addresses_raw, cname_raw = body.get("addresses"), body.get("cname")
     ttl = DEFAULT_TTL
-    if body.get("ttl") is not None:
+    if "ttl" in body:  # null is not "the default": say what you mean
         if not isinstance(body["ttl"], int) or isinstance(body["ttl"], bool):
             raise ValueError(f"ttl {body['ttl']!r} must be a whole number of seconds")
         ttl = parse_ttl(body["ttl"])
-    if cname_raw is not None:
-        if not isinstance(cname_raw, str) or not cname_raw.strip():
-            raise ValueError("cname must be a non-empty host name")
-        target = absolute_name(cname_raw, zones)
+    if "cname" in body:
+        if not isinstance(cname_raw, str):
+            raise ValueError("cname must be a host name")
+        target = absolute_name(_strict(cname_raw, "cname"), zones)
         err = validate_fqdn(target)
         if err:
             raise ValueError(f"cname {cname_raw!r}: {err}")
@@ -117,7 +126,7 @@ def parse(name: str, body: object, *, zones: ZoneConfig, updated: str = "",
     for a in addresses_raw:
         if not isinstance(a, str):
             raise ValueError(f"address {a!r} is not a string")
-        ip = str(parse_ip(a))
+        ip = str(parse_ip(_strict(a, "address")))
         if ip not in addresses:
             addresses.append(ip)
     return Override(qname, addresses=tuple(addresses), ttl=ttl, updated=updated, by=by)

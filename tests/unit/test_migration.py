@@ -37,6 +37,13 @@ OLD = Owner(50.0, "shop", "old")
     ("x", {"cname": "bad_name.example.com"}, "not a valid DNS label"),
     ("bad_name", {"addresses": ["10.0.0.1"]}, "not a valid DNS label"),
     ("internal.", {"addresses": ["10.0.0.1"]}, "zone apex"),
+    (" x", {"addresses": ["10.0.0.1"]}, "contains whitespace"),  # schemathesis found these
+    ("x", {"addresses": ["10.0.0.1"], "ttl": None}, "whole number"),
+    ("x", {"addresses": None, "cname": "y"}, "exactly one of"),
+    ("x", {"cname": None}, "must be a host name"),
+    ("x", {"addresses": ["10.0.0.1 "]}, "contains whitespace"),
+    ("x", {"cname": "y.example.com\n"}, "contains whitespace"),
+    ("x", {"cname": "a" * 254}, "254 characters long (max 253)"),
 ])
 def test_override_parse_rejects(name: str, body: object, error: str) -> None:
     with pytest.raises(ValueError, match=None) as e:
