@@ -53,6 +53,28 @@ def test_unknown_flag_and_bad_values() -> None:
     assert out.returncode == 1 and "zone 'bad_zone!'" in out.stderr
 
 
+def test_migration_flags_fail_in_one_line(tmp_path: Path) -> None:
+    f = tmp_path / "a.yaml"
+    f.write_text("aliases:\n  web: {addresses: [192.0.2.1]}\n")
+    (tmp_path / "empty").write_text("\n")
+    (tmp_path / "token").write_text("t0ken\n")
+    listen = ["--dns-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
+    cases = [
+        (["--allow-takeover", "namespace=Bad_NS"],
+         "aliasd: error: --allow-takeover 'namespace=Bad_NS': 'Bad_NS' is not a namespace name"),
+        (["--api-token-file", str(tmp_path / "missing")],
+         f"aliasd: error: --api-token-file {tmp_path / 'missing'}: No such file or directory"),
+        (["--api-token-file", str(tmp_path / "empty")],
+         f"aliasd: error: --api-token-file {tmp_path / 'empty'} is empty"),
+        (["--api-token-file", str(tmp_path / "token")],  # standalone: needs the state file
+         "aliasd: error: --api-token-file without Kubernetes needs --state-file: that is "
+         "where overrides are kept across restarts"),
+    ]
+    for extra, message in cases:
+        out = run("run", "--aliases-file", str(f), *listen, *extra)
+        assert (out.returncode, out.stderr.strip()) == (1, message), extra
+
+
 def test_env_vars_are_flags(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "aliasd", "run"], capture_output=True, text=True,
                          timeout=30, cwd=ROOT, check=False,
