@@ -3,7 +3,6 @@ overrides API (/v1/overrides, issue 7), described in ``openapi.yaml``."""
 
 from __future__ import annotations
 
-import datetime as dt
 import hmac
 import json
 import logging
@@ -17,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aliasd.kubeapi import TRANSIENT
 from aliasd.metrics import build_registry
-from aliasd.model import OVERRIDE_KIND, ApplyError, ConfigError
+from aliasd.model import OVERRIDE_KIND, ApplyError, ConfigError, utc_timestamp
 from aliasd.registry import Result
 from aliasd.sources import overrides
 
@@ -200,7 +199,7 @@ class OverridesApi:
             body = json.loads(raw)
         except ValueError as e:
             raise web.HTTPBadRequest(text=f"the body is not valid JSON: {e}") from None
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = utc_timestamp(self.app.clock())
         try:
             if isinstance(body, dict) and ({"updated", "by", "name"} & set(body)):
                 raise ValueError("name, updated and by are set by aliasd, not the caller")

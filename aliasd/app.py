@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from aliasd import registry
 from aliasd.dns.answer import Stats
 from aliasd.dns.server import DnsServer, ServerConfig
-from aliasd.model import AliasClaim
+from aliasd.model import AliasClaim, utc_timestamp
 from aliasd.registry import ZoneConfig
 from aliasd.sources.overrides import OverridesSource
 from aliasd.state import State, StateFile
@@ -122,7 +122,7 @@ class App:
         if state is not None and state.claims:
             self.stale = state
             log.info("state file %s: %d claims, written at %s", self.state.path,
-                     len(state.claims), _iso(state.written))
+                     len(state.claims), utc_timestamp(state.written))
         return state
 
     def rebuild(self) -> bool:
@@ -224,6 +224,3 @@ class App:
                 with contextlib.suppress(OSError):  # the last change, before exiting
                     self.state.save(now=self.clock(), claims=self._good_claims)
 
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

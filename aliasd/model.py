@@ -8,6 +8,7 @@ through :func:`normalize_name` exactly once, at the registry.
 from __future__ import annotations
 
 import ipaddress
+import time
 from dataclasses import dataclass, field
 
 DEFAULT_TTL = 30
@@ -29,6 +30,11 @@ class SourceError(AliasdError):
 
 class ApplyError(AliasdError):
     """A change to the cluster (Corefile patch, Event) could not be applied."""
+
+
+def utc_timestamp(ts: float) -> str:
+    """RFC 3339 in UTC, seconds precision, as Kubernetes writes times."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def normalize_name(name: str) -> str:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import functools
 import logging
 import os
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,7 @@ from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, Di
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from aliasd.kubeapi import make_client, split_ref
-from aliasd.model import AliasClaim
+from aliasd.model import AliasClaim, utc_timestamp
 from aliasd.registry import Result, ZoneConfig, best_zone
 from aliasd.sources import mapping
 from aliasd.sources.mapping import Problem
@@ -245,7 +245,7 @@ class EventRecorder:
         self.active = set(current)
 
     async def _emit(self, p: Problem) -> None:
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = utc_timestamp(time.time())
         api_version = API_VERSIONS[p.owner.kind]
         body: Any = {
             "metadata": {"generateName": f"{p.owner.name}.", "namespace": p.owner.namespace},

@@ -210,10 +210,10 @@ def serviceentry_claims(
         and re.match(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", str(p["name"]).lower())
     )
     claims = []
+    weighted = _se_weighted(se, services)
     for host in hosts:
         takeover = host.lower().rstrip(".") in takeovers
         host_ports = () if takeover else ports
-        weighted = _se_weighted(se, services)
         if weighted:
             claims += [AliasClaim(host, owner, addresses=a, cname=c, ttl=ttl, weight=w,
                                   takeover=takeover, ports=host_ports if c is None else ())

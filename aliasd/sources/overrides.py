@@ -223,7 +223,7 @@ class ConfigMapOverrides(OverridesSource):
             f"configmap {namespace}/{name}",
             functools.partial(self.core.list_namespaced_config_map, namespace,
                               field_selector=f"metadata.name={name}"),
-            on_change=self._changed, on_restart=restarted, on_sync=self._on_sync)
+            on_change=self._changed, on_restart=restarted, on_sync=on_change)
 
     @property
     def ref(self) -> str:
@@ -232,9 +232,6 @@ class ConfigMapOverrides(OverridesSource):
     @property
     def synced(self) -> bool:
         return self.informer.synced
-
-    def _on_sync(self) -> None:
-        self._notify()
 
     def _changed(self, key: str, old: Obj | None, new: Obj | None) -> None:
         self.items = self._decode((new or {}).get("data") or {})
