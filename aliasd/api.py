@@ -3,6 +3,7 @@ overrides API (/v1/overrides, issue 7), described in ``openapi.yaml``."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -68,6 +69,10 @@ def aliases_document(result: Result) -> dict[str, Any]:
     }
 
 
+def _render_aliases(result: Result) -> bytes:
+    return json.dumps(aliases_document(result)).encode()
+
+
 _LABEL = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 
 
@@ -120,8 +125,17 @@ def make_app(app: App) -> web.Application:
         resp.charset = "utf-8"
         return resp
 
+    # /v1/aliases grows with the cluster: rendered once per result, in a thread
+    # (the result is immutable), never on the loop between two DNS answers.
+    rendered: list[tuple[Result, asyncio.Future[bytes]]] = []
+
     async def aliases(_: web.Request) -> web.Response:
-        return web.json_response(aliases_document(app.result))
+        result = app.result
+        if not rendered or rendered[0][0] is not result:
+            task = asyncio.ensure_future(asyncio.to_thread(_render_aliases, result))
+            rendered[:] = [(result, task)]
+        body = await asyncio.shield(rendered[0][1])
+        return web.Response(body=body, content_type="application/json")
 
     openapi_text = resources.files("aliasd").joinpath("openapi.yaml").read_text().replace(
         "@NAME_PATTERN@", name_pattern(app.config.zones.zones))

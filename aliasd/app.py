@@ -1,18 +1,26 @@
-"""Wiring: sources → registry → DNS server, plus the HTTP endpoints.
+"""Wiring: sources → engine → DNS server, then one effects step.
 
-Level-triggered: a source only marks the state dirty; a short debounced loop
-rebuilds the snapshot from every source's full current claims, so a missed
-event can never leave a wrong answer.
+Sources hand each object's claims to the engine when that object changes
+(``update_claims``), or say that their whole state changed (``notifier``:
+the aliases file, the overrides). A short debounced loop commits the engine:
+only the touched names are re-resolved, a new snapshot (new serial) is swapped
+in only when an answer changed, and the reporters (Events, the patcher's
+takeovers, metrics) run only when something did. The state file is written
+from the engine's immutable claims map, off the loop.
+
+Level-triggered for correctness: after every relist the engine's snapshot is
+compared, off the loop, with one built from scratch (``registry.build_keyed``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,16 +28,20 @@ from typing import Any, Protocol
 from aliasd import registry
 from aliasd.dns.answer import Stats
 from aliasd.dns.server import DnsServer, ServerConfig
+from aliasd.engine import Engine, differences
 from aliasd.model import AliasClaim, utc_timestamp
 from aliasd.registry import ZoneConfig
 from aliasd.sources.overrides import OverridesSource
 from aliasd.state import State, StateFile
+from aliasd.zone import Snapshot
 
 log = logging.getLogger(__name__)
 
 
 class Source(Protocol):
-    """What the app needs from a source. ``claims`` is the full current set."""
+    """What the app needs from a source. ``claims`` is the full current set
+    (read only when the source said its whole state changed; the Kubernetes
+    source pushes per object instead)."""
 
     name: str
 
@@ -83,27 +95,54 @@ class App:
         self.components: list[Component] = []
         self.reporters: list[Reporter] = []
         self.stats = Stats()
-        self.serial = registry.next_serial(0, clock())
-        self.result = registry.build([], config=config.zones, serial=self.serial, ready=False)
+        self.engine = Engine(config.zones, serial=registry.next_serial(0, clock()))
+        self.result = self.engine.result
+        self.serial = self.result.snapshot.serial
         self.dns = DnsServer(self.result.snapshot, config.dns, stats=self.stats)
         self._dirty = asyncio.Event()
-        self._key: object = None
         self.http_port = config.http_port
         self.watch_restarts: Counter[str] = Counter()
         self.patch_results: Counter[str] = Counter()
+        # engine_runs: commits attempted; claim_updates: objects whose claims
+        # changed; snapshots: new snapshots served; check_failures: relist checks
+        # that found the engine differing from a build from scratch.
+        self.counters: Counter[str] = Counter()
         self.overrides: OverridesSource | None = None
         self.state = StateFile(config.state_file) if config.state_file else None
         # The last good snapshot's claims from the state file, served while the
         # sources have not synced (then dropped for good).
         self.stale: State | None = None
         self.degraded = False
-        self._good_claims: list[AliasClaim] = []
+        self._whole: set[str] = set()  # sources whose whole state changed
+        self._reported = False
+        self._report_pending = False
+        self._frozen = False
+        self._check: asyncio.Task[None] | None = None
+        self._check_again = False
         self._state_dirty = asyncio.Event()
 
     # ---- state ---------------------------------------------------------------
 
     def mark_dirty(self) -> None:
         self._dirty.set()
+
+    def notifier(self, source: str) -> Callable[[], None]:
+        """``on_change`` for a source that hands over its whole state (``claims``)."""
+        def changed() -> None:
+            self._whole.add(source)
+            self._dirty.set()
+        return changed
+
+    def problems_changed(self) -> None:
+        """A source's problems changed (not its claims): run the reporters."""
+        self._report_pending = True
+        self._dirty.set()
+
+    def update_claims(self, key: str, claims: list[AliasClaim]) -> None:
+        """One object's claims changed (``source\0key``)."""
+        if self.engine.set(key, claims):
+            self.counters["claim_updates"] += 1
+            self._dirty.set()
 
     @property
     def ready(self) -> bool:
@@ -126,38 +165,99 @@ class App:
         return state
 
     def rebuild(self) -> bool:
-        """Recompute the snapshot from every source; swap it in if anything
-        changed (a new serial only then). Returns whether it changed."""
+        """Commit the engine: re-resolve the touched names, swap in a new
+        snapshot if an answer changed, report if anything did. Returns whether
+        anything changed."""
+        self.counters["engine_runs"] += 1
+        for s in self.sources:
+            if s.name in self._whole:
+                self._whole.discard(s.name)
+                self.engine.replace(s.name, s.claims)
         ready = self.ready
-        if ready:
+        if ready and self.stale is not None:
             self.stale = None  # fresh state from now on (a stale copy stays in the caches)
-        degraded = self.stale is not None
-        claims = list(self.stale.claims) if self.stale else [
-            c for s in self.sources for c in s.claims]
-        serial = registry.next_serial(self.serial, self.clock())
-        result = registry.build(claims, config=self.config.zones, serial=serial,
-                                ready=ready or degraded)
-        key = (result.entries, result.conflicts, result.invalid, result.overridden, ready,
-               degraded)
-        changed = key != self._key
-        if changed:
-            self._key = key
-            self.serial = serial
-            self.result = result
-            self.degraded = degraded
-            self.dns.swap(result.snapshot)
-            log.debug("snapshot %d: %d aliases, %d conflicts, %d invalid%s", serial,
-                      len(result.entries), len(result.conflicts), len(result.invalid),
-                      " (from the state file)" if degraded else "")
-            if ready and self.state is not None:
-                self._good_claims = claims
-                self._state_dirty.set()
-        for report in self.reporters:
-            try:
-                report(self.result, changed)
-            except Exception:
-                log.exception("reporting the new snapshot failed")
+        changed = (self._serve_stale(self.stale) if self.stale is not None
+                   else self._commit(ready))
+        if changed or self._report_pending or not self._reported:
+            self._reported = True
+            self._report_pending = False
+            for report in self.reporters:
+                try:
+                    report(self.result, changed)
+                except Exception:
+                    log.exception("reporting the new snapshot failed")
+        if ready and not self._frozen:
+            # Everything allocated by the initial sync lives as long as the
+            # process: keep it out of the collector's full passes.
+            self._frozen = True
+            gc.freeze()
         return changed
+
+    def _serve_stale(self, stale: State) -> bool:
+        """Until the sources sync, answer from the state file (built once)."""
+        if self.degraded:
+            return False
+        serial = registry.next_serial(self.serial, self.clock())
+        self.result = registry.build(stale.claims, config=self.config.zones, serial=serial)
+        self.serial = serial
+        self.degraded = True
+        self.dns.swap(self.result.snapshot, None)
+        self.counters["snapshots"] += 1
+        log.debug("snapshot %d: %d claims from the state file", serial, len(stale.claims))
+        return True
+
+    def _commit(self, ready: bool) -> bool:
+        was_degraded, self.degraded = self.degraded, False
+        commit = self.engine.commit(now=self.clock(), ready=ready, min_serial=self.serial)
+        if commit is None and not was_degraded:
+            return False
+        self.result = self.engine.result
+        if commit is None or commit.new_snapshot or was_degraded:
+            self.serial = self.result.snapshot.serial
+            self.dns.swap(self.result.snapshot,
+                          None if was_degraded or commit is None else commit.changed)
+            self.counters["snapshots"] += 1
+            log.debug("snapshot %d: %d aliases, %d conflicts, %d invalid", self.serial,
+                      self.result.entry_count, self.result.conflict_count,
+                      self.result.invalid_count)
+            if ready and self.state is not None:
+                self._state_dirty.set()
+        return True
+
+    def schedule_check(self) -> None:
+        """After a relist: compare the engine with a build from scratch, off the loop."""
+        if self._check is not None and not self._check.done():
+            self._check_again = True
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop (tests of parts)
+            self._check = asyncio.get_running_loop().create_task(self._run_check())
+
+    async def _run_check(self) -> None:
+        while True:
+            self._check_again = False
+            await asyncio.sleep(self.config.debounce * 5)  # let the relist settle
+            if self.engine.pending or self._dirty.is_set() or self.stale is not None:
+                self._check_again = True
+            else:
+                claims, result = self.engine.claims, self.engine.result
+                snap = result.snapshot
+                diff = await asyncio.to_thread(_check, claims, self.config.zones, snap)
+                if diff and self.engine.claims is claims:
+                    self.counters["check_failures"] += 1
+                    log.error("the incremental snapshot %d differs from a build from "
+                              "scratch (%d differences, first: %s); rebuilding it",
+                              snap.serial, len(diff), diff[0][:300])
+                    self._reset_engine()
+            if not self._check_again:
+                return
+
+    def _reset_engine(self) -> None:
+        """The safety net: a fresh engine fed every claim (should never run)."""
+        old = self.engine
+        self.engine = Engine(self.config.zones, serial=old.serial)
+        for key, claims in old.claims.items():
+            self.engine.set(key, claims)
+        self.rebuild()
 
     async def _state_loop(self) -> None:
         """Write the last good snapshot's claims (atomically, off the loop)."""
@@ -166,9 +266,9 @@ class App:
         while True:
             await self._state_dirty.wait()
             self._state_dirty.clear()
+            claims = self.engine.claims  # immutable: safe to read from a thread
             try:
-                await asyncio.to_thread(self.state.save, now=self.clock(),
-                                        claims=self._good_claims)
+                await asyncio.to_thread(_save, self.state, self.clock(), claims)
                 failed = False
             except OSError as e:
                 if not failed:
@@ -194,6 +294,9 @@ class App:
         runner = None
         try:
             runner = await start_http(self, self.config.http_host, self.config.http_port)
+            # Whole-state sources may have loaded before they could notify.
+            self._whole.update(s.name for s in self.sources
+                               if not getattr(s, "incremental", False))
             self.rebuild()
             tasks = [asyncio.create_task(self._rebuild_loop(), name="rebuild")]
             if self.state is not None:
@@ -222,5 +325,16 @@ class App:
             await self.dns.stop()
             if self.state is not None and self._state_dirty.is_set():
                 with contextlib.suppress(OSError):  # the last change, before exiting
-                    self.state.save(now=self.clock(), claims=self._good_claims)
+                    _save(self.state, self.clock(), self.engine.claims)
 
+
+
+def _save(state: StateFile, now: float, claims: Mapping[str, tuple[AliasClaim, ...]]) -> None:
+    state.save(now=now, claims=[c for cs in claims.values() for c in cs])
+
+
+def _check(claims: Mapping[str, tuple[AliasClaim, ...]], zones: ZoneConfig,
+           snapshot: Snapshot) -> list[str]:
+    scratch = registry.build_keyed(claims, config=zones, serial=snapshot.serial,
+                                   ready=snapshot.ready)
+    return differences(snapshot, scratch.snapshot)

@@ -232,7 +232,7 @@ async def _serve(args: argparse.Namespace) -> int:
     app = App(config)
     state = app.load_state()
     if config.aliases_file is not None:
-        fs = FileSource(config.aliases_file, config=zones, on_change=app.mark_dirty)
+        fs = FileSource(config.aliases_file, config=zones, on_change=app.notifier(FileSource.name))
         fs.load()  # a bad file at start is fatal: there is no last good zone yet
         app.sources.append(fs)
     use_kube = args.kubernetes == "on" or (args.kubernetes == "auto" and (
@@ -246,7 +246,8 @@ async def _serve(args: argparse.Namespace) -> int:
                                              namespaces=_list(args, "namespaces"),
                                              overrides=args.overrides_configmap)
     elif app.state is not None:
-        overrides = FileOverrides(zones, app.mark_dirty, state=app.state, clock=app.clock)
+        overrides = FileOverrides(zones, app.notifier(FileOverrides.name), state=app.state,
+                                  clock=app.clock)
         overrides.load(state.overrides if state else ())
         app.overrides = overrides
         app.sources.append(overrides)

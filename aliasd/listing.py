@@ -46,7 +46,8 @@ async def from_cluster(kubeconfig: str | None, *, zones: ZoneConfig, namespaces:
     api = await make_client(kubeconfig)
     try:
         restarts: Counter[str] = Counter()
-        kube = KubeSource(api, zones=zones, namespaces=namespaces, on_change=lambda: None,
+        kube = KubeSource(api, zones=zones, namespaces=namespaces,
+                          on_claims=lambda key, claims: None, on_change=lambda: None,
                           restarts=restarts)
         switch = ConfigMapOverrides(api, zones, lambda: None, namespace=cm_ns, name=cm_name,
                                     restarts=restarts)

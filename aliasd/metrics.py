@@ -53,11 +53,22 @@ class AppCollector(Collector):
         fp.add_metric([], app.stats.fast_hits)
         yield fp
         res = app.result
-        yield GaugeMetricFamily("aliasd_aliases", "Aliases served", value=len(res.entries))
+        yield GaugeMetricFamily("aliasd_aliases", "Aliases served", value=res.entry_count)
         yield GaugeMetricFamily("aliasd_alias_conflicts", "Claims that lost a name conflict",
-                                value=len(res.conflicts))
+                                value=res.conflict_count)
         yield GaugeMetricFamily("aliasd_invalid_aliases", "Claims rejected as invalid",
-                                value=len(res.invalid))
+                                value=res.invalid_count)
+        for name, help_text in (
+                ("engine_runs", "Engine commits attempted (each debounced burst of changes)"),
+                ("claim_updates", "Objects whose claims changed"),
+                ("snapshots", "Snapshots swapped in (each with a new serial)"),
+                ("check_failures", "Relist checks that found the incremental snapshot "
+                 "differing from a build from scratch (a bug; the engine is rebuilt)"),
+                ("crd_probes", "Attempts to watch the ServiceEntry CRD (polled while "
+                 "absent)")):
+            c = CounterMetricFamily(f"aliasd_{name}", help_text)
+            c.add_metric([], app.counters[name])
+            yield c
         yield GaugeMetricFamily("aliasd_snapshot_serial", "SOA serial of the served snapshot",
                                 value=res.snapshot.serial)
         yield GaugeMetricFamily("aliasd_ready", "1 when every source has synced",

@@ -8,10 +8,11 @@ Events, log lines and metrics.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -142,15 +143,76 @@ class TakeoverRefused(ValueError):
 
 
 @dataclass(frozen=True)
-class Result:
-    snapshot: Snapshot
-    entries: tuple[Entry, ...] = ()
+class Resolution:
+    """Everything one name contributes to a snapshot, a function of that name's
+    valid claims only (the unit the incremental engine re-resolves)."""
+
+    name: str
+    entries: tuple[Entry, ...]
     conflicts: tuple[Conflict, ...] = ()
-    invalid: tuple[Invalid, ...] = field(default=())
-    # Claims an HTTP override beats (winner = the override): on purpose, so
-    # not conflicts and no Events.
     overridden: tuple[Conflict, ...] = ()
-    takeovers: tuple[str, ...] = ()  # names outside the zones being served
+    # Owner name -> RRsets: the name itself first, then its SRV names.
+    rrsets: tuple[tuple[str, Mapping[int, RRset]], ...] = ()
+    weighted: Weighted | None = None
+    unusable: bool = False
+    takeover: bool = False
+
+    @property
+    def answers(self) -> tuple[object, ...]:
+        """What DNS answers depend on (entries, conflicts and overrides aside)."""
+        return (self.rrsets, self.weighted, self.unusable, self.takeover)
+
+
+class Result:
+    """The outcome of a build: the snapshot and, per name, who won and who lost.
+
+    Immutable; the tuples are computed on first use (sorted by name), so a
+    result that is never listed costs nothing beyond its maps."""
+
+    def __init__(self, snapshot: Snapshot, *, resolutions: Mapping[str, Resolution],
+                 invalid: Mapping[str, tuple[Invalid, ...]],
+                 conflicted: Mapping[str, tuple[Conflict, ...]],
+                 overridden: Mapping[str, tuple[Conflict, ...]],
+                 takeovers: Mapping[str, object], entry_count: int) -> None:
+        self.snapshot = snapshot
+        self.resolutions = resolutions
+        self.invalid_by_key = invalid
+        self.conflicted = conflicted
+        self.overridden_by_name = overridden
+        self.takeover_names = takeovers
+        self.entry_count = entry_count
+
+    @functools.cached_property
+    def entries(self) -> tuple[Entry, ...]:
+        return tuple(e for n in sorted(self.resolutions) for e in self.resolutions[n].entries)
+
+    @functools.cached_property
+    def conflicts(self) -> tuple[Conflict, ...]:
+        return tuple(c for n in sorted(self.conflicted) for c in self.conflicted[n])
+
+    @functools.cached_property
+    def overridden(self) -> tuple[Conflict, ...]:
+        """Claims an HTTP override beats (winner = the override): on purpose, so
+        not conflicts and no Events."""
+        return tuple(c for n in sorted(self.overridden_by_name)
+                     for c in self.overridden_by_name[n])
+
+    @functools.cached_property
+    def invalid(self) -> tuple[Invalid, ...]:
+        return tuple(i for k in sorted(self.invalid_by_key) for i in self.invalid_by_key[k])
+
+    @functools.cached_property
+    def takeovers(self) -> tuple[str, ...]:
+        """Names outside the zones being served."""
+        return tuple(sorted(self.takeover_names))
+
+    @property
+    def conflict_count(self) -> int:
+        return sum(len(c) for c in self.conflicted.values())
+
+    @property
+    def invalid_count(self) -> int:
+        return sum(len(i) for i in self.invalid_by_key.values())
 
 
 def validate_fqdn(name: str) -> str | None:
@@ -244,107 +306,165 @@ def _validate_claim(claim: AliasClaim, config: ZoneConfig) -> str:
     return name
 
 
+def validate(claims: Iterable[AliasClaim], config: ZoneConfig
+             ) -> tuple[tuple[tuple[str, AliasClaim], ...], tuple[Invalid, ...]]:
+    """The valid claims with their normalized names, and the invalid ones."""
+    valid: list[tuple[str, AliasClaim]] = []
+    invalid: list[Invalid] = []
+    for claim in claims:
+        try:
+            valid.append((_validate_claim(claim, config), claim))
+        except TakeoverRefused as e:
+            invalid.append(Invalid(claim, str(e), "TakeoverNotAllowed"))
+        except ValueError as e:
+            invalid.append(Invalid(claim, str(e)))
+    return tuple(valid), tuple(invalid)
+
+
+def _rank(c: AliasClaim) -> tuple[object, ...]:
+    """The conflict rule: an HTTP override first (issue 7), then the oldest owner
+    (then namespace/name/kind/uid); the claim's content breaks the remaining
+    ties, so the order is total and independent of the order claims arrive in."""
+    return (c.owner.kind != OVERRIDE_KIND, c.owner, c.addresses, c.cname or "", c.ttl,
+            tuple((p.name, p.protocol, p.port) for p in c.ports),
+            -1 if c.weight is None else c.weight, c.takeover, c.fallback, c.name)
+
+
+def resolve(name: str, claims: Iterable[AliasClaim], config: ZoneConfig) -> Resolution:
+    """Who wins ``name`` (normalized, validated) among ``claims``, and what it answers."""
+    ranked = sorted(claims, key=_rank)
+    conflicts: list[Conflict] = []
+    overridden: tuple[Conflict, ...] = ()
+    group: list[AliasClaim] | None = None
+    if ranked[0].owner.kind == OVERRIDE_KIND:
+        winners = [ranked[0]]
+        overridden = tuple(Conflict(name, ranked[0].owner, c.owner) for c in ranked[1:])
+    elif len(ranked) > 1 and all(c.weight is not None for c in ranked):
+        # Every claimant asked to share: a weighted group, not a conflict.
+        group = winners = ranked
+    else:
+        winners = [ranked[0]]
+        conflicts = [Conflict(name, ranked[0].owner, c.owner) for c in ranked[1:]
+                     if c.owner != ranked[0].owner]
+    own: dict[int, RRset] = {}
+    weighted: Weighted | None = None
+    if group is not None:
+        # The smallest TTL of the group, so a weight shift takes effect quickly.
+        ttl = min(c.ttl for c in group)
+        variants = tuple(MappingProxyType(_targets(name, c, ttl, config)) for c in group)
+        weighted = Weighted(tuple(c.weight or 0 for c in group), variants)
+        heaviest = max(range(len(group)), key=lambda i: group[i].weight or 0)
+        own.update(variants[heaviest])  # what AXFR shows
+        unusable = not any(c.addresses or c.cname for c in group)
+    else:
+        c = winners[0]
+        unusable = not c.addresses and c.cname is None
+        # The name exists even with no address now (a headless Service scaled
+        # to zero): NODATA, not NXDOMAIN.
+        own.update(_targets(name, c, c.ttl, config))
+    srvs: dict[str, RRset] = {}
+    for c in winners:
+        if c.cname is not None:
+            continue
+        for p in sorted(set(c.ports), key=lambda p: (p.protocol, p.name, p.port)):
+            srv = f"_{p.name}._{p.protocol.lower()}.{name}"
+            rd: RData = (0, 100, p.port, name)
+            old = srvs.get(srv)
+            if old is not None and rd in old.rdata:
+                continue
+            srvs[srv] = RRset(srv, SRV, c.ttl, (*old.rdata, rd) if old is not None else (rd,))
+    rrsets = ((name, MappingProxyType(own)),
+              *((srv, MappingProxyType({SRV: rr})) for srv, rr in srvs.items()))
+    return Resolution(name, tuple(Entry(name, c) for c in winners), tuple(conflicts),
+                      overridden, rrsets, weighted, unusable,
+                      any(c.takeover for c in winners))
+
+
+def owner_names(res: Resolution, zones: Iterable[str]) -> list[str]:
+    """Every name ``res`` makes exist: its owner names and their ancestors up to
+    their zone (empty non-terminals: NODATA, not NXDOMAIN). A taken-over name is
+    a zone of its own (outside every served zone, so nothing else is below it)."""
+    zone = res.name if res.takeover else best_zone(res.name, zones)
+    assert zone is not None
+    out: list[str] = []
+    for owner, _ in res.rrsets:
+        n = owner
+        while True:
+            out.append(n)
+            if n == zone:
+                break
+            n = n.split(".", 1)[1]
+    return list(dict.fromkeys(out))
+
+
+def apex_rrsets(config: ZoneConfig, serial: int) -> dict[str, dict[int, RRset]]:
+    """The served zones' SOA and NS, and the glue of ``ns.<zone>``."""
+    out: dict[str, dict[int, RRset]] = defaultdict(dict)
+    for origin in config.zones:
+        zi = _apex(origin, config, serial)
+        out[origin][SOA] = zi.soa
+        out[origin][NS] = zi.ns
+        _add_addresses(out, f"{NS_LABEL}.{origin}", config.ns_addresses, config.soa_ttl)
+    return out
+
+
+def zone_infos(config: ZoneConfig, serial: int, takeovers: Iterable[str]) -> tuple[ZoneInfo, ...]:
+    """The served zones, then one per taken-over name (sorted): such a name is a
+    zone of exactly that name, so that a query for anything below it is
+    answered (NXDOMAIN) rather than refused. Its SOA only serves negative
+    answers: an apex SOA next to a CNAME is not allowed."""
+    return (*(_apex(origin, config, serial) for origin in config.zones),
+            *(_apex(name, config, serial) for name in sorted(takeovers)))
+
+
+def build_keyed(objects: Mapping[str, Iterable[AliasClaim]], *, config: ZoneConfig,
+                serial: int, ready: bool = True) -> Result:
+    """The snapshot for every object's claims (key -> claims), from scratch.
+    The incremental engine must always equal this."""
+    by_name: dict[str, list[AliasClaim]] = defaultdict(list)
+    invalid: dict[str, tuple[Invalid, ...]] = {}
+    for key, claims in objects.items():
+        valid, bad = validate(claims, config)
+        if bad:
+            invalid[key] = bad
+        for name, claim in valid:
+            by_name[name].append(claim)
+    resolutions = {name: resolve(name, by_name[name], config) for name in sorted(by_name)}
+    rrsets = apex_rrsets(config, serial)
+    names: set[str] = set()
+    for origin in rrsets:
+        names.update(owner_names(Resolution(origin, (), rrsets=((origin, {}),)),
+                                 config.zones))
+    weighted: dict[str, Weighted] = {}
+    unusable: set[str] = set()
+    for res in resolutions.values():
+        for owner, own in res.rrsets:
+            rrsets[owner].update(own)
+        names.update(owner_names(res, config.zones))
+        if res.weighted is not None:
+            weighted[res.name] = res.weighted
+        if res.unusable:
+            unusable.add(res.name)
+    takeovers = {n: True for n, r in resolutions.items() if r.takeover}
+    snap = Snapshot(
+        serial=serial, zones=zone_infos(config, serial, takeovers),
+        rrsets=MappingProxyType({k: MappingProxyType(dict(v)) for k, v in rrsets.items()}),
+        ready=ready, names=frozenset(names), weighted=MappingProxyType(weighted),
+        unusable=frozenset(unusable),
+    )
+    return Result(snap, resolutions=resolutions, invalid=invalid,
+                  conflicted={n: r.conflicts for n, r in resolutions.items() if r.conflicts},
+                  overridden={n: r.overridden for n, r in resolutions.items() if r.overridden},
+                  takeovers=takeovers,
+                  entry_count=sum(len(r.entries) for r in resolutions.values()))
+
+
 def build(
     claims: Iterable[AliasClaim], *, config: ZoneConfig, serial: int, ready: bool = True
 ) -> Result:
     """Build the snapshot for ``claims``. Deterministic for a given input set."""
-    by_name: dict[str, list[AliasClaim]] = defaultdict(list)
-    invalid: list[Invalid] = []
-    for claim in claims:
-        try:
-            name = _validate_claim(claim, config)
-        except TakeoverRefused as e:
-            invalid.append(Invalid(claim, str(e), "TakeoverNotAllowed"))
-            continue
-        except ValueError as e:
-            invalid.append(Invalid(claim, str(e)))
-            continue
-        by_name[name].append(claim)
-
-    entries: list[Entry] = []
-    conflicts: list[Conflict] = []
-    overridden: list[Conflict] = []
-    groups: dict[str, list[AliasClaim]] = {}
-    for name in sorted(by_name):
-        # An HTTP override beats every other claim (issue 7).
-        ranked = sorted(by_name[name], key=lambda c: (c.owner.kind != OVERRIDE_KIND, c.owner))
-        if ranked[0].owner.kind == OVERRIDE_KIND:
-            entries.append(Entry(name, ranked[0]))
-            overridden += [Conflict(name, ranked[0].owner, c.owner) for c in ranked[1:]]
-            continue
-        if len(ranked) > 1 and all(c.weight is not None for c in ranked):
-            # Every claimant asked to share: a weighted group, not a conflict.
-            groups[name] = ranked
-            entries += [Entry(name, c) for c in ranked]
-            continue
-        winner = ranked[0]
-        entries.append(Entry(name, winner))
-        for loser in ranked[1:]:
-            if loser.owner != winner.owner:
-                conflicts.append(Conflict(name, winner.owner, loser.owner))
-
-    rrsets: dict[str, dict[int, RRset]] = defaultdict(dict)
-    zones: list[ZoneInfo] = []
-    for origin in config.zones:
-        zi = _apex(origin, config, serial)
-        zones.append(zi)
-        rrsets[origin][SOA] = zi.soa
-        rrsets[origin][NS] = zi.ns
-        ns_name = f"{NS_LABEL}.{origin}"
-        _add_addresses(rrsets, ns_name, config.ns_addresses, config.soa_ttl)
-    # A taken-over name is a zone of exactly that name, so that a query for
-    # anything below it is answered (NXDOMAIN) rather than refused. Its SOA
-    # only serves negative answers: an apex SOA next to a CNAME is not allowed.
-    takeovers = sorted({e.name for e in entries if e.claim.takeover})
-    zones += [_apex(name, config, serial) for name in takeovers]
-    all_zones = [z.origin for z in zones]
-    weighted: dict[str, Weighted] = {}
-    for name, group in groups.items():
-        # The smallest TTL of the group, so a weight shift takes effect quickly.
-        ttl = min(c.ttl for c in group)
-        variants = tuple(MappingProxyType(_targets(name, c, ttl, config)) for c in group)
-        weighted[name] = Weighted(tuple(c.weight or 0 for c in group), variants)
-        heaviest = max(range(len(group)), key=lambda i: group[i].weight or 0)
-        rrsets[name].update(variants[heaviest])  # what AXFR shows
-    unusable = {name for name, group in groups.items()
-                if not any(c.addresses or c.cname for c in group)}
-    for entry in entries:
-        c = entry.claim
-        if not c.addresses and c.cname is None and entry.name not in groups:
-            unusable.add(entry.name)
-        if entry.name not in groups:
-            # The name exists even with no address now (a headless Service
-            # scaled to zero): NODATA, not NXDOMAIN.
-            rrsets[entry.name].update(_targets(entry.name, c, c.ttl, config))
-        if c.cname is not None:
-            continue
-        for p in sorted(set(c.ports), key=lambda p: (p.protocol, p.name, p.port)):
-            srv = f"_{p.name}._{p.protocol.lower()}.{entry.name}"
-            rd: RData = (0, 100, p.port, entry.name)
-            old = rrsets[srv].get(SRV)
-            if old is not None and rd in old.rdata:
-                continue
-            rdata = (*old.rdata, rd) if old is not None else (rd,)
-            rrsets[srv][SRV] = RRset(srv, SRV, c.ttl, rdata)
-
-    names: set[str] = set()
-    for name in rrsets:
-        zone = best_zone(name, all_zones)
-        assert zone is not None
-        n = name
-        while True:
-            names.add(n)
-            if n == zone:
-                break
-            n = n.split(".", 1)[1]
-    frozen = {k: MappingProxyType(dict(v)) for k, v in rrsets.items()}
-    snap = Snapshot(
-        serial=serial, zones=tuple(zones), rrsets=MappingProxyType(frozen), ready=ready,
-        names=frozenset(names), weighted=MappingProxyType(weighted),
-        unusable=frozenset(unusable),
-    )
-    return Result(snap, tuple(entries), tuple(conflicts), tuple(invalid), tuple(overridden),
-                  tuple(takeovers))
+    return build_keyed({f"{i:09d}": (c,) for i, c in enumerate(claims)}, config=config,
+                       serial=serial, ready=ready)
 
 
 def _targets(name: str, c: AliasClaim, ttl: int, config: ZoneConfig) -> dict[int, RRset]:

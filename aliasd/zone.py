@@ -11,7 +11,7 @@ import enum
 import functools
 import itertools
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -116,13 +116,14 @@ class Snapshot:
     zones: tuple[ZoneInfo, ...]
     rrsets: Mapping[str, Mapping[int, RRset]] = field(default_factory=lambda: MappingProxyType({}))
     ready: bool = True
-    # Every owner name plus every ancestor up to its zone (empty non-terminals).
-    names: frozenset[str] = frozenset()
+    # Every owner name plus every ancestor up to its zone (empty non-terminals);
+    # only ``in`` is used, so the engine may hand a shared persistent map.
+    names: Collection[str] = frozenset()
     weighted: Mapping[str, Weighted] = field(default_factory=lambda: MappingProxyType({}))
     # Aliases with no usable target and no fallback (a headless Service with no
     # ready endpoint): SERVFAIL, the last stage of the issue 7 fallback chain,
     # so resolvers retry instead of caching "no address".
-    unusable: frozenset[str] = frozenset()
+    unusable: Collection[str] = frozenset()
 
     def find_zone(self, qname: str) -> ZoneInfo | None:
         """The most specific served zone containing ``qname`` (normalized)."""

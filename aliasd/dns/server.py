@@ -50,8 +50,12 @@ class DnsServer:
     def snapshot(self) -> Snapshot:
         return self.answerer.snapshot
 
-    def swap(self, snapshot: Snapshot) -> None:
-        """Serve ``snapshot`` from the next query on (one reference assignment)."""
+    def swap(self, snapshot: Snapshot, changed: frozenset[str] | None = None) -> None:
+        """Serve ``snapshot`` from the next query on (one reference assignment).
+
+        ``changed``: the normalized owner names whose answers may differ from the
+        previous snapshot (None: anything may have); answers cached for other
+        names could be kept (not yet: every swap starts a fresh answerer)."""
         self.answerer = Answerer(snapshot, stats=self.stats,
                                  allow_transfer=self.config.allow_transfer)
 

@@ -1,9 +1,11 @@
 """Kubernetes sources: Services, EndpointSlices and Istio ServiceEntries.
 
-Each resource is list-watched into a cache of raw objects (``watch.Informer``).
-Per-Service claims are recomputed only when that Service or its slices change;
-ServiceEntry claims are recomputed from the caches on every rebuild, so an
-endpoint naming a cluster Service follows that Service live.
+Each resource is list-watched (paged) into a cache of objects trimmed to the
+fields aliasd reads (``watch.Informer`` with a ``mapping.trim_*`` transform).
+An object's claims are derived when that object changes: a Service's when it
+or one of its slices changes, a ServiceEntry's when it or a Service one of its
+endpoints names changes (so it follows that Service live), and handed to the
+engine only when they differ.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, DiscoveryV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from aliasd.engine import KEY_SEP
 from aliasd.kubeapi import make_client, split_ref
 from aliasd.model import AliasClaim, utc_timestamp
 from aliasd.registry import Result, ZoneConfig, best_zone
@@ -42,50 +45,88 @@ API_VERSIONS = {"Service": "v1", "ConfigMap": "v1", "ServiceEntry": f"{ISTIO_GRO
 """Kinds aliasd records Events on."""
 
 
+ClaimsSink = Callable[[str, list[AliasClaim]], None]
+"""(key, claims): one object's claims changed (none: it is gone or claims nothing)."""
+
+PAGE_SIZE = 500
+# The EndpointSlice controller labels the slices of headless Services; slices
+# other controllers (or people) manage may belong to a headless Service too.
+# Only those two sets matter (a ClusterIP Service answers with its cluster IP),
+# so the slices of every other Service are never sent to aliasd. Disjoint, so a
+# slice lives in exactly one of the two caches.
+SLICE_SELECTORS = (
+    "service.kubernetes.io/headless",
+    "endpointslice.kubernetes.io/managed-by!=endpointslice-controller.k8s.io,"
+    "!service.kubernetes.io/headless",
+)
+
+
 class KubeSource:
+    """Services, their EndpointSlices and ServiceEntries → claims, per object:
+    an event re-derives the claims of the object it is about (and of the
+    ServiceEntries that follow that Service), and hands them to ``on_claims``
+    only when they changed."""
+
     name = "kubernetes"
+    incremental = True  # pushes each object's claims (``claims`` is for checks)
 
     def __init__(self, api: ApiClient, *, zones: ZoneConfig, namespaces: list[str],
-                 on_change: Callable[[], None], restarts: Counter[str]) -> None:
+                 on_claims: ClaimsSink, on_change: Callable[[], None],
+                 restarts: Counter[str], on_relist: Callable[[], None] = lambda: None,
+                 on_problems: Callable[[], None] = lambda: None,
+                 probes: Counter[str] | None = None) -> None:
         self.api = api
         self.zones = zones
         self.namespaces = namespaces
-        self._notify = on_change
+        self._push = on_claims
+        self._notify = on_change  # readiness may have changed
+        self._relisted = on_relist
+        self._problems_changed = on_problems  # an object's problems changed, not its claims
         self.restarts = restarts
-        # Bumped on every change; ServiceEntry results are cached per generation so
-        # ``claims`` and ``problems`` (both read on every rebuild) map each SE once.
-        self._generation = 0
-        self._se_cache: tuple[int, list[tuple[list[AliasClaim], list[Problem]]]] = (-1, [])
+        self.probes = probes if probes is not None else Counter()
         core, disc = CoreV1Api(api), DiscoveryV1Api(api)
         self.services = self._informers(
             "services", core.list_service_for_all_namespaces, core.list_namespaced_service,
-            self._service_changed)
-        self.slices = self._informers(
-            "endpointslices", disc.list_endpoint_slice_for_all_namespaces,
-            disc.list_namespaced_endpoint_slice, self._slice_changed)
+            self._service_changed, transform=mapping.trim_service)
+        self.slices = [
+            inf for i, selector in enumerate(SLICE_SELECTORS)
+            for inf in self._informers(
+                f"endpointslices{i}", functools.partial(
+                    disc.list_endpoint_slice_for_all_namespaces, label_selector=selector),
+                functools.partial(_with_selector, disc.list_namespaced_endpoint_slice,
+                                  selector),
+                self._slice_changed, resource="endpointslices", transform=mapping.trim_slice)]
         self.se_informers: list[Informer] = []
         # Set once every version was tried and none is served: the source then
         # counts as synced (like an informer, it never goes back to unsynced).
         self.se_seen_absent = False
-        self._svc_claims: dict[str, tuple[list[AliasClaim], list[Problem]]] = {}
+        self._claims: dict[str, list[AliasClaim]] = {}  # engine key -> claims
+        self._problems: dict[str, list[Problem]] = {}  # engine key -> problems (non-empty)
         self._slices_of: dict[str, dict[str, Obj]] = {}  # "ns/service" -> slices
-
-    def on_change(self) -> None:
-        self._generation += 1
-        self._notify()
+        self._ses: dict[str, Obj] = {}  # every served ServiceEntry, by "ns/name"
+        self._se_uses: dict[str, set[str]] = {}  # SE key -> Service keys it follows
+        self._se_followers: dict[str, set[str]] = {}  # Service key -> SE keys
 
     def _informers(self, name: str, all_ns: Any, one_ns: Any,
                    on_change: Callable[[str, Obj | None, Obj | None], None], *,
-                   resource: str | None = None) -> list[Informer]:
+                   resource: str | None = None,
+                   transform: Callable[[Obj], Obj] | None = None) -> list[Informer]:
         """One informer for all namespaces, or one per ``--namespaces`` entry."""
         def restarted() -> None:
             self.restarts[resource or name] += 1
 
+        def synced() -> None:
+            self._relisted()
+            self._notify()
+
+        kw: dict[str, Any] = {"on_change": on_change, "on_restart": restarted,
+                              "on_sync": synced, "page_size": PAGE_SIZE}
+        if transform is not None:
+            kw["transform"] = transform
         if not self.namespaces:
-            return [Informer(name, all_ns, on_change=on_change, on_restart=restarted,
-                             on_sync=self.on_change)]
-        return [Informer(f"{name}/{ns}", functools.partial(one_ns, ns), on_change=on_change,
-                         on_restart=restarted, on_sync=self.on_change) for ns in self.namespaces]
+            return [Informer(name, all_ns, **kw)]
+        return [Informer(f"{name}/{ns}", functools.partial(one_ns, ns), **kw)
+                for ns in self.namespaces]
 
     # ---- state for the app ----------------------------------------------------------
 
@@ -104,53 +145,82 @@ class KubeSource:
 
     @property
     def claims(self) -> list[AliasClaim]:
-        results = [*self._svc_claims.values(), *self._se_results()]
-        return [c for claims, _ in results for c in claims]
+        """Every claim (for ``aliasd list`` and checks; O(claims))."""
+        return [c for claims in self._claims.values() for c in claims]
 
     @property
     def problems(self) -> list[Problem]:
-        results = [*self._svc_claims.values(), *self._se_results()]
-        return [p for _, problems in results for p in problems]
+        """Every current problem (O(objects with problems))."""
+        return [p for problems in self._problems.values() for p in problems]
 
-    def _se_results(self) -> list[tuple[list[AliasClaim], list[Problem]]]:
-        """ServiceEntry claims and problems, recomputed only after a change (an
-        endpoint may name a Service, so any change can alter them)."""
-        generation, results = self._se_cache
-        if generation != self._generation:
-            results = [mapping.serviceentry_claims(se, in_zone=self._in_zone,
-                                                   services=self._service_targets)
-                       for i in self.se_informers for se in i.items.values()]
-            self._se_cache = (self._generation, results)
-        return results
+    def _set(self, key: str, claims: list[AliasClaim], problems: list[Problem]) -> None:
+        engine_key = f"{self.name}{KEY_SEP}{key}"
+        if problems != self._problems.get(engine_key, []):
+            if problems:
+                self._problems[engine_key] = problems
+            else:
+                self._problems.pop(engine_key, None)
+            self._problems_changed()
+        if claims == self._claims.get(engine_key, []):
+            return
+        if claims:
+            self._claims[engine_key] = claims
+        else:
+            self._claims.pop(engine_key, None)
+        self._push(engine_key, claims)
 
     def _in_zone(self, host: str) -> bool:
         return best_zone(host.lower().rstrip(".") + ".", self.zones.zones) is not None
 
-    def _service_targets(self, namespace: str, name: str
-                         ) -> tuple[tuple[str, ...], str | None] | None:
-        k = f"{namespace}/{name}"
+    def _service(self, k: str) -> Obj | None:
         for inf in self.services:
             svc = inf.items.get(k)
             if svc is not None:
-                return mapping.service_targets(svc, self._slices_of.get(k, {}).values())
+                return svc
         return None
 
-    # ---- per-event bookkeeping (cheap: only the object that changed) ----------------
+    # ---- per-event derivation (only the object that changed) ------------------------
 
-    def _recompute_service(self, k: str) -> None:
-        svc = next((i.items[k] for i in self.services if k in i.items), None)
+    def _derive_service(self, k: str) -> None:
+        svc = self._service(k)
         if svc is None:
-            self._svc_claims.pop(k, None)
-            return
-        claims, problems = mapping.service_claims(svc, self._slices_of.get(k, {}).values())
-        if claims or problems:
-            self._svc_claims[k] = (claims, problems)
+            self._set(f"svc/{k}", [], [])
         else:
-            self._svc_claims.pop(k, None)
+            self._set(f"svc/{k}", *mapping.service_claims(
+                svc, self._slices_of.get(k, {}).values()))
+        for se in sorted(self._se_followers.get(k, ())):
+            self._derive_serviceentry(se)
+
+    def _derive_serviceentry(self, k: str) -> None:
+        for svc in self._se_uses.pop(k, ()):
+            followers = self._se_followers[svc]
+            followers.discard(k)
+            if not followers:
+                del self._se_followers[svc]
+        se = self._ses.get(k)
+        if se is None:
+            self._set(f"se/{k}", [], [])
+            return
+        used: set[str] = set()
+
+        def lookup(namespace: str, name: str) -> tuple[tuple[str, ...], str | None] | None:
+            sk = f"{namespace}/{name}"
+            used.add(sk)
+            svc = self._service(sk)
+            if svc is None:
+                return None
+            return mapping.service_targets(svc, self._slices_of.get(sk, {}).values())
+
+        claims, problems = mapping.serviceentry_claims(se, in_zone=self._in_zone,
+                                                       services=lookup)
+        if used:
+            self._se_uses[k] = used
+            for sk in used:
+                self._se_followers.setdefault(sk, set()).add(k)
+        self._set(f"se/{k}", claims, problems)
 
     def _service_changed(self, k: str, old: Obj | None, new: Obj | None) -> None:
-        self._recompute_service(k)
-        self.on_change()
+        self._derive_service(k)
 
     def _slice_changed(self, k: str, old: Obj | None, new: Obj | None) -> None:
         for obj in (old, new):
@@ -167,11 +237,14 @@ class KubeSource:
                 bucket.pop(k, None)
             if not bucket:
                 self._slices_of.pop(sk, None)
-            self._recompute_service(sk)
-        self.on_change()
+            self._derive_service(sk)
 
     def _se_changed(self, k: str, old: Obj | None, new: Obj | None) -> None:
-        self.on_change()
+        if new is None:
+            self._ses.pop(k, None)
+        else:
+            self._ses[k] = new
+        self._derive_serviceentry(k)
 
     # ---- running ----------------------------------------------------------------------
 
@@ -180,37 +253,57 @@ class KubeSource:
                              self._run_serviceentries())
 
     async def _run_serviceentries(self) -> None:
-        """Follow the ServiceEntry CRD: off while it is absent (logged once),
-        on as soon as it appears, off again if it is removed."""
+        """Follow the ServiceEntry CRD: off while it is absent, on as soon as it
+        appears, off again if it is removed. Each change of state is logged
+        once; polling an absent CRD changes nothing (no claims, no rebuild)."""
         custom = CustomObjectsApi(self.api)
-        absent_logged = False
+        state = ""  # "" unknown, "absent", or the version being watched
+
         while True:
             for version in SE_VERSIONS:
+                def served(version: str = version) -> None:
+                    nonlocal state
+                    if state != version:
+                        log.info("watching ServiceEntries (%s/%s)", ISTIO_GROUP, version)
+                        state = version
+
                 informers = self._informers(
                     f"serviceentries.{version}",
                     functools.partial(custom.list_cluster_custom_object, ISTIO_GROUP, version,
                                       "serviceentries"),
                     functools.partial(_namespaced_custom, custom, version),
-                    self._se_changed, resource="serviceentries")
+                    self._se_changed, resource="serviceentries",
+                    transform=mapping.trim_serviceentry)
+                for inf in informers:
+                    inf.on_sync = functools.partial(_chain, served, inf.on_sync)
                 self.se_informers = informers
+                self.probes["crd_probes"] += 1
                 try:
-                    log.info("watching ServiceEntries (%s/%s)", ISTIO_GROUP, version)
-                    absent_logged = False
                     await asyncio.gather(*(i.run() for i in informers))
                 except NotFound:
-                    had = any(i.items for i in informers)
                     self.se_informers = []
-                    if had:
+                    gone = [k for i in informers for k in i.items]
+                    if gone:
                         log.info("ServiceEntry %s no longer served; its aliases are removed",
                                  version)
-                        self.on_change()
-            self.se_seen_absent = True
-            if not absent_logged:
+                    for k in gone:
+                        self._se_changed(k, None, None)
+            if state != "absent":
                 log.info("ServiceEntry CRD (%s) not installed: ServiceEntry aliases are off "
                          "until it appears", ISTIO_GROUP)
-                absent_logged = True
-                self.on_change()
+                state = "absent"
+                self.se_seen_absent = True
+                self._notify()
             await asyncio.sleep(CRD_POLL_SECONDS)
+
+
+def _chain(first: Callable[[], None], second: Callable[[], None]) -> None:
+    first()
+    second()
+
+
+def _with_selector(list_fn: Any, selector: str, namespace: str, **kw: Any) -> Any:
+    return list_fn(namespace, label_selector=selector, **kw)
 
 
 def _namespaced_custom(custom: CustomObjectsApi, version: str, namespace: str,
@@ -282,11 +375,15 @@ async def add_kube_sources(app: App, *, kubeconfig: str | None, namespaces: list
     cm_ns, cm_name = split_ref(overrides, flag="--overrides-configmap")
     api = await make_client(kubeconfig)
     source = KubeSource(api, zones=app.config.zones, namespaces=namespaces,
-                        on_change=app.mark_dirty, restarts=app.watch_restarts)
+                        on_claims=app.update_claims, on_change=app.mark_dirty,
+                        on_relist=app.schedule_check, on_problems=app.problems_changed,
+                        restarts=app.watch_restarts,
+                        probes=app.counters)
     recorder = EventRecorder(api)
     app.sources.append(source)
-    app.overrides = ConfigMapOverrides(api, app.config.zones, app.mark_dirty, namespace=cm_ns,
-                                       name=cm_name, restarts=app.watch_restarts)
+    app.overrides = ConfigMapOverrides(api, app.config.zones, app.notifier("overrides"),
+                                       namespace=cm_ns, name=cm_name,
+                                       restarts=app.watch_restarts)
     app.sources.append(app.overrides)
 
     def report(result: Result, changed: bool) -> None:
@@ -295,5 +392,3 @@ async def add_kube_sources(app: App, *, kubeconfig: str | None, namespaces: list
 
     app.reporters.append(report)
     return api
-
-

@@ -314,3 +314,62 @@ def _se_targets(se: Mapping[str, Any], host: str, services: ServiceLookup
     if missing:
         return (), None, f"endpoint Service {', '.join(missing)} does not exist (yet)"
     return (), None, "no spec.addresses, no status.addresses and no usable spec.endpoints"
+
+
+# ---- trimming at the edge: cache only the fields read above ---------------------------
+
+ANNOTATION_PREFIX = "aliasd.io/"
+
+
+def _trim_meta(meta: Mapping[str, Any], *, labels: tuple[str, ...] = ()) -> dict[str, Any]:
+    out = {k: meta[k] for k in ("name", "namespace", "uid", "creationTimestamp",
+                                "resourceVersion") if k in meta}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                   if k.startswith(ANNOTATION_PREFIX)}
+    if annotations:
+        out["annotations"] = annotations
+    kept = {k: v for k, v in (meta.get("labels") or {}).items() if k in labels}
+    if kept:
+        out["labels"] = kept
+    return out
+
+
+def trim_service(svc: Mapping[str, Any]) -> dict[str, Any]:
+    """A Service with only what ``service_claims``/``service_targets`` read (no
+    managedFields, no last-applied copy, no status, no foreign annotations)."""
+    spec = svc.get("spec") or {}
+    out = {k: spec[k] for k in ("type", "externalName", "clusterIP", "clusterIPs")
+           if k in spec}
+    out["ports"] = [{k: p[k] for k in ("name", "protocol", "port") if k in p}
+                    for p in spec.get("ports") or [] if p.get("name")]
+    return {"metadata": _trim_meta(svc.get("metadata") or {}), "spec": out}
+
+
+def trim_slice(s: Mapping[str, Any]) -> dict[str, Any]:
+    """An EndpointSlice reduced to its Service, address type and endpoint
+    addresses with their readiness."""
+    endpoints = []
+    for ep in s.get("endpoints") or []:
+        e: dict[str, Any] = {"addresses": ep.get("addresses") or []}
+        ready = (ep.get("conditions") or {}).get("ready")
+        if ready is not None:
+            e["conditions"] = {"ready": ready}
+        endpoints.append(e)
+    return {"metadata": _trim_meta(s.get("metadata") or {}, labels=(SERVICE_NAME_LABEL,)),
+            "addressType": s.get("addressType"), "endpoints": endpoints}
+
+
+def trim_serviceentry(se: Mapping[str, Any]) -> dict[str, Any]:
+    """A ServiceEntry with the fields ``serviceentry_claims`` reads."""
+    spec = se.get("spec") or {}
+    out: dict[str, Any] = {"metadata": _trim_meta(se.get("metadata") or {}), "spec": {
+        "hosts": spec.get("hosts") or [], "addresses": spec.get("addresses") or [],
+        "endpoints": [{k: ep[k] for k in ("address", "weight") if k in ep}
+                      if isinstance(ep, dict) else ep for ep in spec.get("endpoints") or []],
+        "ports": [{k: p[k] for k in ("name", "number", "protocol") if k in p}
+                  for p in spec.get("ports") or [] if isinstance(p, dict)],
+    }}
+    addresses = (se.get("status") or {}).get("addresses")
+    if addresses:
+        out["status"] = {"addresses": addresses}
+    return out

@@ -3,7 +3,9 @@
 Done right once (kopf's ``watching.py`` shape): resume from the last
 resourceVersion, bookmarks on, 410 Gone → relist and diff so nothing is lost
 or duplicated, other errors → reconnect with capped exponential backoff and
-jitter. Objects stay raw dicts: deserializing into client models would cost
+jitter. Objects stay plain dicts, trimmed at the edge by a transform to the
+fields aliasd reads (client-go's transform functions): deserializing into
+client models, or keeping managedFields and last-applied copies, would cost
 more than everything else aliasd does per object.
 """
 
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 ListFn = Callable[..., Awaitable[Any]]
+Transform = Callable[[Obj], Obj]
 OnChange = Callable[[str, Obj | None, Obj | None], None]
 """(key, old, new): new None = deleted, old None = added."""
 
@@ -46,12 +49,13 @@ def obj_key(obj: Obj) -> str:
 
 
 def apply_event(
-    cache: dict[str, Obj], event: Obj
+    cache: dict[str, Obj], event: Obj, transform: Transform | None = None
 ) -> tuple[str, Obj | None, Obj | None, str | None]:
     """Apply one watch event to ``cache``: (key, old, new, resourceVersion).
 
     ``key`` is "" for events that change no object (bookmarks, unknown types).
-    Raises Gone for a 410 ERROR event and SourceError for other ERRORs.
+    Raises Gone for a 410 ERROR event and SourceError for other ERRORs. The
+    object is cached as ``transform`` returns it (the fields aliasd reads).
     """
     etype = event.get("type")
     obj = event.get("object") or {}
@@ -70,6 +74,8 @@ def apply_event(
     if etype == "DELETED":
         cache.pop(k, None)
         return k, old, None, rv
+    if transform is not None:
+        obj = transform(obj)
     cache[k] = obj
     return k, old, obj, rv
 
@@ -114,8 +120,11 @@ class Informer:
 
     def __init__(self, name: str, list_fn: ListFn, *, on_change: OnChange,
                  on_restart: Callable[[], None] = lambda: None,
-                 on_sync: Callable[[], None] = lambda: None) -> None:
+                 on_sync: Callable[[], None] = lambda: None,
+                 transform: Transform | None = None, page_size: int = 500) -> None:
         self.name = name
+        self.transform = transform
+        self.page_size = page_size
         self.on_sync = on_sync
         self.list_fn = list_fn
         self.on_change = on_change
@@ -158,24 +167,42 @@ class Informer:
                 await asyncio.sleep(delay)
 
     async def _relist(self) -> str:
-        try:
-            data = await self.list_fn(_preload_content=False, _request_timeout=60)
-        except ApiException as e:
-            if e.status == 404:
-                raise NotFound(self.name) from e
-            raise
-        async with data as resp:
-            if resp.status == 404:
-                raise NotFound(self.name)
-            if resp.status != 200:
-                raise SourceError(f"list {self.name}: HTTP {resp.status}")
-            body = await resp.json(loads=json.loads, content_type=None)
-        for k, old, new in diff_relist(self.items, body.get("items") or []):
+        """List in pages (``limit``/``continue``), each item transformed as it
+        arrives, then diff against the cache."""
+        items: list[Obj] = []
+        token: str | None = None
+        while True:
+            kw: dict[str, Any] = {"limit": self.page_size}
+            if token:
+                kw["_continue"] = token
+            try:
+                data = await self.list_fn(_preload_content=False, _request_timeout=60, **kw)
+            except ApiException as e:
+                if e.status == 404:
+                    raise NotFound(self.name) from e
+                if e.status == 410:  # the continue token expired: start over
+                    raise Gone(self.name) from e
+                raise
+            async with data as resp:
+                if resp.status == 404:
+                    raise NotFound(self.name)
+                if resp.status == 410:
+                    raise Gone(self.name)
+                if resp.status != 200:
+                    raise SourceError(f"list {self.name}: HTTP {resp.status}")
+                body = await resp.json(loads=json.loads, content_type=None)
+            page = body.get("items") or []
+            items += [self.transform(o) for o in page] if self.transform else page
+            meta = body.get("metadata") or {}
+            token = meta.get("continue")
+            if not token:
+                break
+        for k, old, new in diff_relist(self.items, items):
             self.on_change(k, old, new)
         self.synced = True
         self.error = None
         self.on_sync()  # readiness may have changed even when no object did
-        rv: str = body.get("metadata", {}).get("resourceVersion", "")
+        rv: str = meta.get("resourceVersion", "")
         return rv
 
     async def _watch(self, rv: str) -> str:
@@ -199,7 +226,7 @@ class Informer:
                 for line in lines:
                     if not line.strip():
                         continue
-                    k, old, new, new_rv = apply_event(self.items, json.loads(line))
+                    k, old, new, new_rv = apply_event(self.items, json.loads(line), self.transform)
                     if new_rv:
                         rv = new_rv
                     if k:

@@ -1,0 +1,308 @@
+"""The incremental engine: claim changes in, the next snapshot out (pure: no
+I/O, no clock; ``now`` is an argument).
+
+Sources hand over each object's claims when that object changes
+(:meth:`Engine.set`). The engine keeps an index name → claims, and on
+:meth:`Engine.commit` re-resolves only the names those changes touched
+(conflicts, weights, overrides, takeovers, fallback: :func:`registry.resolve`).
+The next snapshot shares everything else with the previous one (persistent
+HAMT maps from ``immutables``), and the serial moves only when an answer
+changed. :func:`registry.build_keyed` computes the same thing from scratch: it
+is the check (on relist, and in the stateful property test), never the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TypeVar
+
+import immutables
+
+from aliasd.model import AliasClaim
+from aliasd.registry import (
+    Conflict,
+    Invalid,
+    Resolution,
+    Result,
+    ZoneConfig,
+    apex_rrsets,
+    next_serial,
+    owner_names,
+    resolve,
+    validate,
+    zone_infos,
+)
+from aliasd.zone import CNAME, MAX_CNAME_CHAIN, RRset, Snapshot, Weighted
+
+V = TypeVar("V")
+KEY_SEP = "\0"
+"""Separates a source's name from its object's key: ``kubernetes\\0svc/ns/name``."""
+
+
+@dataclass(frozen=True)
+class Commit:
+    """What one :meth:`Engine.commit` produced."""
+
+    result: Result
+    # A new snapshot (with a new serial) to serve; False: only who-won-what
+    # changed (a losing claim, an invalid one), the answers did not.
+    new_snapshot: bool
+    # Owner names whose RRsets, weighted group or unusable status differ from
+    # the previous snapshot (plus names answering through a CNAME to them, and
+    # the zone apexes, whose SOA serial moved); None: anything may have changed
+    # (readiness flipped, a taken-over zone came or went).
+    changed: frozenset[str] | None
+
+
+class Engine:
+    """The claims of every object, the index name → claims, and the current result."""
+
+    def __init__(self, config: ZoneConfig, *, serial: int, ready: bool = False) -> None:
+        self.config = config
+        self.claims: immutables.Map[str, tuple[AliasClaim, ...]] = immutables.Map()
+        self._valid: dict[str, tuple[tuple[str, AliasClaim], ...]] = {}
+        self._keys_of: dict[str, set[str]] = {}  # source prefix -> its keys
+        self._by_name: dict[str, dict[str, list[AliasClaim]]] = {}
+        self._touched: set[str] = set()
+        self._invalid: immutables.Map[str, tuple[Invalid, ...]] = immutables.Map()
+        self._invalid_dirty = False
+        self._res: immutables.Map[str, Resolution] = immutables.Map()
+        self._conflicted: immutables.Map[str, tuple[Conflict, ...]] = immutables.Map()
+        self._overridden: immutables.Map[str, tuple[Conflict, ...]] = immutables.Map()
+        self._takeovers: immutables.Map[str, bool] = immutables.Map()
+        self._entry_count = 0
+        self._cname_refs: dict[str, set[str]] = {}  # CNAME target -> names pointing at it
+        self._weighted: immutables.Map[str, Weighted] = immutables.Map()
+        self._unusable: immutables.Map[str, bool] = immutables.Map()
+        self._serial = serial
+        self._ready = ready
+        rrsets: dict[str, Mapping[int, RRset]] = {}
+        names: dict[str, int] = {}
+        for owner, sets in apex_rrsets(config, serial).items():
+            rrsets[owner] = MappingProxyType(sets)
+            for n in owner_names(Resolution(owner, (), rrsets=((owner, sets),)),
+                                 config.zones):
+                names[n] = names.get(n, 0) + 1
+        self._rrsets: immutables.Map[str, Mapping[int, RRset]] = immutables.Map(rrsets)
+        self._names: immutables.Map[str, int] = immutables.Map(names)
+        self.result = self._result(self._snapshot())
+
+    # ---- input ----------------------------------------------------------------------
+
+    def set(self, key: str, claims: Iterable[AliasClaim]) -> bool:
+        """The claims of one object (``source\\0key``) are now ``claims`` (none:
+        the object is gone or claims nothing). Cheap when nothing changed.
+        Returns whether anything did."""
+        new = tuple(claims)
+        if self.claims.get(key, ()) == new:
+            return False
+        prefix = key.split(KEY_SEP, 1)[0]
+        if new:
+            self.claims = self.claims.set(key, new)
+            self._keys_of.setdefault(prefix, set()).add(key)
+        else:
+            self.claims = self.claims.delete(key)
+            keys = self._keys_of.get(prefix)
+            if keys is not None:
+                keys.discard(key)
+        for name, _ in self._valid.pop(key, ()):
+            self._touched.add(name)
+            per = self._by_name.get(name)
+            if per is not None:
+                per.pop(key, None)
+                if not per:
+                    del self._by_name[name]
+        valid, invalid = validate(new, self.config)
+        if valid:
+            self._valid[key] = valid
+        for name, claim in valid:
+            self._touched.add(name)
+            self._by_name.setdefault(name, {}).setdefault(key, []).append(claim)
+        if invalid != self._invalid.get(key, ()):
+            self._invalid = (self._invalid.set(key, invalid) if invalid
+                             else self._invalid.delete(key))
+            self._invalid_dirty = True
+        return True
+
+    def replace(self, prefix: str, claims: Iterable[AliasClaim]) -> bool:
+        """Every claim of a whole-state source (the aliases file, the overrides):
+        each name is one object, so a reload re-resolves only the names that
+        changed."""
+        grouped: dict[str, list[AliasClaim]] = {}
+        for c in claims:
+            grouped.setdefault(f"{prefix}{KEY_SEP}{c.name.strip().lower()}", []).append(c)
+        changed = False
+        for key in self._keys_of.get(prefix, set()) - grouped.keys():
+            changed |= self.set(key, ())
+        for key, cs in grouped.items():
+            changed |= self.set(key, cs)
+        return changed
+
+    @property
+    def pending(self) -> bool:
+        """Whether a commit has anything to do (ready aside)."""
+        return bool(self._touched) or self._invalid_dirty
+
+    # ---- output ---------------------------------------------------------------------
+
+    def commit(self, *, now: float, ready: bool, min_serial: int = 0) -> Commit | None:
+        """Re-resolve the touched names. None when neither an answer nor who
+        won what changed (nor readiness): no new result, no new serial. A new
+        serial is above ``min_serial`` (a snapshot served from elsewhere)."""
+        touched, self._touched = self._touched, set()
+        status = self._invalid_dirty
+        self._invalid_dirty = False
+        answer_changes: list[tuple[Resolution | None, Resolution | None]] = []
+        with self._res.mutate() as res, self._conflicted.mutate() as conflicted, \
+                self._overridden.mutate() as overridden:
+            for name in sorted(touched):
+                per = self._by_name.get(name)
+                new = (resolve(name, [c for cs in per.values() for c in cs], self.config)
+                       if per else None)
+                old = res.get(name)
+                if new == old:
+                    continue
+                status = True
+                self._entry_count += (len(new.entries) if new else 0) - (
+                    len(old.entries) if old else 0)
+                _put(res, name, new)
+                _put(conflicted, name, new.conflicts if new else None)
+                _put(overridden, name, new.overridden if new else None)
+                if (old.answers if old else None) != (new.answers if new else None):
+                    answer_changes.append((old, new))
+            self._res = res.finish()
+            self._conflicted = conflicted.finish()
+            self._overridden = overridden.finish()
+        if not answer_changes and ready == self._ready:
+            if not status:
+                return None
+            self.result = self._result(self.result.snapshot)
+            return Commit(self.result, False, frozenset())
+        self._serial = next_serial(max(self._serial, min_serial), now)
+        takeovers = self._takeovers
+        changed: frozenset[str] | None = self._apply(answer_changes)
+        if ready != self._ready or set(self._takeovers) != set(takeovers):
+            # Readiness, or a taken-over zone came or went (every name below it
+            # turns from REFUSED to NXDOMAIN or back): anything may have changed.
+            self._ready = ready
+            changed = None
+        self.result = self._result(self._snapshot())
+        return Commit(self.result, True, changed)
+
+    def _apply(self, changes: list[tuple[Resolution | None, Resolution | None]]
+               ) -> frozenset[str]:
+        """Move the answer maps from the old resolutions to the new ones; the names
+        whose answers may differ."""
+        zones = self.config.zones
+        changed: set[str] = set()
+        with self._rrsets.mutate() as rrsets, self._names.mutate() as names, \
+                self._weighted.mutate() as weighted, self._unusable.mutate() as unusable, \
+                self._takeovers.mutate() as takeovers:
+            for old, new in changes:
+                if old is not None:
+                    for owner, _ in old.rrsets:
+                        del rrsets[owner]
+                        changed.add(owner)
+                    for n in owner_names(old, zones):
+                        count = names[n] - 1
+                        if count:
+                            names[n] = count
+                        else:
+                            del names[n]
+                            changed.add(n)
+                    _put(weighted, old.name, None)
+                    _put(unusable, old.name, None)
+                    _put(takeovers, old.name, None)
+                    for target in _cname_targets(old):
+                        refs = self._cname_refs.get(target)
+                        if refs is not None:
+                            refs.discard(old.name)
+                            if not refs:
+                                del self._cname_refs[target]
+                if new is not None:
+                    for owner, sets in new.rrsets:
+                        rrsets[owner] = sets
+                        changed.add(owner)
+                    for n in owner_names(new, zones):
+                        count = names.get(n, 0)
+                        names[n] = count + 1
+                        if not count:
+                            changed.add(n)
+                    _put(weighted, new.name, new.weighted)
+                    _put(unusable, new.name, True if new.unusable else None)
+                    _put(takeovers, new.name, True if new.takeover else None)
+                    for target in _cname_targets(new):
+                        self._cname_refs.setdefault(target, set()).add(new.name)
+            # The serial moved: every apex SOA.
+            for origin, sets in apex_rrsets(self.config, self._serial).items():
+                if origin in zones:
+                    rrsets[origin] = MappingProxyType(sets)
+            self._rrsets = rrsets.finish()
+            self._names = names.finish()
+            self._weighted = weighted.finish()
+            self._unusable = unusable.finish()
+            self._takeovers = takeovers.finish()
+        changed.update(zones)
+        changed.update(self._takeovers.keys())
+        # A name answering through a CNAME to a changed name changes too.
+        frontier = set(changed)
+        for _ in range(MAX_CNAME_CHAIN):
+            frontier = {src for t in frontier for src in self._cname_refs.get(t, ())} - changed
+            if not frontier:
+                break
+            changed |= frontier
+        return frozenset(changed)
+
+    def _snapshot(self) -> Snapshot:
+        return Snapshot(serial=self._serial,
+                        zones=zone_infos(self.config, self._serial, self._takeovers.keys()),
+                        rrsets=self._rrsets, ready=self._ready, names=self._names,
+                        weighted=self._weighted, unusable=self._unusable)
+
+    def _result(self, snapshot: Snapshot) -> Result:
+        return Result(snapshot, resolutions=self._res, invalid=self._invalid,
+                      conflicted=self._conflicted, overridden=self._overridden,
+                      takeovers=self._takeovers, entry_count=self._entry_count)
+
+    @property
+    def serial(self) -> int:
+        return self._serial
+
+
+def _put(m: immutables.MapMutation[str, V], key: str, value: V | None) -> None:
+    """Set ``key`` (falsy ``value``: remove it)."""
+    if value is None or value == ():
+        m.pop(key, None)
+    else:
+        m[key] = value
+
+
+def _cname_targets(res: Resolution) -> set[str]:
+    sets = [s for _, s in res.rrsets[:1]]
+    if res.weighted is not None:
+        sets += list(res.weighted.variants)
+    return {str(s[CNAME].rdata[0]) for s in sets if CNAME in s}
+
+
+def differences(incremental: Snapshot, scratch: Snapshot) -> list[str]:
+    """How two snapshots differ, record for record (empty: they serve the same)."""
+    out: list[str] = []
+    if incremental.serial != scratch.serial or incremental.ready != scratch.ready:
+        out.append(f"serial/ready {incremental.serial}/{incremental.ready} != "
+                   f"{scratch.serial}/{scratch.ready}")
+    if incremental.zones != scratch.zones:
+        out.append(f"zones {incremental.zones} != {scratch.zones}")
+    a = {k: dict(v) for k, v in incremental.rrsets.items()}
+    b = {k: dict(v) for k, v in scratch.rrsets.items()}
+    for k in sorted(a.keys() | b.keys()):
+        if a.get(k) != b.get(k):
+            out.append(f"rrsets {k}: {a.get(k)} != {b.get(k)}")
+    for what, x, y in (("names", set(incremental.names), set(scratch.names)),
+                       ("unusable", set(incremental.unusable), set(scratch.unusable))):
+        if x != y:
+            out.append(f"{what}: only incremental {sorted(x - y)}, only scratch {sorted(y - x)}")
+    if dict(incremental.weighted) != dict(scratch.weighted):
+        out.append(f"weighted {dict(incremental.weighted)} != {dict(scratch.weighted)}")
+    return out
