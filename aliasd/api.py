@@ -10,63 +10,22 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aliasd.kubeapi import TRANSIENT
 from aliasd.metrics import build_registry
-from aliasd.model import OVERRIDE_KIND, ApplyError, ConfigError, utc_timestamp
+from aliasd.model import ApplyError, ConfigError, utc_timestamp
 from aliasd.registry import Result
 from aliasd.sources import overrides
-
-if TYPE_CHECKING:
-    from aliasd.app import App
+from aliasd.status import Status, aliases_document
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 1024  # an override is a few hundred bytes
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def aliases_document(result: Result) -> dict[str, Any]:
-    """The JSON of /v1/aliases (also what ``aliasd list`` prints)."""
-    losers: dict[str, list[str]] = {}
-    for c in result.conflicts:
-        losers.setdefault(c.name, []).append(c.loser.ref)
-    beaten: dict[str, list[str]] = {}
-    for c in result.overridden:
-        beaten.setdefault(c.name, []).append(c.loser.ref)
-    aliases = []
-    for e in result.entries:
-        claim = e.claim
-        aliases.append({
-            "name": e.name,
-            "addresses": list(claim.addresses),
-            "cname": claim.cname,
-            "ttl": claim.ttl,
-            "ports": [{"name": p.name, "protocol": p.protocol, "port": p.port}
-                      for p in claim.ports],
-            "owner": claim.owner.ref,
-            "weight": claim.weight if e.name in result.snapshot.weighted else None,
-            "conflicts": losers.get(e.name, []),
-            "override": claim.owner.kind == OVERRIDE_KIND,
-            "overridden": beaten.get(e.name, []),
-            "takeover": claim.takeover,
-            "fallback": claim.fallback,
-        })
-    return {
-        "serial": result.snapshot.serial,
-        "ready": result.snapshot.ready,
-        "aliases": aliases,
-        "conflicts": [
-            {"name": c.name, "winner": c.winner.ref, "loser": c.loser.ref}
-            for c in result.conflicts
-        ],
-        "invalid": [{"name": i.claim.name, "owner": i.claim.owner.ref, "reason": i.reason}
-                    for i in result.invalid],
-    }
 
 
 def _render_aliases(result: Result) -> bytes:
@@ -101,7 +60,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             k: v for k, v in e.headers.items() if k.lower() == "allow"})
 
 
-def make_app(app: App) -> web.Application:
+def make_app(app: Status) -> web.Application:
     registry = build_registry(app)
 
     async def healthz(_: web.Request) -> web.Response:
@@ -138,7 +97,7 @@ def make_app(app: App) -> web.Application:
         return web.Response(body=body, content_type="application/json")
 
     openapi_text = resources.files("aliasd").joinpath("openapi.yaml").read_text().replace(
-        "@NAME_PATTERN@", name_pattern(app.config.zones.zones))
+        "@NAME_PATTERN@", name_pattern(app.zones.zones))
 
     async def openapi(_: web.Request) -> web.Response:
         return web.Response(text=openapi_text, content_type="application/yaml")
@@ -156,7 +115,7 @@ def make_app(app: App) -> web.Application:
 class OverridesApi:
     """``/v1/overrides``: reads for everyone, writes with the bearer token."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: Status) -> None:
         self.app = app
 
     def add_routes(self, web_app: web.Application) -> None:
@@ -173,12 +132,12 @@ class OverridesApi:
 
     def _name(self, request: web.Request) -> str:
         try:
-            return overrides.parse_name(request.match_info["name"], self.app.config.zones)
+            return overrides.parse_name(request.match_info["name"], self.app.zones)
         except ValueError as e:
             raise web.HTTPBadRequest(text=str(e)) from None
 
     def _authorize(self, request: web.Request) -> None:
-        token = self.app.config.api_token
+        token = self.app.api_token
         if token is None:
             raise web.HTTPForbidden(text="the write API is off: start aliasd with "
                                     "--api-token-file")
@@ -213,11 +172,11 @@ class OverridesApi:
             body = json.loads(raw)
         except ValueError as e:
             raise web.HTTPBadRequest(text=f"the body is not valid JSON: {e}") from None
-        now = utc_timestamp(self.app.clock())
+        now = utc_timestamp(self.app.now())
         try:
             if isinstance(body, dict) and ({"updated", "by", "name"} & set(body)):
                 raise ValueError("name, updated and by are set by aliasd, not the caller")
-            o = overrides.parse(request.match_info["name"], body, zones=self.app.config.zones,
+            o = overrides.parse(request.match_info["name"], body, zones=self.app.zones,
                                 updated=now, by=request.remote or "")
         except ValueError as e:
             raise web.HTTPBadRequest(text=str(e)) from None
@@ -250,7 +209,7 @@ class OverridesApi:
                 text=f"could not store the override: {str(e).splitlines()[0][:300]}") from None
 
 
-async def start_http(app: App, host: str, port: int) -> web.AppRunner:
+async def start_http(app: Status, host: str, port: int) -> web.AppRunner:
     runner = web.AppRunner(make_app(app), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -260,5 +219,4 @@ async def start_http(app: App, host: str, port: int) -> web.AppRunner:
         await runner.cleanup()
         raise ConfigError(f"cannot listen on {host}:{port} for HTTP: "
                           f"{e.strerror or e}") from None
-    app.http_port = int(runner.addresses[0][1])
     return runner

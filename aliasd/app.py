@@ -23,7 +23,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 from aliasd import registry
 from aliasd.dns.answer import Stats
@@ -33,39 +32,10 @@ from aliasd.model import AliasClaim, utc_timestamp
 from aliasd.registry import ZoneConfig
 from aliasd.sources.overrides import OverridesSource
 from aliasd.state import State, StateFile
+from aliasd.status import Component, Source
 from aliasd.zone import Snapshot
 
 log = logging.getLogger(__name__)
-
-
-class Source(Protocol):
-    """What the app needs from a source. ``claims`` is the full current set
-    (read only when the source said its whole state changed; the Kubernetes
-    source pushes per object instead)."""
-
-    name: str
-
-    @property
-    def claims(self) -> list[AliasClaim]: ...
-
-    @property
-    def synced(self) -> bool: ...
-
-    @property
-    def error(self) -> str | None: ...
-
-    async def run(self) -> None: ...
-
-
-class Component(Protocol):
-    """A background part that is not a source (the CoreDNS patcher): it runs
-    beside the sources and reports its state in /readyz."""
-
-    name: str
-
-    def status(self) -> dict[str, Any]: ...
-
-    async def run(self) -> None: ...
 
 
 Reporter = Callable[[registry.Result, bool], None]
@@ -120,6 +90,19 @@ class App:
         self._check: asyncio.Task[None] | None = None
         self._check_again = False
         self._state_dirty = asyncio.Event()
+
+    # ---- the narrow status HTTP and metrics read (aliasd.status.Status) -------
+
+    @property
+    def zones(self) -> ZoneConfig:
+        return self.config.zones
+
+    @property
+    def api_token(self) -> str | None:
+        return self.config.api_token
+
+    def now(self) -> float:
+        return self.clock()
 
     # ---- state ---------------------------------------------------------------
 
@@ -287,13 +270,9 @@ class App:
     # ---- lifecycle -------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Serve until ``stop`` is set (or forever). Listen errors raise ConfigError."""
-        from aliasd.api import start_http
-
+        """Serve DNS until ``stop`` is set (or forever). Listen errors raise ConfigError."""
         await self.dns.start()
-        runner = None
         try:
-            runner = await start_http(self, self.config.http_host, self.config.http_port)
             # Whole-state sources may have loaded before they could notify.
             self._whole.update(s.name for s in self.sources
                                if not getattr(s, "incremental", False))
@@ -320,13 +299,10 @@ class App:
                     with contextlib.suppress(asyncio.CancelledError):
                         await t
         finally:
-            if runner is not None:
-                await runner.cleanup()
             await self.dns.stop()
             if self.state is not None and self._state_dirty.is_set():
                 with contextlib.suppress(OSError):  # the last change, before exiting
                     _save(self.state, self.clock(), self.engine.claims)
-
 
 
 def _save(state: StateFile, now: float, claims: Mapping[str, tuple[AliasClaim, ...]]) -> None:

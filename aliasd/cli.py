@@ -17,11 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aliasd.model import AliasdError, ConfigError
 
 if TYPE_CHECKING:  # the commands import their modules lazily: `aliasd --help` stays fast
-    from collections import Counter
-
-    from kubernetes_asyncio.client import ApiClient
-
-    from aliasd.coredns.patcher import Patcher, PatcherConfig
+    from aliasd.coredns.patcher import PatcherConfig
 
 log = logging.getLogger("aliasd")
 
@@ -201,12 +197,11 @@ def _number(text: str, flag: str, kind: type[int] | type[float]) -> float:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from aliasd import registry
-    from aliasd.app import App, AppConfig
+    from aliasd import root
+    from aliasd.app import AppConfig
     from aliasd.dns.server import ServerConfig, parse_listen, parse_networks
+    from aliasd.kubeapi import split_ref
     from aliasd.registry import TakeoverPolicy, ZoneConfig
-    from aliasd.sources.file import FileSource
-    from aliasd.sources.overrides import FileOverrides
 
     try:
         zones = ZoneConfig.from_names(
@@ -218,9 +213,10 @@ async def _serve(args: argparse.Namespace) -> int:
         idle = _number(args.tcp_idle_timeout, "--tcp-idle-timeout", float)
         max_conns = int(_number(args.tcp_max_connections, "--tcp-max-connections", int))
         patcher_config = _patcher_config(args, zones.zones)  # bad wiring flags fail early
+        lease_duration = _number(args.leader_lease_duration, "--leader-lease-duration", float)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    config = AppConfig(
+    app_config = AppConfig(
         zones=zones,
         dns=ServerConfig(host=dns_host, port=dns_port, allow_transfer=transfer,
                          tcp_idle_timeout=idle, tcp_max_connections=max_conns),
@@ -229,54 +225,24 @@ async def _serve(args: argparse.Namespace) -> int:
         state_file=Path(args.state_file) if args.state_file else None,
         api_token=_read_token(args.api_token_file) if args.api_token_file else None,
     )
-    app = App(config)
-    state = app.load_state()
-    if config.aliases_file is not None:
-        fs = FileSource(config.aliases_file, config=zones, on_change=app.notifier(FileSource.name))
-        fs.load()  # a bad file at start is fatal: there is no last good zone yet
-        app.sources.append(fs)
     use_kube = args.kubernetes == "on" or (args.kubernetes == "auto" and (
         args.kubeconfig or os.environ.get("KUBECONFIG")
         or os.environ.get("KUBERNETES_SERVICE_HOST")))
-    kube_client = None
+    kube = None
     if use_kube:
-        from aliasd.sources.kube import add_kube_sources
-
-        kube_client = await add_kube_sources(app, kubeconfig=args.kubeconfig,
-                                             namespaces=_list(args, "namespaces"),
-                                             overrides=args.overrides_configmap)
-    elif app.state is not None:
-        overrides = FileOverrides(zones, app.notifier(FileOverrides.name), state=app.state,
-                                  clock=app.clock)
-        overrides.load(state.overrides if state else ())
-        app.overrides = overrides
-        app.sources.append(overrides)
-    elif config.api_token is not None:
-        raise ConfigError("--api-token-file without Kubernetes needs --state-file: that is "
-                          "where overrides are kept across restarts")
-    if kube_client is not None and args.coredns_mode != "off":
-        patcher = _patcher(args, kube_client, patcher_config, app.patch_results)
-        app.components.append(patcher)
-
-        def wire_takeovers(result: registry.Result, changed: bool) -> None:
-            if result.snapshot.ready:
-                patcher.set_takeovers(result.takeovers)
-
-        app.reporters.append(wire_takeovers)
-    if not app.sources:
-        raise ConfigError("nothing to serve: give --aliases-file, or --kubeconfig "
-                          "(or run in a cluster) to watch Kubernetes")
+        kube = root.KubeConfig(
+            kubeconfig=args.kubeconfig, namespaces=tuple(_list(args, "namespaces")),
+            overrides_configmap=split_ref(args.overrides_configmap,
+                                          flag="--overrides-configmap"),
+            patcher=None if args.coredns_mode == "off" else patcher_config,
+            leader_lease=(split_ref(args.leader_lease, flag="--leader-lease")
+                          if args.leader_election == "on" else None),
+            lease_duration=lease_duration)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info("serving zones %s; sources: %s", ", ".join(zones.zones),
-             ", ".join(s.name for s in app.sources))
-    try:
-        await app.run(stop)
-    finally:
-        if kube_client is not None:
-            await kube_client.close()
+    await root.serve(root.RunConfig(app=app_config, kube=kube), stop)
     log.info("stopped")
     return 0
 
@@ -302,27 +268,6 @@ def _patcher_config(args: argparse.Namespace, zones: Sequence[str]) -> PatcherCo
         zones=tuple(zones), mode=args.coredns_mode,
         forward_to=parse_forward(args.forward_to) if args.forward_to else None,
         dns_service=args.dns_service, coredns_configmap=args.coredns_configmap)
-
-
-def _patcher(args: argparse.Namespace, api: ApiClient, config: PatcherConfig,
-             results: Counter[str]) -> Patcher:
-    from aliasd.coredns.lease import LeaderElector, default_identity
-    from aliasd.coredns.patcher import Patcher
-    from aliasd.kubeapi import split_ref
-    from aliasd.sources.kube import EventRecorder
-
-    recorder = EventRecorder(api)
-    patcher = Patcher(api, config, results=results, report=recorder.sync)
-    if args.leader_election == "on":
-        ns, name = split_ref(args.leader_lease, flag="--leader-lease")
-        try:
-            duration = _number(args.leader_lease_duration, "--leader-lease-duration", float)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        patcher.elector = LeaderElector(api, namespace=ns, name=name, identity=default_identity(),
-                                        duration=duration,
-                                        on_change=lambda leading: patcher.mark_dirty())
-    return patcher
 
 
 async def _coredns(args: argparse.Namespace) -> int:
@@ -377,9 +322,12 @@ async def _list_aliases(args: argparse.Namespace) -> int:
                 _list(args, "zone"), takeover=TakeoverPolicy.parse(_list(args, "allow_takeover")))
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        doc = await listing.from_cluster(args.kubeconfig, zones=zones,
-                                         namespaces=_list(args, "namespaces"),
-                                         overrides=args.overrides_configmap)
+        from aliasd.kubeapi import split_ref
+        from aliasd.root import list_from_cluster
+
+        doc = await list_from_cluster(
+            args.kubeconfig, zones=zones, namespaces=_list(args, "namespaces"),
+            overrides=split_ref(args.overrides_configmap, flag="--overrides-configmap"))
     sys.stdout.write(listing.render(doc, args.output))
     return 0
 

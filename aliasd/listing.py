@@ -3,23 +3,13 @@ a running aliasd or computed from the cluster, rendered for a terminal."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import time
-from collections import Counter
 from typing import Any
 
 import aiohttp
 import yaml
 
-from aliasd import registry
-from aliasd.api import aliases_document
-from aliasd.kubeapi import make_client
 from aliasd.model import ConfigError
-from aliasd.registry import ZoneConfig
-
-SYNC_TIMEOUT = 30.0
 
 
 async def from_server(url: str) -> dict[str, Any]:
@@ -33,45 +23,6 @@ async def from_server(url: str) -> dict[str, Any]:
             return doc
     except (aiohttp.ClientError, TimeoutError, ValueError) as e:
         raise ConfigError(f"cannot read {target}: {e or type(e).__name__}") from None
-
-
-async def from_cluster(kubeconfig: str | None, *, zones: ZoneConfig, namespaces: list[str],
-                       overrides: str) -> dict[str, Any]:
-    """List (and watch until synced) like ``aliasd run`` does, then build once."""
-    from aliasd.kubeapi import split_ref
-    from aliasd.sources.kube import KubeSource
-    from aliasd.sources.overrides import ConfigMapOverrides
-
-    cm_ns, cm_name = split_ref(overrides, flag="--overrides-configmap")
-    api = await make_client(kubeconfig)
-    try:
-        restarts: Counter[str] = Counter()
-        kube = KubeSource(api, zones=zones, namespaces=namespaces,
-                          on_claims=lambda key, claims: None, on_change=lambda: None,
-                          restarts=restarts)
-        switch = ConfigMapOverrides(api, zones, lambda: None, namespace=cm_ns, name=cm_name,
-                                    restarts=restarts)
-        tasks = [asyncio.create_task(kube.run()), asyncio.create_task(switch.run())]
-        deadline = time.monotonic() + SYNC_TIMEOUT
-        try:
-            while not (kube.synced and switch.synced):
-                for task in tasks:
-                    if task.done():
-                        task.result()
-                if time.monotonic() > deadline:
-                    raise ConfigError(f"could not read the cluster within {SYNC_TIMEOUT:.0f}s: "
-                                      f"{kube.error or switch.error or 'not synced'}")
-                await asyncio.sleep(0.05)
-        finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        result = registry.build([*kube.claims, *switch.claims], config=zones,
-                                serial=registry.next_serial(0, time.time()), ready=True)
-        return aliases_document(result)
-    finally:
-        await api.close()
 
 
 def _targets(a: dict[str, Any]) -> str:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -15,13 +14,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from aliasd.dns.answer import LATENCY_BUCKETS, LATENCY_SAMPLE
-
-if TYPE_CHECKING:
-    from aliasd.app import App
+from aliasd.status import Status
 
 
-class AppCollector(Collector):
-    def __init__(self, app: App) -> None:
+class StatusCollector(Collector):
+    def __init__(self, app: Status) -> None:
         self.app = app
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily
@@ -97,7 +94,7 @@ class AppCollector(Collector):
         yield patches
 
 
-def build_registry(app: App) -> CollectorRegistry:
+def build_registry(app: Status) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(AppCollector(app))
+    reg.register(StatusCollector(app))
     return reg

@@ -11,7 +11,6 @@ engine only when they differ.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
@@ -19,22 +18,17 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, DiscoveryV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from aliasd.engine import KEY_SEP
-from aliasd.kubeapi import make_client, split_ref
 from aliasd.model import AliasClaim, utc_timestamp
 from aliasd.registry import Result, ZoneConfig, best_zone
 from aliasd.sources import mapping
 from aliasd.sources.mapping import Problem
-from aliasd.sources.overrides import ConfigMapOverrides
 from aliasd.sources.watch import Informer, NotFound, Obj
-
-if TYPE_CHECKING:
-    from aliasd.app import App
 
 log = logging.getLogger(__name__)
 
@@ -366,29 +360,3 @@ def registry_problems(result: Result) -> list[Problem]:
     for inv in result.invalid:
         out.append(Problem(inv.claim.owner, inv.event, inv.reason))
     return out
-
-
-async def add_kube_sources(app: App, *, kubeconfig: str | None, namespaces: list[str],
-                           overrides: str) -> ApiClient:
-    """Create the client, the sources (Kubernetes objects; the overrides
-    ConfigMap ``overrides``, NAMESPACE/NAME) and the Event reporter; attach them."""
-    cm_ns, cm_name = split_ref(overrides, flag="--overrides-configmap")
-    api = await make_client(kubeconfig)
-    source = KubeSource(api, zones=app.config.zones, namespaces=namespaces,
-                        on_claims=app.update_claims, on_change=app.mark_dirty,
-                        on_relist=app.schedule_check, on_problems=app.problems_changed,
-                        restarts=app.watch_restarts,
-                        probes=app.counters)
-    recorder = EventRecorder(api)
-    app.sources.append(source)
-    app.overrides = ConfigMapOverrides(api, app.config.zones, app.notifier("overrides"),
-                                       namespace=cm_ns, name=cm_name,
-                                       restarts=app.watch_restarts)
-    app.sources.append(app.overrides)
-
-    def report(result: Result, changed: bool) -> None:
-        with contextlib.suppress(RuntimeError):  # no running loop: nothing to report to
-            recorder.sync(source.problems + registry_problems(result))
-
-    app.reporters.append(report)
-    return api
