@@ -49,7 +49,7 @@ class AppConfig:
     http_host: str = "0.0.0.0"
     http_port: int = 8080
     aliases_file: Path | None = None
-    debounce: float = 0.02
+    debounce: float = 0.005  # commits cost what changed: coalesce bursts, not more
     state_file: Path | None = None
     api_token: str | None = None  # bearer token for the write API; None = writes off
     state_interval: float = 1.0  # at most one state file write per this many seconds

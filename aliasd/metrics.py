@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import gc
+import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
@@ -94,7 +96,53 @@ class StatusCollector(Collector):
         yield patches
 
 
+class GcPauses(Collector):
+    """Garbage-collector pauses by generation (count, total and longest
+    seconds): a pause stops DNS answers like any other latency."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.total = [0.0, 0.0, 0.0]
+        self.longest = [0.0, 0.0, 0.0]
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        gen = info["generation"]
+        pause = time.perf_counter() - self._started
+        self.count[gen] += 1
+        self.total[gen] += pause
+        self.longest[gen] = max(self.longest[gen], pause)
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        n = CounterMetricFamily("aliasd_gc_pauses", "Garbage-collector passes by generation",
+                                labels=["generation"])
+        t = CounterMetricFamily("aliasd_gc_pause_seconds",
+                                "Time spent in garbage-collector passes by generation",
+                                labels=["generation"])
+        m = GaugeMetricFamily("aliasd_gc_pause_max_seconds",
+                              "The longest garbage-collector pass by generation",
+                              labels=["generation"])
+        for gen in range(3):
+            n.add_metric([str(gen)], self.count[gen])
+            t.add_metric([str(gen)], self.total[gen])
+            m.add_metric([str(gen)], self.longest[gen])
+        yield n
+        yield t
+        yield m
+
+
+_GC: GcPauses | None = None
+
+
 def build_registry(app: Status) -> CollectorRegistry:
+    global _GC
     reg = CollectorRegistry(auto_describe=False)
     reg.register(StatusCollector(app))
+    if _GC is None:  # one per process: gc callbacks are process-wide
+        _GC = GcPauses()
+    reg.register(_GC)
     return reg
