@@ -11,6 +11,8 @@ import ipaddress
 import time
 from dataclasses import dataclass, field
 
+from aliasd.names import normalize_name
+
 DEFAULT_TTL = 30
 MIN_TTL = 1
 MAX_TTL = 86400
@@ -37,10 +39,7 @@ def utc_timestamp(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def normalize_name(name: str) -> str:
-    """Lower case, surrounding whitespace removed, exactly one trailing dot."""
-    n = name.strip().lower()
-    return n.rstrip(".") + "."
+__all__ = ["normalize_name"]  # re-exported: aliasd.names is where names are handled
 
 
 @dataclass(frozen=True, order=True)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner, normalize_name
+from aliasd import names
+from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner
+from aliasd.names import best_zone, normalize_name, validate_fqdn
 from aliasd.zone import (
     AAAA,
     CNAME,
@@ -32,8 +33,8 @@ from aliasd.zone import (
     ZoneInfo,
 )
 
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-NS_LABEL = "ns"
+_LABEL = names.LABEL
+NS_LABEL = names.NS_LABEL
 
 
 @dataclass(frozen=True)
@@ -215,58 +216,14 @@ class Result:
         return sum(len(i) for i in self.invalid_by_key.values())
 
 
-def validate_fqdn(name: str) -> str | None:
-    """Why ``name`` (normalized) is not a valid RFC 1123 host name, or None."""
-    bare = name.rstrip(".")
-    if not bare:
-        return "name is empty"
-    if len(bare) > 253:
-        return f"name is {len(bare)} characters long (max 253)"
-    for label in bare.split("."):
-        if len(label) > 63:
-            return f"label {label[:20]!r}... is {len(label)} characters long (max 63)"
-        if not _LABEL.match(label):
-            return (f"label {label!r} is not a valid DNS label "
-                    "(lower-case letters, digits and '-', not at either end)")
-    return None
-
-
 def qualify(raw: str, config: ZoneConfig) -> tuple[str, str]:
-    """Normalize ``raw``; a bare label gets the default zone. Returns (name, zone)
-    or raises ``ValueError`` with a message a human can act on."""
-    if not raw.strip():
-        raise ValueError("alias is empty")
-    name = absolute_name(raw, config)
-    err = validate_fqdn(name)
-    if err:
-        raise ValueError(f"alias {raw!r}: {err}")
-    zone = best_zone(name, config.zones)
-    if zone is None:
-        raise ValueError(
-            f"alias {raw!r} is outside the served zones ({', '.join(config.zones)})"
-        )
-    if name == zone:
-        raise ValueError(f"alias {raw!r} is the zone apex, which aliasd itself serves")
-    if name == f"{NS_LABEL}.{zone}":
-        raise ValueError(f"alias {raw!r} is reserved for the zone's name server")
-    return name, zone
+    """``names.qualify`` with the served zones of ``config``."""
+    return names.qualify(raw, config.zones)
 
 
 def absolute_name(raw: str, config: ZoneConfig) -> str:
-    """Normalized; a bare label (no dot at all) gets the default zone, for alias
-    names and CNAME targets alike. "web." is absolute: the root's child."""
-    name = normalize_name(raw)
-    if "." not in raw.strip():
-        name += config.zones[0]
-    return name
-
-
-def best_zone(name: str, zones: Iterable[str]) -> str | None:
-    best: str | None = None
-    for z in zones:
-        if (name == z or name.endswith("." + z)) and (best is None or len(z) > len(best)):
-            best = z
-    return best
+    """``names.absolute_name`` with the default zone of ``config``."""
+    return names.absolute_name(raw, config.zones[0])
 
 
 def _validate_takeover(claim: AliasClaim, config: ZoneConfig) -> str:

@@ -25,7 +25,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from aliasd.engine import KEY_SEP
 from aliasd.model import AliasClaim, utc_timestamp
-from aliasd.registry import Result, ZoneConfig, best_zone
+from aliasd.names import best_zone, normalize_name
+from aliasd.registry import Result, ZoneConfig
 from aliasd.sources import mapping
 from aliasd.sources.mapping import Problem
 from aliasd.sources.watch import Informer, NotFound, Obj
@@ -164,7 +165,7 @@ class KubeSource:
         self._push(engine_key, claims)
 
     def _in_zone(self, host: str) -> bool:
-        return best_zone(host.lower().rstrip(".") + ".", self.zones.zones) is not None
+        return best_zone(normalize_name(host), self.zones.zones) is not None
 
     def _service(self, k: str) -> Obj | None:
         for inf in self.services:

@@ -32,7 +32,8 @@ from aliasd.model import (
     parse_ip,
     parse_ttl,
 )
-from aliasd.registry import ZoneConfig, absolute_name, qualify, validate_fqdn
+from aliasd.names import validate_fqdn
+from aliasd.registry import ZoneConfig, absolute_name, qualify
 from aliasd.sources.watch import Informer, Obj
 from aliasd.state import StateFile
 
