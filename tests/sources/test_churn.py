@@ -85,6 +85,8 @@ def test_unrelated_slice_updates_change_nothing(cluster: LocalCluster, aliasd: A
     assert metric(aliasd, "aliasd_snapshots") == snapshots0 + 1
     assert serial(aliasd) > serial0
     assert a_records(aliasd, "churn-shown.internal.") == [aliased["spec"]["clusterIP"]]
+    # The relist checks (from scratch, off the loop) never disagreed with the engine.
+    assert metric(aliasd, "aliasd_check_failures") == 0
 
 
 def test_quiet_cluster_without_the_crd_does_not_rebuild(cluster: LocalCluster, tmp_path: Path,
