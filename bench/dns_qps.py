@@ -28,9 +28,9 @@ import dns.message
 import dns.query
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "hack" / "devtools")]  # aliasd, aliasd_dev
 
-from aliasd.devcluster import ensure_binaries, free_port, free_udp_tcp_port  # noqa: E402
+from aliasd_dev import ensure_binaries, free_port, free_udp_tcp_port  # noqa: E402
 
 
 def make_inputs(tmp: Path, n: int, seed: int = 1) -> tuple[Path, Path, list[tuple[str, str]]]:

@@ -6,7 +6,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 hack/setup.sh
 echo "== ruff" >&2
-.venv/bin/ruff check aliasd tests bench
+.venv/bin/ruff check aliasd tests bench hack/devtools
 echo "== mypy" >&2
 .venv/bin/mypy
 echo "== pytest" >&2

@@ -11,7 +11,7 @@ import pytest
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.config import new_client_from_config
 
-from aliasd.devcluster import ClusterError, LocalCluster, ensure_binaries
+from aliasd_dev import ClusterError, LocalCluster, ensure_binaries
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from aliasd.devcluster import LocalCluster, free_port, free_udp_tcp_port
+from aliasd_dev import LocalCluster, free_port, free_udp_tcp_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aliasd.devcluster import free_port
+from aliasd_dev import free_port
 from tests.helpers import ROOT
 
 

@@ -15,7 +15,7 @@ import dns.rcode
 import pytest
 import yaml
 
-from aliasd.devcluster import LocalCluster, free_udp_tcp_port
+from aliasd_dev import LocalCluster, free_udp_tcp_port
 from tests.coredns.test_wiring import coredns, corefile_now, managed_zones, metric, wired
 from tests.helpers import (
     AliasdProcess,

@@ -21,7 +21,7 @@ from kubernetes_asyncio.client import ApiClient
 from aliasd.coredns import corefile
 from aliasd.coredns.patcher import COREDNS, Patcher, PatcherConfig, Target
 from aliasd.coredns.plan import Forward
-from aliasd.devcluster import ClusterError, LocalCluster, free_udp_tcp_port
+from aliasd_dev import ClusterError, LocalCluster, free_udp_tcp_port
 from tests.helpers import ROOT, AliasdProcess, dig_short, events, run_aliasd, service, wait_for
 
 pytestmark = pytest.mark.cluster

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from aliasd.devcluster import LocalCluster
+from aliasd_dev import LocalCluster
 from tests.helpers import AliasdProcess, events, query, service, wait_for
 from tests.unit.test_fastpath import CHI2_1DF_P001, chi2
 

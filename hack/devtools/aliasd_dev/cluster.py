@@ -29,11 +29,11 @@ from typing import Any
 
 import yaml
 
-from aliasd.devcluster.corefile import CorefilePorts, kubeadm_corefile
+from aliasd_dev.corefile import CorefilePorts, kubeadm_corefile
 
 log = logging.getLogger(__name__)
 
-REPO_HACK = Path(__file__).resolve().parents[2] / "hack" / "local-cluster"
+REPO_HACK = Path(__file__).resolve().parents[2] / "local-cluster"
 SERVICE_CIDR = "10.96.0.0/12"
 ADMIN_TOKEN_USER = "aliasd-admin"
 

@@ -13,7 +13,7 @@ from kubernetes_asyncio.client import (
     V1ServiceSpec,
 )
 
-from aliasd.devcluster import LocalCluster
+from aliasd_dev import LocalCluster
 from tests.helpers import dig, dig_short, wait_for
 
 pytestmark = pytest.mark.cluster
