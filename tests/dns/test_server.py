@@ -20,7 +20,15 @@ import dns.rdatatype
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import AliasdProcess, answers, dig, query, run_aliasd, wait_for
+from tests.helpers import (
+    AliasdProcess,
+    answers,
+    dig,
+    query,
+    replace_file,
+    run_aliasd,
+    wait_for,
+)
 
 MANY_V6 = [f"fd00::{i:x}" for i in range(1, 41)]  # 40 AAAA: > 512 bytes
 
@@ -326,11 +334,23 @@ def test_tcp_idle_connection_is_closed(server: AliasdProcess) -> None:
 def test_tcp_connection_cap(server: AliasdProcess) -> None:
     q = dns.message.make_query("my-fruits.internal.", "A").to_wire()
     framed = struct.pack("!H", len(q)) + q
-    conns = [tcp_connect(server) for _ in range(4)]  # --tcp-max-connections 4
+    def four_served() -> list[socket.socket] | None:
+        # --tcp-max-connections 4; an earlier test's closed connections may not
+        # have been reaped by the server yet, so poll until four are served.
+        conns = [tcp_connect(server) for _ in range(4)]
+        try:
+            for c in conns:
+                c.sendall(framed)
+                if read_msg(c) is None:
+                    raise ConnectionResetError
+        except OSError:
+            for c in conns:
+                c.close()
+            return None
+        return conns
+
+    conns: list[socket.socket] = wait_for(four_served, timeout=10, what="four TCP slots")
     try:
-        for c in conns:
-            c.sendall(framed)
-            assert read_msg(c) is not None
         extra = tcp_connect(server)
         extra.settimeout(5)
         try:
@@ -502,19 +522,19 @@ def test_file_reload_and_bad_file_keeps_last_good_zone(tmp_path: Path) -> None:
     with run_aliasd(["--aliases-file", str(f)], tmp=tmp_path) as p:
         assert answers(query(p.dns, "web.internal.", "A"), "A") == ["192.0.2.1"]
         serial = soa_serial(p)
-        f.write_text("aliases:\n  web: {addresses: [192.0.2.2]}\n  new: {cname: web}\n")
+        replace_file(f, "aliases:\n  web: {addresses: [192.0.2.2]}\n  new: {cname: web}\n")
         wait_for(lambda: answers(query(p.dns, "web.internal.", "A"), "A") == ["192.0.2.2"],
                  what="reload")
         assert answers(query(p.dns, "new.internal.", "A"), "A") == ["192.0.2.2"]
         assert soa_serial(p) > serial
         serial = soa_serial(p)
         # A broken file: the last good zone keeps being served, the log says why.
-        f.write_text("aliases:\n  web: {addresses: [not-an-ip]}\n")
+        replace_file(f, "aliases:\n  web: {addresses: [not-an-ip]}\n")
         wait_for(lambda: "not-an-ip" in p.logs(), what="the error to be logged")
         assert answers(query(p.dns, "web.internal.", "A"), "A") == ["192.0.2.2"]
         assert soa_serial(p) == serial
         assert f"{f}: alias 'web': 'not-an-ip' is not an IP address" in p.logs()
         # Fixed again: picked up.
-        f.write_text("aliases:\n  web: {addresses: [192.0.2.3]}\n")
+        replace_file(f, "aliases:\n  web: {addresses: [192.0.2.3]}\n")
         wait_for(lambda: answers(query(p.dns, "web.internal.", "A"), "A") == ["192.0.2.3"],
                  what="reload after fix")
