@@ -219,4 +219,6 @@ async def start_http(app: Status, host: str, port: int) -> web.AppRunner:
         await runner.cleanup()
         raise ConfigError(f"cannot listen on {host}:{port} for HTTP: "
                           f"{e.strerror or e}") from None
+    bound = int(runner.addresses[0][1])
+    log.info("HTTP listening on %s:%d", host, bound)  # the bound port, also for :0
     return runner

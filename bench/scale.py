@@ -41,9 +41,9 @@ from typing import Any
 import dns.message
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "hack" / "devtools")]  # aliasd, aliasd_dev
 
-from aliasd.devcluster import (  # noqa: E402
+from aliasd_dev import (  # noqa: E402
     LocalCluster,
     ensure_binaries,
     free_port,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from aliasd.devcluster import ClusterError, LocalCluster
+from aliasd_dev import ClusterError, LocalCluster
 from tests.helpers import AliasdProcess, a_records, query, run_aliasd, service, wait_for
 
 pytestmark = pytest.mark.cluster
