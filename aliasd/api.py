@@ -106,9 +106,10 @@ def make_app(app: App) -> web.Application:
         sources = {s.name: {"synced": s.synced, "error": s.error} for s in app.sources}
         # Degraded (answering from the state file) is still ready: taking the
         # pod out of its Service would leave clients with no answer at all.
-        ready = (app.ready and app.result.snapshot.ready) or app.degraded
+        ready = ((app.ready and app.result.snapshot.ready) or app.degraded) and not app.draining
         not_ready = [n for n, s in sources.items() if not s["synced"]]
-        body: dict[str, Any] = {"ready": ready, "degraded": app.degraded, "sources": sources,
+        body: dict[str, Any] = {"ready": ready, "degraded": app.degraded,
+                                "draining": app.draining, "sources": sources,
                                 "not_synced": not_ready}
         # Components (CoreDNS wiring) are detail, not readiness: DNS answers either way.
         body.update({c.name: c.status() for c in app.components})

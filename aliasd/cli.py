@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(run, "--tcp-idle-timeout", default="10", help="seconds before an idle TCP "
          "connection is closed (RFC 7766)")
     _add(run, "--tcp-max-connections", default="256", help="concurrent TCP connections")
+    _add(run, "--lame-duck", default="0", help="seconds to keep answering DNS after SIGTERM "
+         "with /readyz failing, so that Services stop sending queries first (in a pod: a "
+         "few seconds, less than terminationGracePeriodSeconds)")
     _add(run, "--kubernetes", default="auto", choices=["auto", "on", "off"],
          help="watch Kubernetes; auto = on when --kubeconfig/KUBECONFIG is set or in a pod")
     _add(run, "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster "
@@ -217,6 +220,8 @@ async def _serve(args: argparse.Namespace) -> int:
         transfer = parse_networks(_list(args, "allow_transfer"), flag="--allow-transfer")
         idle = _number(args.tcp_idle_timeout, "--tcp-idle-timeout", float)
         max_conns = int(_number(args.tcp_max_connections, "--tcp-max-connections", int))
+        lame_duck = 0.0 if args.lame_duck in ("0", "0.0") else _number(
+            args.lame_duck, "--lame-duck", float)
         patcher_config = _patcher_config(args, zones.zones)  # bad wiring flags fail early
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -228,6 +233,7 @@ async def _serve(args: argparse.Namespace) -> int:
         aliases_file=Path(args.aliases_file) if args.aliases_file else None,
         state_file=Path(args.state_file) if args.state_file else None,
         api_token=_read_token(args.api_token_file) if args.api_token_file else None,
+        lame_duck=lame_duck,
     )
     app = App(config)
     state = app.load_state()
