@@ -112,7 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "(or its kube-dns stubDomains entries). remove restores the Corefile "
                     "byte for byte to what it would be without aliasd.")
     cdns.add_argument("action", choices=["diff", "apply", "remove"],
-                      help="diff: print the pending change, exit 1 if there is one")
+                      help="diff: print the pending change; exit 0 if there is none, 1 if "
+                           "there is one, 2 on error (like diff(1))")
+    cdns.add_argument("--force", action="store_true",
+                      help="remove even while a running aliasd holds the Lease (it puts "
+                           "the block back at once unless it is stopped)")
+    _add(cdns, "--leader-lease", default=f"{_pod_namespace()}/aliasd",
+         help="NAMESPACE/NAME of the running aliasd's leader-election Lease")
     _add(cdns, "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster "
          "config, ~/.kube/config)")
     _add(cdns, "--zone", repeat=True, default=["internal"], help="zones aliasd serves")
@@ -347,6 +353,8 @@ async def _coredns(args: argparse.Namespace) -> int:
         patcher = Patcher(api, config)
         remove = args.action == "remove"
         try:
+            if remove and not args.force:
+                await _refuse_while_running(api, args.leader_lease)
             targets = await patcher.resolve_targets()
             if not remove:
                 patcher.forward = await patcher.resolve_forward()
@@ -367,6 +375,25 @@ async def _coredns(args: argparse.Namespace) -> int:
         return 1 if pending and args.action == "diff" else 0
     finally:
         await api.close()
+
+
+async def _refuse_while_running(api: ApiClient, lease_ref: str) -> None:
+    """A running aliasd would put its blocks back within a second of `remove`
+    (issue 14): say how to stop it instead of reporting a success that lasts 0.4 s."""
+    from aliasd.coredns.lease import LeaseError, read_live_holder
+    from aliasd.kubeapi import split_ref
+
+    namespace, name = split_ref(lease_ref, flag="--leader-lease")
+    try:
+        holder = await read_live_holder(api, namespace=namespace, name=name)
+    except LeaseError as e:
+        print(f"aliasd: warning: cannot tell whether aliasd is running ({e})", file=sys.stderr)
+        return
+    if holder is not None:
+        raise ConfigError(
+            f"aliasd is running (Lease {lease_ref} held by {holder}) and would put its blocks "
+            f"back; stop it first: kubectl -n {namespace} scale deployment aliasd --replicas=0 "
+            f"(or pass --force)")
 
 
 async def _list_aliases(args: argparse.Namespace) -> int:
@@ -406,7 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo.run(check=args.check)
     except AliasdError as e:
         print(f"aliasd: error: {e}", file=sys.stderr)
-        return 1
+        # `coredns diff` exits 1 for "a change is pending": errors must differ.
+        return 2 if args.command == "coredns" else 1
     except KeyboardInterrupt:
         return 130
     parser.error(f"unknown command {args.command!r}")
