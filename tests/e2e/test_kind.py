@@ -173,7 +173,13 @@ def test_coredns_restart_costs_aliasd_nothing(kind: Kind, fruits_ip: str) -> Non
 
 
 def test_zero_failed_lookups_during_a_node_drain(kind: Kind, fruits_ip: str) -> None:
-    node = kind.aliasd_pods()[0]["spec"]["nodeName"]
+    """Drain a worker running aliasd (preferably no CoreDNS pod: evicting CoreDNS
+    is CoreDNS's part, counted but not asserted); the PDB keeps a replica up."""
+    coredns_nodes = {p["spec"]["nodeName"] for p in kind.json(
+        "-n", "kube-system", "get", "pods", "-l", "k8s-app=kube-dns")["items"]}
+    nodes = sorted({p["spec"]["nodeName"] for p in kind.aliasd_pods()},
+                   key=lambda n: n in coredns_nodes)
+    node = nodes[0]
     assert node != kind.control_plane
     via_coredns, direct = probers(kind, fruits_ip)
     try:
@@ -185,7 +191,9 @@ def test_zero_failed_lookups_during_a_node_drain(kind: Kind, fruits_ip: str) -> 
     finally:
         kind.kubectl("uncordon", node)
     report(f"drain of {node}", via_coredns=a, direct=b)
-    assert (a["failed"], b["failed"]) == (0, 0)
+    assert b["failed"] == 0
+    if node not in coredns_nodes:
+        assert a["failed"] == 0
 
 
 def test_scale_to_zero_and_back(kind: Kind, client: str, fruits_ip: str) -> None:
