@@ -1,8 +1,9 @@
 """Continuous DNS prober, run in a pod (python + dnslib from the aliasd image):
-``python -c <this file> SERVER PORT NAME WANT_IP RATE``. Sends one A query at a
-time, each from a new socket (like a stub resolver), RATE per second, 1 s
-timeout, no retry; a query fails unless it is NOERROR with WANT_IP. Stops when
-/tmp/stop exists and prints one line ``RESULT {json}``."""
+``python -c <this file> SERVER PORT NAME WANT_IP RATE``. RATE lookups per
+second, one at a time, each try from a new socket like a stub resolver with
+``options timeout:1 attempts:2`` (glibc's default is 5 s and 2): a try fails
+unless it is NOERROR with WANT_IP, a lookup fails when both tries fail.
+Counts both. Stops when /tmp/stop exists and prints ``RESULT {json}``."""
 
 import json
 import os
@@ -18,11 +19,12 @@ total = failed = 0
 kinds: dict[str, int] = {}
 qid = 0
 start = next_at = time.monotonic()
-while not os.path.exists("/tmp/stop"):
-    qid = qid % 65535 + 1  # fixed, sequential message IDs
+
+
+def ask(qid: int) -> str:
+    """One try: "ok" or why not."""
     q = DNSRecord.question(name, "A")
     q.header.id = qid
-    why = "timeout"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(1.0)
         try:
@@ -32,13 +34,24 @@ while not os.path.exists("/tmp/stop"):
                 if r.header.id != qid:
                     continue
                 ips = [str(a.rdata) for a in r.rr if a.rtype == QTYPE.A]
-                why = "ok" if r.header.rcode == 0 and want in ips else (
-                    str(RCODE.get(r.header.rcode)) if r.header.rcode else "wrong answer")
-                break
+                if r.header.rcode == 0 and want in ips:
+                    return "ok"
+                return str(RCODE.get(r.header.rcode)) if r.header.rcode else "wrong answer"
         except TimeoutError:
-            pass
+            return "timeout"
         except OSError as e:  # ICMP port unreachable: refused
-            why = type(e).__name__
+            return type(e).__name__
+
+
+retried = 0
+while not os.path.exists("/tmp/stop"):
+    qid = qid % 65534 + 1  # fixed, sequential message IDs
+    why = ask(qid)
+    if why != "ok":
+        retried += 1
+        print(f"RETRY {time.time():.3f} {why}", flush=True)
+        qid += 1
+        why = ask(qid)
     total += 1
     if why != "ok":
         failed += 1
@@ -51,4 +64,5 @@ while not os.path.exists("/tmp/stop"):
     else:
         next_at = time.monotonic()
 print("RESULT " + json.dumps({"total": total, "failed": failed, "kinds": kinds,
+                              "first_try_failed": retried,
                               "seconds": round(time.monotonic() - start, 1)}), flush=True)

@@ -38,7 +38,8 @@ def probers(kind: Kind, want: str) -> tuple[Prober, Prober]:
 def report(what: str, **results: dict[str, Any]) -> None:
     for path, r in results.items():
         say(f"e2e: {what}: {path}: {r['failed']} failed / {r['total']} lookups in "
-              f"{r['seconds']} s {r['kinds'] or ''} {r['fail_lines'][:5] or ''}")
+              f"{r['seconds']} s {r['kinds'] or ''} {r['fail_lines'][:5] or ''}"
+              f"(first tries failed: {r['first_try_failed']})")
 
 
 def queries_seen(kind: Kind) -> float:
