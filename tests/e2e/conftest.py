@@ -29,6 +29,17 @@ def say(line: str) -> None:
     print(line)
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The kind tests share one cluster and run in the order written (each builds
+    on what the one before left; the last uninstalls aliasd), after every other
+    test, whatever order the rest runs in."""
+    here = Path(__file__).parent
+    e2e = sorted((i for i in items if Path(str(i.path)).parent == here),
+                 key=lambda i: (str(i.path), i.location[1] or 0))
+    items[:] = [i for i in items if Path(str(i.path)).parent != here] + e2e
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if REPORT:
         terminalreporter.section("e2e: measured in kind")
