@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     cdns = sub.add_parser(
         "coredns", help="show, apply or undo aliasd's cluster DNS wiring",
         description="Show (diff), apply or remove aliasd's blocks in the CoreDNS Corefile "
-                    "(or its kube-dns stubDomains entries). remove restores the Corefile "
-                    "byte for byte to what it would be without aliasd.")
+                    "(or its keys in coredns-custom, or its kube-dns stubDomains entries). "
+                    "remove restores the Corefile byte for byte to what it would be "
+                    "without aliasd, and deletes only aliasd's coredns-custom keys.")
     cdns.add_argument("action", choices=["diff", "apply", "remove"],
                       help="diff: print the pending change, exit 1 if there is one")
     _add(cdns, "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster "
@@ -151,7 +152,8 @@ def _coredns_flags(p: argparse.ArgumentParser) -> None:
     from aliasd.coredns.patcher import MODES
 
     _add(p, "--coredns-mode", default="auto", choices=list(MODES),
-         help="which cluster DNS config to wire: auto detects kube-system/coredns, "
+         help="which cluster DNS config to wire: auto detects kube-system/coredns (or, when "
+              "its Corefile imports custom/*.server as on AKS and k3s, coredns-custom), "
               "kube-dns and node-local-dns")
     _add(p, "--forward-to", help="IP:PORT the cluster DNS forwards the zones to (default: "
          "the cluster IP of --dns-service)")

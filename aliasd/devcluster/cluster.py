@@ -2,7 +2,9 @@
 
 envtest-style: the binaries run as plain processes, no containers and no root.
 CoreDNS reads a Corefile that a background thread keeps in sync with the
-``kube-system/coredns`` ConfigMap, the way kubelet syncs a ConfigMap volume.
+``kube-system/coredns`` ConfigMap, the way kubelet syncs a ConfigMap volume;
+the optional ``kube-system/coredns-custom`` ConfigMap is synced into
+``custom/`` next to it, where AKS- and k3s-shaped Corefiles import it.
 """
 
 from __future__ import annotations
@@ -181,7 +183,7 @@ class LocalCluster:
             upstream=self.upstream_port,
         )
         self._procs: dict[str, _Proc] = {}
-        self._sync: _ConfigMapSync | None = None
+        self._syncs: list[_ConfigMapSync] = []
         self._ssl = ssl.create_default_context()
 
     # ---- lifecycle -------------------------------------------------------
@@ -221,9 +223,9 @@ class LocalCluster:
         log.info("local control plane ready in %.1fs", time.monotonic() - t0)
 
     def stop(self) -> None:
-        if self._sync is not None:
-            self._sync.stop()
-            self._sync = None
+        for sync in self._syncs:
+            sync.stop()
+        self._syncs = []
         for name in ("coredns", "kube-apiserver", "etcd"):
             proc = self._procs.pop(name, None)
             if proc is not None:
@@ -413,10 +415,13 @@ class LocalCluster:
         self.initial_corefile = corefile
 
     def _start_coredns(self) -> None:
-        self.corefile.parent.mkdir(parents=True, exist_ok=True)
-        self._sync = _ConfigMapSync(self, self.corefile)
-        self._sync.start()
-        self._sync.wait_first(10)
+        self._syncs = [_ConfigMapSync(self, "coredns", self.corefile.parent),
+                       _ConfigMapSync(self, "coredns-custom", self.corefile.parent / "custom",
+                                      optional=True)]
+        for sync in self._syncs:
+            sync.start()
+        for sync in self._syncs:
+            sync.wait_first(10)
         self._spawn("coredns", [
             str(self.bin_dir / "coredns"), "-conf", str(self.corefile),
         ])
@@ -455,23 +460,30 @@ _CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomReso
 
 
 class _ConfigMapSync:
-    """Keeps a file equal to ``kube-system/coredns`` ``data.Corefile``: list, then
-    watch, rewrite atomically on change; relist on any error (like kubelet)."""
+    """Keeps a directory equal to a ``kube-system`` ConfigMap, one file per key
+    (written atomically), like kubelet's ConfigMap volume: list, then watch,
+    relist on any error; an ``optional`` ConfigMap that is absent is an empty
+    directory."""
 
-    def __init__(self, cluster: LocalCluster, path: Path) -> None:
+    def __init__(self, cluster: LocalCluster, name: str, directory: Path, *,
+                 optional: bool = False) -> None:
         self.cluster = cluster
-        self.path = path
+        self.name = name
+        self.dir = directory
+        self.optional = optional
+        self._files: set[str] = set()
         self._stop = threading.Event()
         self._first = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="coredns-cm-sync", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{name}-cm-sync", daemon=True)
         self._conn: http.client.HTTPSConnection | None = None
 
     def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
         self._thread.start()
 
     def wait_first(self, timeout: float) -> None:
         if not self._first.wait(timeout):
-            raise ClusterError("the coredns ConfigMap never reached the Corefile")
+            raise ClusterError(f"the {self.name} ConfigMap never reached {self.dir}")
 
     def stop(self) -> None:
         self._stop.set()
@@ -482,30 +494,41 @@ class _ConfigMapSync:
         self._thread.join(5)
 
     def _write(self, cm: dict[str, Any]) -> None:
-        text = cm.get("data", {}).get("Corefile", "")
-        try:
-            if self.path.read_text() == text:
-                self._first.set()
-                return
-        except OSError:
-            pass
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(self.path)
+        data: dict[str, str] = cm.get("data") or {}
+        for key, text in data.items():
+            path = self.dir / key
+            with contextlib.suppress(OSError):
+                if path.read_text() == text:
+                    continue
+            tmp = self.dir / f".{key}.tmp"
+            tmp.write_text(text)
+            tmp.replace(path)
+        for key in self._files - set(data):
+            with contextlib.suppress(OSError):
+                (self.dir / key).unlink()
+        self._files = set(data)
         self._first.set()
 
     def _run(self) -> None:
         base = "/api/v1/namespaces/kube-system/configmaps"
         while not self._stop.is_set():
             try:
-                cm = self.cluster.request("GET", f"{base}/coredns", timeout=5)
+                try:
+                    cm = self.cluster.request("GET", f"{base}/{self.name}", timeout=5)
+                except ClusterError as e:
+                    if not (self.optional and "HTTP 404" in str(e)):
+                        raise
+                    self._write({})
+                    self._stop.wait(0.2)
+                    continue
                 self._write(cm)
                 rv = cm["metadata"]["resourceVersion"]
-                for event in self._watch(f"{base}?watch=1&fieldSelector=metadata.name%3Dcoredns"
-                                         f"&resourceVersion={rv}&allowWatchBookmarks=true"):
+                for event in self._watch(f"{base}?watch=1&fieldSelector=metadata.name%3D"
+                                         f"{self.name}&resourceVersion={rv}"
+                                         f"&allowWatchBookmarks=true"):
                     if event.get("type") in ("ADDED", "MODIFIED"):
                         self._write(event["object"])
-                    elif event.get("type") == "ERROR":
+                    elif event.get("type") in ("DELETED", "ERROR"):
                         break
             except (OSError, http.client.HTTPException, ClusterError, ValueError, KeyError):
                 pass
