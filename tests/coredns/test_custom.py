@@ -68,6 +68,10 @@ def platform(request: pytest.FixtureRequest, cluster: LocalCluster
     finally:
         with contextlib.suppress(ClusterError):
             cluster.request("DELETE", CUSTOM)
+        # Files left in custom/ would be imported by the next shape (k3s imports
+        # *.override too): a second hosts plugin there fails CoreDNS's reload.
+        wait_for(lambda: not any((cluster.corefile.parent / "custom").iterdir()),
+                 what="coredns-custom's files to go")
         put_coredns(cluster, {"Corefile": cluster.initial_corefile})
         for e in cluster.request("GET", "/api/v1/namespaces/kube-system/events")["items"]:
             cluster.request("DELETE", f"/api/v1/namespaces/kube-system/events/"
@@ -89,9 +93,17 @@ def test_alias_resolves_through_coredns_custom_and_the_corefile_is_untouched(
             f"internal:{cluster.dns_port} {{\n    bind 127.0.0.1\n    errors\n"
             f"    forward . 127.0.0.1:{port}\n}}\n")
     with run_aliasd(args, tmp=tmp_path, dns_port=port) as p:
-        # The question a pod asks, asked of the real CoreDNS.
-        wait_for(lambda: dig_short(cluster.coredns_addr, "my-fruits.internal") == [ip],
-                 timeout=30, what="CoreDNS to forward my-fruits.internal through coredns-custom")
+        # The question a pod asks, asked of the real CoreDNS (which reloads within
+        # 2-3 s of the key's file changing, then syncs its kubernetes plugin).
+        try:
+            wait_for(lambda: dig_short(cluster.coredns_addr, "my-fruits.internal") == [ip],
+                     timeout=60, what="CoreDNS to forward my-fruits.internal")
+        except AssertionError as e:
+            files = sorted(f.name for f in (cluster.corefile.parent / "custom").iterdir())
+            raise AssertionError(f"{e}\ncustom/: {files}\ncoredns-custom: "
+                                 f"{custom_data(cluster)}\nCoreDNS:\n"
+                                 f"{cluster.logs('coredns', 30)}\naliasd:\n{p.logs()[-3000:]}"
+                                 ) from None
         assert custom_data(cluster) == {**user_keys, "aliasd-internal.server": ours}
         assert cluster.request("GET", f"{CM}/coredns")["data"] == shipped  # byte for byte
         assert (cluster.corefile.parent / "custom" / "aliasd-internal.server").read_text() == ours
