@@ -433,6 +433,36 @@ class LocalCluster:
 
         self._wait("coredns", ready, 30)
 
+    def materialised_keys(self, configmap: str) -> list[str]:
+        """The keys of ``kube-system/<configmap>`` (``coredns`` or
+        ``coredns-custom``) that are files for CoreDNS now."""
+        return self._sync(configmap).keys()
+
+    def hold_configmap(self, configmap: str) -> contextlib.AbstractContextManager[None]:
+        """While the block runs, CoreDNS's files keep the ConfigMap as it was;
+        then its latest state is materialised at once (a kubelet sync)."""
+        return self._sync(configmap).hold()
+
+    def coredns_idle(self) -> bool:
+        """Whether CoreDNS has finished its start and every reload it began.
+        Its ``reload`` plugin takes the hash it compares against only then,
+        re-reading the imported files: one that changed after the configuration
+        read it is taken for loaded until the next change (coredns/coredns#6243).
+        So a test waits for this before it changes an imported file again."""
+        lines = self.logs("coredns", 1_000_000).splitlines()
+        started = lines.count("[INFO] Reloading")
+        ended = lines.count("[INFO] Reloading complete") + sum(
+            ln.startswith(("[ERROR] Restart failed", "[PANIC] Restart")) for ln in lines)
+        hashed = any(ln.startswith("[INFO] plugin/reload: Running configuration SHA512")
+                     for ln in lines)
+        return hashed and started == ended
+
+    def _sync(self, configmap: str) -> _ConfigMapSync:
+        for sync in self._syncs:
+            if sync.name == configmap:
+                return sync
+        raise ClusterError(f"no ConfigMap sync for kube-system/{configmap}")
+
     def logs(self, name: str, n: int = 40) -> str:
         proc = self._procs.get(name)
         return proc.tail(n) if proc else ""
@@ -460,10 +490,15 @@ _CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomReso
 
 
 class _ConfigMapSync:
-    """Keeps a directory equal to a ``kube-system`` ConfigMap, one file per key
-    (written atomically), like kubelet's ConfigMap volume: list, then watch,
-    relist on any error; an ``optional`` ConfigMap that is absent is an empty
-    directory."""
+    """Keeps a directory equal to a ``kube-system`` ConfigMap, one file per key,
+    like kubelet's ConfigMap volume: list, then watch, relist on any error; an
+    ``optional`` ConfigMap that is absent is an empty directory.
+
+    As kubelet's ``AtomicWriter`` does, every key is written into a fresh
+    hidden directory that the ``..data`` symlink is then swapped to, and each
+    key is a symlink through ``..data``: a reader (CoreDNS's ``import``) sees
+    the ConfigMap as it was before or after a change, never half of it.
+    """
 
     def __init__(self, cluster: LocalCluster, name: str, directory: Path, *,
                  optional: bool = False) -> None:
@@ -471,7 +506,11 @@ class _ConfigMapSync:
         self.name = name
         self.dir = directory
         self.optional = optional
-        self._files: set[str] = set()
+        self._shown: dict[str, str] | None = None
+        self._latest: dict[str, str] = {}
+        self._rv = 0
+        self._holds = 0
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._first = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"{name}-cm-sync", daemon=True)
@@ -493,35 +532,87 @@ class _ConfigMapSync:
                 conn.sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(5)
 
+    def keys(self) -> list[str]:
+        """The keys materialised now (the files a glob in the directory sees)."""
+        return sorted(p.name for p in self.dir.iterdir()
+                      if p.is_symlink() and not p.name.startswith(".."))
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Materialise nothing until the block ends, then the ConfigMap as the
+        API server has it then (kubelet, too, writes only what it reads at a
+        sync, never the states in between)."""
+        with self._lock:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            now = self._read()
+            with self._lock:
+                self._holds -= 1
+                self._take(now)
+                if not self._holds:
+                    self._materialise(self._latest)
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            cm: dict[str, Any] = self.cluster.request(
+                "GET", f"/api/v1/namespaces/kube-system/configmaps/{self.name}", timeout=5)
+        except ClusterError as e:
+            if not (self.optional and "HTTP 404" in str(e)):
+                raise
+            return {}
+        return cm
+
+    def _take(self, cm: dict[str, Any]) -> None:
+        # Watch events still on their way are older than what a hold's end read.
+        rv = int((cm.get("metadata") or {}).get("resourceVersion") or 0)
+        if rv and rv < self._rv:
+            return
+        self._rv = max(self._rv, rv)
+        self._latest = dict(cm.get("data") or {})
+
     def _write(self, cm: dict[str, Any]) -> None:
-        data: dict[str, str] = cm.get("data") or {}
+        with self._lock:
+            self._take(cm)
+            if not self._holds:
+                self._materialise(self._latest)
+        self._first.set()
+
+    def _materialise(self, data: dict[str, str]) -> None:
+        if data == self._shown:
+            return
+        payload = Path(tempfile.mkdtemp(prefix="..", dir=self.dir))
         for key, text in data.items():
-            path = self.dir / key
-            with contextlib.suppress(OSError):
-                if path.read_text() == text:
-                    continue
-            tmp = self.dir / f".{key}.tmp"
-            tmp.write_text(text)
-            tmp.replace(path)
-        for key in self._files - set(data):
+            (payload / key).write_text(text)
+        link = self.dir / "..data"
+        old = link.resolve() if link.is_symlink() else None
+        tmp = self.dir / "..data_tmp"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        tmp.symlink_to(payload.name)
+        # A key that goes loses its name first and one that comes gets it
+        # last, so that no name ever points at nothing.
+        for key in set(self._shown or {}) - set(data):
             with contextlib.suppress(OSError):
                 (self.dir / key).unlink()
-        self._files = set(data)
-        self._first.set()
+        tmp.replace(link)  # the one atomic step: every key's text changes at once
+        for key in data:
+            if not (self.dir / key).is_symlink():
+                (self.dir / key).symlink_to(Path("..data") / key)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        self._shown = dict(data)
 
     def _run(self) -> None:
         base = "/api/v1/namespaces/kube-system/configmaps"
         while not self._stop.is_set():
             try:
-                try:
-                    cm = self.cluster.request("GET", f"{base}/{self.name}", timeout=5)
-                except ClusterError as e:
-                    if not (self.optional and "HTTP 404" in str(e)):
-                        raise
-                    self._write({})
+                cm = self._read()
+                self._write(cm)
+                if not cm:  # an optional ConfigMap that is absent
                     self._stop.wait(0.2)
                     continue
-                self._write(cm)
                 rv = cm["metadata"]["resourceVersion"]
                 for event in self._watch(f"{base}?watch=1&fieldSelector=metadata.name%3D"
                                          f"{self.name}&resourceVersion={rv}"
