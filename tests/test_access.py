@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aliasd.devcluster import LocalCluster
+from aliasd_dev import LocalCluster
 from tests.helpers import AliasdProcess, a_records, events, http_json, run_aliasd, service, wait_for
 
 pytestmark = pytest.mark.cluster

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aliasd.devcluster.corefile import CorefilePorts
+from aliasd_dev.corefile import CorefilePorts
 
 K3S = """.:53 {
     errors

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from aliasd.coredns import corefile
-from aliasd.devcluster import ClusterError, LocalCluster, free_udp_tcp_port
+from aliasd_dev import ClusterError, LocalCluster, free_udp_tcp_port
 from tests.coredns.shapes import SHAPES, on_loopback
 from tests.coredns.test_wiring import CM, cli, corefile_now
 from tests.helpers import dig_short, events, run_aliasd, service, wait_for
