@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aliasd import registry
+from aliasd.access import Authenticator, LogTrail, StaticToken, Trail
 from aliasd.dns.answer import Stats
 from aliasd.dns.server import DnsServer, ServerConfig
 from aliasd.model import AliasClaim, utc_timestamp
@@ -95,6 +96,11 @@ class App:
         self.watch_restarts: Counter[str] = Counter()
         self.patch_results: Counter[str] = Counter()
         self.overrides: OverridesSource | None = None
+        # Who may write overrides (None: nobody) and where writes are recorded;
+        # in a cluster the composition root adds Kubernetes tokens and Events.
+        self.authenticator: Authenticator | None = (
+            StaticToken(config.api_token) if config.api_token else None)
+        self.trail: Trail = LogTrail()
         self.state = StateFile(config.state_file) if config.state_file else None
         # The last good snapshot's claims from the state file, served while the
         # sources have not synced (then dropped for good).

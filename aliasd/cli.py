@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the commands import their modules lazily: `aliasd --help` s
 
     from kubernetes_asyncio.client import ApiClient
 
+    from aliasd.app import App
     from aliasd.coredns.patcher import Patcher, PatcherConfig
 
 log = logging.getLogger("aliasd")
@@ -91,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
          help="namespaces to watch for Services (default: all)")
     _add(run, "--state-file", help="file for the last good snapshot (and, without "
          "Kubernetes, the HTTP overrides): served at start until the sources sync")
-    _add(run, "--api-token-file", help="file holding the bearer token for the write API "
-         "(PUT/DELETE /v1/overrides); without it the write API is off")
+    _add(run, "--api-token-file", help="file holding a bearer token for the write API "
+         "(PUT/DELETE /v1/overrides) that may write every name; in a cluster Kubernetes "
+         "tokens are accepted too (RBAC decides); without either the write API is off")
     _add(run, "--overrides-configmap", default=f"{_pod_namespace()}/aliasd-overrides",
          help="NAMESPACE/NAME of the ConfigMap holding the HTTP overrides")
     _add(run, "--allow-takeover", repeat=True,
@@ -109,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     cdns = sub.add_parser(
         "coredns", help="show, apply or undo aliasd's cluster DNS wiring",
         description="Show (diff), apply or remove aliasd's blocks in the CoreDNS Corefile "
-                    "(or its kube-dns stubDomains entries). remove restores the Corefile "
-                    "byte for byte to what it would be without aliasd.")
+                    "(or its keys in coredns-custom, or its kube-dns stubDomains entries). "
+                    "remove restores the Corefile byte for byte to what it would be "
+                    "without aliasd, and deletes only aliasd's coredns-custom keys.")
     cdns.add_argument("action", choices=["diff", "apply", "remove"],
                       help="diff: print the pending change; exit 0 if there is none, 1 if "
                            "there is one, 2 on error (like diff(1))")
@@ -152,7 +155,8 @@ def _coredns_flags(p: argparse.ArgumentParser) -> None:
     from aliasd.coredns.patcher import MODES
 
     _add(p, "--coredns-mode", default="auto", choices=list(MODES),
-         help="which cluster DNS config to wire: auto detects kube-system/coredns, "
+         help="which cluster DNS config to wire: auto detects kube-system/coredns (or, when "
+              "its Corefile imports custom/*.server as on AKS and k3s, coredns-custom), "
               "kube-dns and node-local-dns")
     _add(p, "--forward-to", help="IP:PORT the cluster DNS forwards the zones to (default: "
          "the cluster IP of --dns-service)")
@@ -249,6 +253,7 @@ async def _serve(args: argparse.Namespace) -> int:
         kube_client = await add_kube_sources(app, kubeconfig=args.kubeconfig,
                                              namespaces=_list(args, "namespaces"),
                                              overrides=args.overrides_configmap)
+        _kube_access(app, kube_client, args.overrides_configmap)
     elif app.state is not None:
         overrides = FileOverrides(zones, app.mark_dirty, state=app.state, clock=app.clock)
         overrides.load(state.overrides if state else ())
@@ -282,6 +287,18 @@ async def _serve(args: argparse.Namespace) -> int:
             await kube_client.close()
     log.info("stopped")
     return 0
+
+
+def _kube_access(app: App, api: ApiClient, overrides: str) -> None:
+    """In a cluster, override writes also take Kubernetes tokens (RBAC decides,
+    in the overrides ConfigMap's namespace) and leave Events on that ConfigMap."""
+    from aliasd.access import AnyOf, EventTrail, KubernetesAuth
+    from aliasd.kubeapi import split_ref
+
+    ns, name = split_ref(overrides, flag="--overrides-configmap")
+    static = [app.authenticator] if app.authenticator is not None else []
+    app.authenticator = AnyOf([*static, KubernetesAuth(api, namespace=ns)])
+    app.trail = EventTrail(api, namespace=ns, name=name)
 
 
 def _read_token(path: str) -> str:

@@ -128,6 +128,8 @@ def test_rbac_grants_exactly_what_aliasd_uses(deployed: list[dict[str, Any]],
     assert sorted((r["apiGroups"][0], r["resources"][0], tuple(r["verbs"]))
                   for r in role["rules"]) == [
         ("", "events", ("create",)), ("", "services", ("get", "list", "watch")),
+        ("authentication.k8s.io", "tokenreviews", ("create",)),
+        ("authorization.k8s.io", "subjectaccessreviews", ("create",)),
         ("discovery.k8s.io", "endpointslices", ("list", "watch")),
         ("networking.istio.io", "serviceentries", ("list", "watch"))]
     denied = [
@@ -158,6 +160,7 @@ def test_rbac_grants_exactly_what_aliasd_uses(deployed: list[dict[str, Any]],
         ("create", "events", "", "kube-system", ""),
         ("patch", "configmaps", "", "kube-system", "coredns"),
         ("watch", "configmaps", "", "kube-system", "node-local-dns"),
+        ("patch", "configmaps", "", "kube-system", "coredns-custom"),
         ("create", "leases", "coordination.k8s.io", "aliasd-system", ""),
         ("update", "leases", "coordination.k8s.io", "aliasd-system", "aliasd"),
         ("watch", "configmaps", "", "aliasd-system", "aliasd-overrides"),
