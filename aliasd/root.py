@@ -19,6 +19,7 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient
 
 from aliasd import registry
+from aliasd.access import AnyOf, EventTrail, KubernetesAuth
 from aliasd.api import start_http
 from aliasd.app import App, AppConfig
 from aliasd.coredns.lease import LeaderElector, default_identity
@@ -107,6 +108,11 @@ def _wire_kube(app: App, api: ApiClient, config: KubeConfig) -> None:
                                        namespace=cm_ns, name=cm_name,
                                        restarts=app.watch_restarts)
     app.sources.append(app.overrides)
+    # Override writes also take Kubernetes tokens (RBAC decides, in the
+    # overrides ConfigMap's namespace) and leave Events on that ConfigMap.
+    static = [app.authenticator] if app.authenticator is not None else []
+    app.authenticator = AnyOf([*static, KubernetesAuth(api, namespace=cm_ns)])
+    app.trail = EventTrail(api, namespace=cm_ns, name=cm_name)
 
     def report(result: Result, changed: bool) -> None:
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to report to

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from aliasd.access import Authenticator, Trail
 from aliasd.dns.answer import Stats
 from aliasd.model import OVERRIDE_KIND, AliasClaim
 from aliasd.registry import Result, ZoneConfig
@@ -62,6 +63,9 @@ class Status(Protocol):
     def degraded(self) -> bool: ...
 
     @property
+    def draining(self) -> bool: ...
+
+    @property
     def stats(self) -> Stats: ...
 
     @property
@@ -81,6 +85,12 @@ class Status(Protocol):
 
     @property
     def patch_results(self) -> Counter[str]: ...
+
+    @property
+    def authenticator(self) -> Authenticator | None: ...
+
+    @property
+    def trail(self) -> Trail: ...
 
     def now(self) -> float: ...
 
