@@ -85,6 +85,22 @@ _QR, _AA, _TC, _RD = 0x80, 0x04, 0x02, 0x01  # in header byte 2
 _CD = 0x10  # in header byte 3
 _COUNTS_NO_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _COUNTS_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+_OPT_HEAD = b"\x00\x00\x29"  # root owner, type OPT
+# The last byte of a cache key: no EDNS, EDNS, EDNS with DO. Distinct, so a key
+# always names one question and one EDNS shape.
+_NO_EDNS, _EDNS, _EDNS_DO = b"\x01", b"\x00", b"\x80"
+
+Entry = tuple[tuple[bytes, bytes, bytes, bytes], bytes, str, str, int]
+"""A cached answer: header bytes 2-12 for each (RD, CD) of the query, what
+follows the question, rcode and qtype names (metrics), total length."""
+
+
+def _entry(out: bytes, qend: int, rcode: str, qtype: str) -> Entry:
+    f0, f1 = out[2] & ~_RD & 0xFF, out[3] & ~_CD & 0xFF
+    counts = out[4:12]
+    h = (bytes((f0, f1)) + counts, bytes((f0 | _RD, f1)) + counts,
+         bytes((f0, f1 | _CD)) + counts, bytes((f0 | _RD, f1 | _CD)) + counts)
+    return h, out[qend:], rcode, qtype, len(out)
 
 
 LATENCY_BUCKETS = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05)
@@ -155,7 +171,7 @@ def fast_shape(data: bytes, tcp: bool) -> Shape | None:
     if counts == _COUNTS_NO_EDNS:
         if qend != n:
             return None
-        return qend, data[12:qend].lower(), MAX_TCP if tcp else 512, 0
+        return qend, data[12:qend].lower() + _NO_EDNS, MAX_TCP if tcp else 512, 0
     if counts != _COUNTS_EDNS or n < qend + 11:
         return None
     if data[qend] != 0 or data[qend + 1] != 0 or data[qend + 2] != OPT or data[qend + 6] != 0:
@@ -173,8 +189,8 @@ def fast_shape(data: bytes, tcp: bool) -> Shape | None:
         return None
     udp = (data[qend + 3] << 8) | data[qend + 4]
     if data[qend + 7] & 0x80:
-        return qend, data[12:qend].lower() + b"\x80", MAX_TCP if tcp else max(512, udp), 2
-    return qend, data[12:qend].lower() + b"\x00", MAX_TCP if tcp else max(512, udp), 1
+        return qend, data[12:qend].lower() + _EDNS_DO, MAX_TCP if tcp else max(512, udp), 2
+    return qend, data[12:qend].lower() + _EDNS, MAX_TCP if tcp else max(512, udp), 1
 
 
 def wire_name(wire: bytes) -> str | None:
@@ -213,12 +229,11 @@ class _Template:
     the difference in question length gives the slow path's bytes exactly (the
     property test in tests/unit/test_fastpath.py holds it)."""
 
-    __slots__ = ("_pointers", "_qend", "_tail", "counts", "flags", "rcode", "tails")
+    __slots__ = ("_pointers", "_qend", "_tail", "headers", "rcode", "tails")
 
     def __init__(self, answer: bytes, qend: int, pointers: tuple[int, ...]) -> None:
-        self.flags = (answer[2] & ~_RD & 0xFF, answer[3] & ~_CD & 0xFF)
-        self.counts = answer[4:12]
         self.rcode = Rcode(answer[3] & 0xF).name
+        self.headers = _entry(answer, qend, self.rcode, "")[0]
         self._qend = qend
         self._tail = answer[qend:]
         self._pointers = pointers
@@ -315,7 +330,7 @@ class _Variants:
     """Cached answers of a weighted name, one per variant, filled as drawn."""
 
     group: Weighted
-    wires: list[tuple[bytes, str, str] | None]
+    wires: list[Entry | None]
 
 
 class Answerer:
@@ -335,7 +350,7 @@ class Answerer:
         self.stats = stats
         self.allow_transfer = tuple(allow_transfer)
         # question → answer template; for a weighted name, one template per variant.
-        self._cache: dict[bytes, tuple[bytes, str, str] | _Variants] = {}
+        self._cache: dict[bytes, Entry | _Variants] = {}
         # question → the names its answer depended on, and name → those questions.
         self._deps: dict[bytes, tuple[str, ...]] = {}
         self._dependents: dict[str, set[bytes]] = {}
@@ -379,12 +394,39 @@ class Answerer:
         """The answer to one query, or None when it must be dropped."""
         if type(data) is not bytes:
             data = bytes(data)
+        n = len(data)
+        # A cached answer, the question's end found from the length alone: no
+        # EDNS (it ends the message) or an OPT without options (the last 11
+        # bytes). The key equals a cached one only if these bytes are, up to
+        # ASCII case, a question that fast_shape accepted (length bytes < 0x41
+        # do not change with case), so nothing is parsed twice.
+        if n > 16 and not data[2] & 0xFE and not data[3] & 0x4F:
+            counts = data[4:12]
+            if counts == _COUNTS_NO_EDNS:
+                qend = n
+                entry = self._cache.get(data[12:].lower() + _NO_EDNS)
+                limit = MAX_TCP if tcp else 512
+            elif (counts == _COUNTS_EDNS and data[n - 11:n - 8] == _OPT_HEAD
+                  and not data[n - 5] and not data[n - 2] and not data[n - 1]):
+                qend = n - 11
+                entry = self._cache.get(data[12:qend].lower()
+                                        + (_EDNS_DO if data[n - 4] & 0x80 else _EDNS))
+                limit = MAX_TCP if tcp else max(512, data[n - 8] << 8 | data[n - 7])
+            else:
+                entry = None
+            if type(entry) is tuple and entry[4] <= limit:
+                stats = self.stats
+                stats.fast_hits += 1
+                stats.answers[(entry[2], entry[3])] += 1
+                return (data[:2] + entry[0][(data[2] & _RD) | (data[3] & _CD) >> 3]
+                        + data[12:qend] + entry[1])
         shape = fast_shape(data, tcp)
         variant = None
         learn: tuple[str, int, int] | None = None
         if shape is not None:
             qend, key, limit, edns = shape
             entry = self._cache.get(key)
+            hit: Entry | None = None
             if entry is None:
                 negative = self._negative(key, qend)
                 if negative is not None:
@@ -397,24 +439,21 @@ class Answerer:
                             stats.fast_hits += 1
                             stats.template_hits += 1
                             stats.answers[(t.rcode, negative[2])] += 1
-                            f0, f1 = t.flags
-                            return (data[:2] + bytes((f0 | (data[2] & _RD), f1 | (data[3] & _CD)))
-                                    + t.counts + data[12:qend] + tail)
+                            return (data[:2] + t.headers[(data[2] & _RD) | (data[3] & _CD) >> 3]
+                                    + data[12:qend] + tail)
                         learn = None
                     elif learn in self._templates:
                         learn = None  # that shape cannot be templated: slow path
-                hit = None
             elif isinstance(entry, _Variants):  # weighted: a fresh draw for every query
                 variant = entry.group.pick(random.random())
                 hit = entry.wires[variant]
             else:
                 hit = entry
-            if hit is not None and len(hit[0]) <= limit:
-                tmpl, rcode, qtype = hit
+            if hit is not None and hit[4] <= limit:
                 self.stats.fast_hits += 1
-                self.stats.answers[(rcode, qtype)] += 1
-                return (data[:2] + bytes((tmpl[2] | (data[2] & _RD), tmpl[3] | (data[3] & _CD)))
-                        + tmpl[4:12] + data[12:qend] + tmpl[qend:])
+                self.stats.answers[(hit[2], hit[3])] += 1
+                return (data[:2] + hit[0][(data[2] & _RD) | (data[3] & _CD) >> 3]
+                        + data[12:qend] + hit[1])
         try:
             out = self._slow(data, tcp=tcp, client=client, shape=shape, variant=variant)
         except Exception:  # no input may take the server down; count and drop
@@ -576,7 +615,7 @@ class Answerer:
             # Admission by existence: a non-empty answer section means the qname
             # exists, so what enters is bounded by the zone (issue 15).
             key = shape[1]
-            tmpl = b"\x00\x00" + bytes((out[2] & ~_RD & 0xFF, out[3] & ~_CD & 0xFF)) + out[4:]
+            entry = _entry(out, shape[0], rcode_n, qtype_n)
             if key not in self._cache:
                 if len(self._cache) >= MAX_CACHE:  # memory ceiling only: oldest out
                     _forget(next(iter(self._cache)), self._cache, self._deps,
@@ -586,14 +625,14 @@ class Answerer:
                 for name in deps:
                     self._dependents.setdefault(name, set()).add(key)
             if lookup.variant is None:
-                self._cache[key] = (tmpl, rcode_n, qtype_n)
+                self._cache[key] = entry
             else:
                 group = self.snapshot.weighted[str(qname).lower()]
                 cached = self._cache.get(key)
                 if not isinstance(cached, _Variants):
                     cached = _Variants(group, [None] * len(group.variants))
                     self._cache[key] = cached
-                cached.wires[lookup.variant] = (tmpl, rcode_n, qtype_n)
+                cached.wires[lookup.variant] = entry
         self.stats.answers[(rcode_n, qtype_n)] += 1
         return [out]
 
@@ -649,7 +688,7 @@ class Answerer:
         return out
 
 
-def _forget(key: bytes, cache: dict[bytes, tuple[bytes, str, str] | _Variants],
+def _forget(key: bytes, cache: dict[bytes, Entry | _Variants],
             deps: dict[bytes, tuple[str, ...]], dependents: dict[str, set[bytes]]) -> None:
     """Drop one cached answer and its dependency edges."""
     cache.pop(key, None)
