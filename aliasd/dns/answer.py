@@ -86,6 +86,7 @@ _CD = 0x10  # in header byte 3
 _COUNTS_NO_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _COUNTS_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 _OPT_HEAD = b"\x00\x00\x29"  # root owner, type OPT
+_AXFR, _IXFR = AXFR.to_bytes(2, "big"), IXFR.to_bytes(2, "big")
 # The last byte of a cache key: no EDNS, EDNS, EDNS with DO. Distinct, so a key
 # always names one question and one EDNS shape.
 _NO_EDNS, _EDNS, _EDNS_DO = b"\x01", b"\x00", b"\x80"
@@ -516,6 +517,11 @@ class Answerer:
 
     def respond_tcp(self, data: bytes, *, client: str = "") -> list[bytes]:
         """Like :meth:`respond`, but a zone transfer may take several messages."""
+        shape = fast_shape(data, True)
+        if shape is not None and data[shape[0] - 4:shape[0] - 2] not in (_AXFR, _IXFR):
+            # The common shape and not a transfer: no dnslib parse to find out.
+            out = self.respond(data, tcp=True, client=client)
+            return [out] if out is not None else []
         try:
             transfer = self._transfer(data, client)
         except Exception:
