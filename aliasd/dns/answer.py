@@ -27,9 +27,9 @@ answer section for one of the types the zones serve: the qname exists, so the
 cache is bounded by the zone (names x served types x 3 EDNS shapes), whatever
 clients send. MAX_CACHE is a memory ceiling for zones larger than that
 (oldest entry out, all entries being real names, so a flood cannot use it).
-Across snapshots an entry survives unless a name it depended on (the qname,
-CNAME targets, SRV/NS targets, the zone's SOA for answers that carry it)
-changed: :meth:`Answerer.evolve`.
+Across snapshots an entry survives unless a name it depended on changed (the
+qname, the owner of every RRset in it: CNAME chain, glue, the zone's SOA; and
+SRV/NS targets): :meth:`Answerer.evolve`.
 """
 
 from __future__ import annotations
