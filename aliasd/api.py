@@ -247,4 +247,5 @@ async def start_http(app: App, host: str, port: int) -> web.AppRunner:
         raise ConfigError(f"cannot listen on {host}:{port} for HTTP: "
                           f"{e.strerror or e}") from None
     app.http_port = int(runner.addresses[0][1])
+    log.info("HTTP listening on %s:%d", host, app.http_port)  # the bound port, also for :0
     return runner

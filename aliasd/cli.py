@@ -132,14 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add(ls, "--output", default="table", choices=["table", "wide", "json", "yaml"],
          help="output format", short="-o")
 
-    demo = sub.add_parser(
-        "demo", help="run the whole path locally: control plane, aliasd, CoreDNS, dig",
-        description="Start the local control plane (real etcd, kube-apiserver, CoreDNS), "
-                    "apply examples/fruits/, run aliasd wired into CoreDNS and dig the alias "
-                    "through CoreDNS. Ctrl-C cleans everything up.")
-    demo.add_argument("--check", action="store_true",
-                      help="do not wait: assert the alias resolves through CoreDNS to the "
-                           "Service's cluster IP, clean up, exit 0 or 1")
     return parser
 
 
@@ -394,10 +386,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_async(_coredns(args))
         if args.command == "list":
             return run_async(_list_aliases(args))
-        if args.command == "demo":
-            from aliasd import demo
-
-            return demo.run(check=args.check)
     except AliasdError as e:
         print(f"aliasd: error: {e}", file=sys.stderr)
         return 1

@@ -89,7 +89,7 @@ class ZoneConfig:
     soa_ttl: int = 30
     refresh: int = 60
     retry: int = 10
-    expire: int = 86400
+    expire: int = 1_209_600  # two weeks: RFC 1912 2.2 recommends at least one week
     negative_ttl: int = 5
 
     @classmethod

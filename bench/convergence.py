@@ -25,9 +25,9 @@ from pathlib import Path
 import dns.message
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "hack" / "devtools")]  # aliasd, aliasd_dev
 
-from aliasd.devcluster import LocalCluster, ensure_binaries, free_port, free_udp_tcp_port  # noqa: E402
+from aliasd_dev import LocalCluster, ensure_binaries, free_port, free_udp_tcp_port  # noqa: E402
 
 
 def create_services(c: LocalCluster, ns: str, start: int, stop: int) -> None:

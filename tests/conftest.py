@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import secrets
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.config import new_client_from_config
 
-from aliasd.devcluster import ClusterError, LocalCluster, ensure_binaries
+from aliasd_dev import ClusterError, LocalCluster, ensure_binaries
+
+# Property tests draw the same examples on every run ("ci": the seed comes from
+# each test's own code), with no example database carried between runs and no
+# per-example deadline or speed check (a busy machine is not a bug).
+# ALIASD_HYPOTHESIS_PROFILE=explore draws fresh examples to hunt for new bugs;
+# a failure prints the @reproduce_failure blob that replays it.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", database=None, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("ALIASD_HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +22,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from aliasd.devcluster import LocalCluster, free_port, free_udp_tcp_port
+from aliasd_dev import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,20 +84,50 @@ ALIASD_SCRIPT = [str(Path(sys.executable).parent / "aliasd")]
 """The installed console script, as a container's ENTRYPOINT would call it."""
 
 
+LISTENING = re.compile(r"(DNS|HTTP) listening on 127\.0\.0\.1:(\d+)")
+
+
+class PortTaken(AssertionError):
+    """aliasd could not bind a port that another process took first."""
+
+
 @contextlib.contextmanager
 def run_aliasd(args: list[str], *, tmp: Path, env: dict[str, str] | None = None,
                wait_ready: bool = True, dns_port: int | None = None,
                argv: list[str] | None = None) -> Iterator[AliasdProcess]:
-    """``python -m aliasd run ARGS`` on free loopback ports; stopped on exit.
+    """``python -m aliasd run ARGS`` on loopback; stopped on exit.
+
+    aliasd binds port 0 for DNS and HTTP and the ports are read back from its
+    log, so no other process can take them between choosing and binding (UDP
+    gets a port from the kernel, TCP then binds the same number: if that one is
+    taken, aliasd exits and is started again). ``dns_port`` is for callers that
+    must know the port before the start (a ``--forward-to`` for CoreDNS).
 
     With ``argv`` (e.g. a Dockerfile's ENTRYPOINT + CMD) that command line runs
     instead, ``aliasd`` being the installed script, and the ports come from the
     ALIASD_DNS_LISTEN / ALIASD_HTTP_LISTEN environment like in a container.
     CoreDNS wiring is off unless ARGS or ENV turn it on, so tests that do not
     test it never touch the shared Corefile."""
-    dns_port, http_port = dns_port or free_udp_tcp_port(), free_port()
-    dns_listen, http_listen = f"127.0.0.1:{dns_port}", f"127.0.0.1:{http_port}"
-    log = tmp / f"aliasd-{dns_port}.log"
+    for attempt in range(3):
+        try:
+            p = _start_aliasd(args, tmp=tmp, env=env, dns_port=dns_port, argv=argv,
+                              wait_ready=wait_ready, attempt=attempt)
+        except PortTaken:
+            if dns_port is not None or attempt == 2:
+                raise
+            continue
+        try:
+            yield p
+        finally:
+            p.stop()
+        return
+
+
+def _start_aliasd(args: list[str], *, tmp: Path, env: dict[str, str] | None,
+                  dns_port: int | None, argv: list[str] | None, wait_ready: bool,
+                  attempt: int) -> AliasdProcess:
+    dns_listen, http_listen = f"127.0.0.1:{dns_port or 0}", "127.0.0.1:0"
+    log = tmp / f"aliasd-{dns_port or 'dns0'}-{os.getpid()}-{next(_RUNS)}.log"
     if argv is None:
         cmd = [sys.executable, "-m", "aliasd", "--log-level", "debug", "run",
                "--dns-listen", dns_listen, "--http-listen", http_listen, *args]
@@ -107,8 +139,24 @@ def run_aliasd(args: list[str], *, tmp: Path, env: dict[str, str] | None = None,
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
                                 env=full_env)
-    p = AliasdProcess(proc, dns_port, http_port, log)
+    p = AliasdProcess(proc, 0, 0, log)
     try:
+        # The ports it bound, from its log; a port taken under it ends the wait at once.
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                text = p.logs()
+                if "address already in use" in text.lower():
+                    raise PortTaken(f"aliasd (attempt {attempt + 1}):\n{text}")
+                raise AssertionError(f"aliasd exited {proc.returncode}:\n{text}")
+            ports = dict(LISTENING.findall(p.logs()))
+            if "DNS" in ports and "HTTP" in ports:
+                p.dns_port, p.http_port = int(ports["DNS"]), int(ports["HTTP"])
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"aliasd did not report its ports in 30 s:\n{p.logs()}")
+            time.sleep(0.05)
+
         def up() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"aliasd exited {proc.returncode}:\n{p.logs()}")
@@ -116,9 +164,13 @@ def run_aliasd(args: list[str], *, tmp: Path, env: dict[str, str] | None = None,
             return status == 200
 
         wait_for(up, timeout=30, what="aliasd to be ready")
-        yield p
-    finally:
+    except BaseException:
         p.stop()
+        raise
+    return p
+
+
+_RUNS = itertools.count()
 
 
 def http_json(p: AliasdProcess, method: str, path: str, body: Any = None, *,
@@ -137,6 +189,14 @@ def http_json(p: AliasdProcess, method: str, path: str, body: Any = None, *,
     except urllib.error.HTTPError as e:
         status, text = e.code, e.read().decode()
     return status, json.loads(text)
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write ``path`` atomically (as a ConfigMap volume swap does): a watcher never
+    reads a truncated or half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def query(server: tuple[str, int], name: str, rdtype: str | int = "A", *, tcp: bool = False,

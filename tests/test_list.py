@@ -12,7 +12,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from aliasd.devcluster import LocalCluster
+from aliasd_dev import LocalCluster
 from tests.helpers import ROOT, a_records, query, run_aliasd, service, wait_for
 
 pytestmark = pytest.mark.cluster

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from aliasd.coredns import corefile
-from aliasd.devcluster import ClusterError, LocalCluster, ensure_binaries
+from aliasd_dev import ClusterError, LocalCluster, ensure_binaries
 from tests.helpers import (
     ALIASD_SCRIPT,
     ROOT,

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aliasd.coredns import corefile
-from aliasd.devcluster.corefile import CorefilePorts, kubeadm_corefile
+from aliasd_dev.corefile import CorefilePorts, kubeadm_corefile
 
 KUBEADM = kubeadm_corefile(ports=CorefilePorts(53, 8080, 8181, 9153, 5300),
                            kubeconfig="/etc/kubeconfig")

@@ -15,7 +15,7 @@ import dns.rcode
 import pytest
 import yaml
 
-from aliasd.devcluster import LocalCluster, free_udp_tcp_port
+from aliasd_dev import LocalCluster, free_udp_tcp_port
 from tests.coredns.test_wiring import coredns, corefile_now, managed_zones, metric, wired
 from tests.helpers import (
     AliasdProcess,
@@ -29,7 +29,7 @@ from tests.helpers import (
     wait_for,
 )
 from tests.sources.test_kube import endpoint_slice
-from tests.unit.test_fastpath import CHI2_1DF_P001, chi2
+from tests.unit.test_fastpath import CHI2_1DF_P1E9, chi2
 
 pytestmark = pytest.mark.cluster
 __all__ = ["coredns"]  # the fixture, imported for these tests
@@ -124,7 +124,7 @@ def test_takeover_migration_with_shifting_weights_then_release(
                  what="both targets")
         got = via_coredns(cluster, "legacy-lb.example.com", 2000)
         assert set(got) == {DATACENTER_IP, new_ip}
-        assert chi2(dict(got), {DATACENTER_IP: 0.5, new_ip: 0.5}) < CHI2_1DF_P001, got
+        assert chi2(dict(got), {DATACENTER_IP: 0.5, new_ip: 0.5}) < CHI2_1DF_P1E9, got
 
         weights(0, 100)
         wait_for(lambda: via_coredns(cluster, "legacy-lb.example.com", 50) == Counter(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from aliasd.devcluster import LocalCluster, free_udp_tcp_port
+from aliasd_dev import LocalCluster, free_udp_tcp_port
 from tests.coredns.test_migration import datacenter
 from tests.coredns.test_wiring import coredns, lease_ns, wired
 from tests.helpers import ROOT, AliasdProcess, run_aliasd

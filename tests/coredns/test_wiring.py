@@ -21,7 +21,7 @@ from kubernetes_asyncio.client import ApiClient
 from aliasd.coredns import corefile
 from aliasd.coredns.patcher import COREDNS, Patcher, PatcherConfig, Target
 from aliasd.coredns.plan import Forward
-from aliasd.devcluster import ClusterError, LocalCluster, free_udp_tcp_port
+from aliasd_dev import ClusterError, LocalCluster, free_udp_tcp_port
 from tests.helpers import ROOT, AliasdProcess, dig_short, events, run_aliasd, service, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -251,11 +251,11 @@ def test_two_replicas_one_writer_and_takeover(coredns: LocalCluster, lease_ns: s
             "corefile", "--forward-to", f"127.0.0.1:{port}", "--leader-lease", lease,
             "--leader-lease-duration", "3"]
     with run_aliasd(args, tmp=tmp_path) as a, run_aliasd(args, tmp=tmp_path) as b:
-        def leaders() -> list[AliasdProcess]:
-            return [p for p in (a, b) if p.http("/readyz")[1]["coredns"]["leader"]]
+        def one_leader() -> AliasdProcess | None:
+            leaders = [p for p in (a, b) if p.http("/readyz")[1]["coredns"]["leader"]]
+            return leaders[0] if len(leaders) == 1 else None
 
-        (leader,) = wait_for(lambda: leaders() if len(leaders()) == 1 else None,
-                             what="exactly one leader")
+        leader: AliasdProcess = wait_for(one_leader, what="exactly one leader")
         other = b if leader is a else a
         wait_for(lambda: managed_zones(corefile_now(coredns)) == ["internal"],
                  what="the leader to patch")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aliasd.devcluster import LocalCluster
+from aliasd_dev import LocalCluster
 from tests.helpers import AliasdProcess, run_aliasd
 
 

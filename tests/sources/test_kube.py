@@ -12,7 +12,7 @@ from typing import Any
 import dns.rcode
 import pytest
 
-from aliasd.devcluster import ClusterError, LocalCluster
+from aliasd_dev import ClusterError, LocalCluster
 from tests.helpers import (
     AliasdProcess,
     a_records,

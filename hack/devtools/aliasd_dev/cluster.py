@@ -12,6 +12,7 @@ import http.client
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -29,11 +30,11 @@ from typing import Any
 
 import yaml
 
-from aliasd.devcluster.corefile import CorefilePorts, kubeadm_corefile
+from aliasd_dev.corefile import CorefilePorts, kubeadm_corefile
 
 log = logging.getLogger(__name__)
 
-REPO_HACK = Path(__file__).resolve().parents[2] / "hack" / "local-cluster"
+REPO_HACK = Path(__file__).resolve().parents[2] / "local-cluster"
 SERVICE_CIDR = "10.96.0.0/12"
 ADMIN_TOKEN_USER = "aliasd-admin"
 
@@ -42,24 +43,51 @@ class ClusterError(Exception):
     """The local control plane could not be built, started or used."""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+_PICK = random.SystemRandom()  # not the seeded global RNG: concurrent suites must differ
+_HANDED_OUT: set[int] = set()
+
+
+def _bindable(port: int, kind: socket.SocketKind) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def free_udp_tcp_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (DNS servers need both)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+    """A port free for both UDP and TCP on 127.0.0.1, for a process that must be
+    given its port before it starts (etcd, kube-apiserver, CoreDNS, a
+    ``--forward-to`` target).
+
+    Chosen at random below the kernel's ephemeral range: a port from ``bind(0)``
+    is an ephemeral one, which any ``connect()`` or client socket on the machine
+    may be handed between this check and the real bind; these never are. Never
+    the same port twice in one process. Where the process can bind port 0 and
+    report its port (aliasd), prefer that."""
+    lo, hi = 10000, _ephemeral_range()[0] - 1
+    for _ in range(200):
+        port = _PICK.randint(lo, hi)
+        if port in _HANDED_OUT:
+            continue
+        if _bindable(port, socket.SOCK_STREAM) and _bindable(port, socket.SOCK_DGRAM):
+            _HANDED_OUT.add(port)
             return port
-    raise ClusterError("no free UDP+TCP port on 127.0.0.1")
+    raise ClusterError(f"no free UDP+TCP port in {lo}-{hi} on 127.0.0.1")
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (see :func:`free_udp_tcp_port`)."""
+    return free_udp_tcp_port()
 
 
 def ensure_binaries() -> Path:

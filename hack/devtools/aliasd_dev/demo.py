@@ -1,4 +1,4 @@
-"""``aliasd demo``: the whole data path on this machine, no cluster needed.
+"""The demo (``hack/demo.sh``): the whole data path on this machine, no cluster needed.
 
 Starts the local control plane (real etcd, kube-apiserver and CoreDNS),
 applies examples/fruits/, runs aliasd wired into CoreDNS, and shows that the
@@ -8,6 +8,7 @@ cluster IP. Ctrl-C stops everything; ``--check`` asserts instead of waiting.
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import signal
 import subprocess
@@ -18,19 +19,22 @@ from typing import Any
 
 import yaml
 
-from aliasd.devcluster import (
+from aliasd_dev.cluster import (
     ClusterError,
     LocalCluster,
     ensure_binaries,
     free_port,
     free_udp_tcp_port,
 )
-from aliasd.model import ConfigError
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fruits"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "fruits"
 ALIAS = "my-fruits.internal"
 MESH_HOST = "fruits.mesh.internal"
 NAMESPACE, SERVICE = "micro-shake-factory", "fruits-api-service"
+
+
+class DemoError(Exception):
+    """The demo cannot run here (a missing tool, no source checkout, no control plane)."""
 
 
 def _say(text: str) -> None:
@@ -46,21 +50,21 @@ def dig(server: tuple[str, int], name: str, *extra: str) -> str:
 
 def _load_examples() -> list[dict[str, Any]]:
     if not EXAMPLES.is_dir():
-        raise ConfigError(f"{EXAMPLES} not found: the demo runs from an aliasd source checkout")
+        raise DemoError(f"{EXAMPLES} not found: the demo runs from an aliasd source checkout")
     return [d for f in sorted(EXAMPLES.glob("*.yaml"))
             for d in yaml.safe_load_all(f.read_text()) if d]
 
 
 def run(*, check: bool, timeout: float = 60.0) -> int:
     if shutil.which("dig") is None:
-        raise ConfigError("dig not found: apt-get install dnsutils (hack/setup.sh does it)")
+        raise DemoError("dig not found: apt-get install dnsutils (hack/setup.sh does it)")
     docs = _load_examples()
     _say("demo: starting the local control plane (etcd, kube-apiserver, CoreDNS)...")
     try:
         cluster = LocalCluster(bin_dir=ensure_binaries())
         cluster.start()
     except ClusterError as e:
-        raise ConfigError(f"local control plane: {str(e).splitlines()[0]}") from None
+        raise DemoError(f"local control plane: {str(e).splitlines()[0]}") from None
     proc = None
     try:
         for d in docs:
@@ -120,3 +124,26 @@ def run(*, check: bool, timeout: float = 60.0) -> int:
         cluster.stop()
         _say("demo: stopped, everything cleaned up")
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hack/demo.sh",
+        description="Start the local control plane (real etcd, kube-apiserver, CoreDNS), "
+                    "apply examples/fruits/, run aliasd wired into CoreDNS and dig the alias "
+                    "through CoreDNS. Ctrl-C cleans everything up.")
+    parser.add_argument("--check", action="store_true",
+                        help="do not wait: assert the alias resolves through CoreDNS to the "
+                             "Service's cluster IP, clean up, exit 0 or 1")
+    args = parser.parse_args(argv)
+    try:
+        return run(check=args.check)
+    except DemoError as e:
+        print(f"demo: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

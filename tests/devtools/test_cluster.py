@@ -13,30 +13,25 @@ from kubernetes_asyncio.client import (
     V1ServiceSpec,
 )
 
-from aliasd.devcluster import LocalCluster
+from aliasd_dev import LocalCluster
 from tests.helpers import dig, dig_short, wait_for
 
 pytestmark = pytest.mark.cluster
 
 
-async def test_service_ip_resolves_through_coredns(cluster: LocalCluster, kube: ApiClient) -> None:
+async def test_service_ip_resolves_through_coredns(cluster: LocalCluster, kube: ApiClient,
+                                                   namespace: str) -> None:
     v1 = CoreV1Api(kube)
-    ns = "micro-shake-factory"
-    try:
-        await v1.create_namespace({"metadata": {"name": ns}})
-    except Exception as e:  # another test may have made it already
-        assert getattr(e, "status", None) == 409
-    svc = await v1.create_namespaced_service(ns, V1Service(
+    svc = await v1.create_namespaced_service(namespace, V1Service(
         metadata=V1ObjectMeta(name="fruits-api-service"),
         spec=V1ServiceSpec(ports=[V1ServicePort(name="http", port=80)]),
     ))
     ip = svc.spec.cluster_ip
     assert ip.startswith("10.")  # allocated by the API server from 10.96.0.0/12
-    name = "fruits-api-service.micro-shake-factory.svc.cluster.local"
+    name = f"fruits-api-service.{namespace}.svc.cluster.local"
     out = wait_for(lambda: dig_short(cluster.coredns_addr, name),
                    what="CoreDNS to learn the Service")
     assert out == [ip]
-    await v1.delete_namespaced_service("fruits-api-service", ns)
 
 
 @pytest.mark.parametrize("version", ["v1", "v1beta1", "v1alpha3"])
