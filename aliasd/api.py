@@ -3,7 +3,6 @@ overrides API (/v1/overrides, issue 7), described in ``openapi.yaml``."""
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import re
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from aliasd.access import Authenticator, Refused, Trail, Write
 from aliasd.kubeapi import TRANSIENT
 from aliasd.metrics import build_registry
 from aliasd.model import OVERRIDE_KIND, ApplyError, ConfigError, utc_timestamp
@@ -93,7 +93,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if e.status == 413:
             text = f"the body is larger than {MAX_BODY} bytes"
         return _error(e.status, text or e.reason, **{
-            k: v for k, v in e.headers.items() if k.lower() == "allow"})
+            k: v for k, v in e.headers.items() if k.lower() in ("allow", "www-authenticate")})
 
 
 def make_app(app: App) -> web.Application:
@@ -106,9 +106,10 @@ def make_app(app: App) -> web.Application:
         sources = {s.name: {"synced": s.synced, "error": s.error} for s in app.sources}
         # Degraded (answering from the state file) is still ready: taking the
         # pod out of its Service would leave clients with no answer at all.
-        ready = (app.ready and app.result.snapshot.ready) or app.degraded
+        ready = ((app.ready and app.result.snapshot.ready) or app.degraded) and not app.draining
         not_ready = [n for n, s in sources.items() if not s["synced"]]
-        body: dict[str, Any] = {"ready": ready, "degraded": app.degraded, "sources": sources,
+        body: dict[str, Any] = {"ready": ready, "degraded": app.degraded,
+                                "draining": app.draining, "sources": sources,
                                 "not_synced": not_ready}
         # Components (CoreDNS wiring) are detail, not readiness: DNS answers either way.
         body.update({c.name: c.status() for c in app.components})
@@ -135,15 +136,36 @@ def make_app(app: App) -> web.Application:
     web_app.router.add_get("/metrics", metrics)
     web_app.router.add_get("/v1/aliases", aliases)
     web_app.router.add_get("/openapi.yaml", openapi)
-    OverridesApi(app).add_routes(web_app)
+    OverridesApi(app, authenticator=app.authenticator, trail=app.trail).add_routes(web_app)
     return web_app
 
 
-class OverridesApi:
-    """``/v1/overrides``: reads for everyone, writes with the bearer token."""
+_REFUSALS: dict[int, type[web.HTTPException]] = {
+    401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 503: web.HTTPServiceUnavailable}
 
-    def __init__(self, app: App) -> None:
+
+def _asked(raw: bytes) -> str:
+    """A refused PUT's body for the trail: what the caller wanted, trimmed."""
+    text = raw.decode(errors="replace")
+    return " ".join(text.split())[:200] or "(empty body)"
+
+
+def describe(o: overrides.Override | None) -> str:
+    """An override in a trail message: ``10.0.0.7 (ttl 5)``, or ``none``."""
+    if o is None:
+        return "none"
+    return f"{o.cname or ', '.join(o.addresses)} (ttl {o.ttl})"
+
+
+class OverridesApi:
+    """``/v1/overrides``: reads for everyone; each write authorized by the
+    ``authenticator`` (None: the write API is off) and recorded in the ``trail``,
+    allowed or refused."""
+
+    def __init__(self, app: App, *, authenticator: Authenticator | None, trail: Trail) -> None:
         self.app = app
+        self.authenticator = authenticator
+        self.trail = trail
 
     def add_routes(self, web_app: web.Application) -> None:
         web_app.router.add_get("/v1/overrides", self.list)
@@ -163,21 +185,24 @@ class OverridesApi:
         except ValueError as e:
             raise web.HTTPBadRequest(text=str(e)) from None
 
-    def _authorize(self, request: web.Request) -> None:
-        token = self.app.config.api_token
-        if token is None:
+    async def _authorize(self, request: web.Request, *, verb: str, name: str,
+                         before: overrides.Override | None, asked: str) -> str:
+        """The caller's name (the trail's "who"), or the refusal, recorded."""
+        remote = request.remote or ""
+        if self.authenticator is None:
             raise web.HTTPForbidden(text="the write API is off: start aliasd with "
-                                    "--api-token-file")
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            log.warning("override write from %s refused: no bearer token", request.remote)
-            raise web.HTTPUnauthorized(
-                text="missing bearer token (Authorization: Bearer <token>)",
-                headers={"WWW-Authenticate": 'Bearer realm="aliasd"'})
-        if not hmac.compare_digest(given.strip().encode(), token.encode()):
-            log.warning("override write from %s refused: wrong token", request.remote)
-            raise web.HTTPForbidden(text="the bearer token is wrong")
+                                    "--api-token-file, or in a cluster")
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        try:
+            if scheme.lower() != "bearer" or not given.strip():
+                raise Refused(401, "missing bearer token (Authorization: Bearer <token>)")
+            return await self.authenticator.authorize(given.strip(), verb=verb,
+                                                      name=name.rstrip("."), remote=remote)
+        except Refused as e:
+            who = e.who or f"an unauthenticated caller at {remote}"
+            self.trail.record(Write(who, verb, name, describe(before), asked, refused=e))
+            headers = {"WWW-Authenticate": 'Bearer realm="aliasd"'} if e.status == 401 else {}
+            raise _REFUSALS[e.status](text=e.text, headers=headers) from None
 
     async def list(self, _: web.Request) -> web.Response:
         items = self.app.overrides.items.values() if self.app.overrides else []
@@ -192,9 +217,12 @@ class OverridesApi:
         return web.json_response(found.document())
 
     async def put(self, request: web.Request) -> web.Response:
-        self._authorize(request)
-        source = self._source()
+        name = self._name(request)
         raw = await request.read()
+        before = self.app.overrides.get(name) if self.app.overrides else None
+        who = await self._authorize(request, verb="update", name=name, before=before,
+                                    asked=_asked(raw))
+        source = self._source()
         try:
             body = json.loads(raw)
         except ValueError as e:
@@ -204,25 +232,24 @@ class OverridesApi:
             if isinstance(body, dict) and ({"updated", "by", "name"} & set(body)):
                 raise ValueError("name, updated and by are set by aliasd, not the caller")
             o = overrides.parse(request.match_info["name"], body, zones=self.app.config.zones,
-                                updated=now, by=request.remote or "")
+                                updated=now, by=who)
         except ValueError as e:
             raise web.HTTPBadRequest(text=str(e)) from None
-        created = source.get(o.name) is None
         await self._store(source.put(o))
-        log.info("override %s set to %s (ttl %d) by %s", o.name,
-                 o.cname or ", ".join(o.addresses), o.ttl, request.remote)
+        self.trail.record(Write(who, "update", o.name, describe(before), describe(o)))
         self.app.rebuild()  # answer with it before replying
-        return web.json_response(o.document(), status=201 if created else 200)
+        return web.json_response(o.document(), status=201 if before is None else 200)
 
     async def delete(self, request: web.Request) -> web.Response:
-        self._authorize(request)
-        source = self._source()
         name = self._name(request)
-        found = source.get(name)
+        found = self.app.overrides.get(name) if self.app.overrides else None
+        who = await self._authorize(request, verb="delete", name=name, before=found,
+                                    asked="none")
+        source = self._source()
         if found is None:
             raise web.HTTPNotFound(text=f"no override for {name}")
         await self._store(source.delete(found))
-        log.info("override %s removed by %s", name, request.remote)
+        self.trail.record(Write(who, "delete", name, describe(found), "none"))
         self.app.rebuild()
         return web.json_response(found.document())
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aliasd import registry
+from aliasd.access import Authenticator, LogTrail, StaticToken, Trail
 from aliasd.dns.answer import Stats
 from aliasd.dns.server import DnsServer, ServerConfig
 from aliasd.model import AliasClaim, utc_timestamp
@@ -71,6 +72,9 @@ class AppConfig:
     state_file: Path | None = None
     api_token: str | None = None  # bearer token for the write API; None = writes off
     state_interval: float = 1.0  # at most one state file write per this many seconds
+    # Seconds between the stop signal and closing the sockets: /readyz fails, DNS
+    # keeps answering while Services and kube-proxy stop sending queries here.
+    lame_duck: float = 0.0
 
 
 class App:
@@ -92,11 +96,17 @@ class App:
         self.watch_restarts: Counter[str] = Counter()
         self.patch_results: Counter[str] = Counter()
         self.overrides: OverridesSource | None = None
+        # Who may write overrides (None: nobody) and where writes are recorded;
+        # in a cluster the composition root adds Kubernetes tokens and Events.
+        self.authenticator: Authenticator | None = (
+            StaticToken(config.api_token) if config.api_token else None)
+        self.trail: Trail = LogTrail()
         self.state = StateFile(config.state_file) if config.state_file else None
         # The last good snapshot's claims from the state file, served while the
         # sources have not synced (then dropped for good).
         self.stale: State | None = None
         self.degraded = False
+        self.draining = False  # stopping: /readyz fails, DNS still answers (lame duck)
         self._good_claims: list[AliasClaim] = []
         self._state_dirty = asyncio.Event()
 
@@ -186,6 +196,16 @@ class App:
 
     # ---- lifecycle -------------------------------------------------------------
 
+    async def _lame_duck(self) -> None:
+        """Fail /readyz and keep answering for ``lame_duck`` seconds: the pod
+        leaves its Service's endpoints and kube-proxy's rules (a second or two)
+        while queries already on their way still get answers (issue 14)."""
+        if self.config.lame_duck <= 0:
+            return
+        self.draining = True
+        log.info("stopping: not ready, still answering DNS for %.1f s", self.config.lame_duck)
+        await asyncio.sleep(self.config.lame_duck)
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set (or forever). Listen errors raise ConfigError."""
         from aliasd.api import start_http
@@ -210,6 +230,7 @@ class App:
                     for t in tasks:
                         if t.done() and not t.cancelled() and t.exception() is not None:
                             raise t.exception()  # type: ignore[misc]
+                    await self._lame_duck()
             finally:
                 for t in tasks:
                     t.cancel()

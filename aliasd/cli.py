@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the commands import their modules lazily: `aliasd --help` s
 
     from kubernetes_asyncio.client import ApiClient
 
+    from aliasd.app import App
     from aliasd.coredns.patcher import Patcher, PatcherConfig
 
 log = logging.getLogger("aliasd")
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(run, "--tcp-idle-timeout", default="10", help="seconds before an idle TCP "
          "connection is closed (RFC 7766)")
     _add(run, "--tcp-max-connections", default="256", help="concurrent TCP connections")
+    _add(run, "--lame-duck", default="0", help="seconds to keep answering DNS after SIGTERM "
+         "with /readyz failing, so that Services stop sending queries first (in a pod: a "
+         "few seconds, less than terminationGracePeriodSeconds)")
     _add(run, "--kubernetes", default="auto", choices=["auto", "on", "off"],
          help="watch Kubernetes; auto = on when --kubeconfig/KUBECONFIG is set or in a pod")
     _add(run, "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster "
@@ -88,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
          help="namespaces to watch for Services (default: all)")
     _add(run, "--state-file", help="file for the last good snapshot (and, without "
          "Kubernetes, the HTTP overrides): served at start until the sources sync")
-    _add(run, "--api-token-file", help="file holding the bearer token for the write API "
-         "(PUT/DELETE /v1/overrides); without it the write API is off")
+    _add(run, "--api-token-file", help="file holding a bearer token for the write API "
+         "(PUT/DELETE /v1/overrides) that may write every name; in a cluster Kubernetes "
+         "tokens are accepted too (RBAC decides); without either the write API is off")
     _add(run, "--overrides-configmap", default=f"{_pod_namespace()}/aliasd-overrides",
          help="NAMESPACE/NAME of the ConfigMap holding the HTTP overrides")
     _add(run, "--allow-takeover", repeat=True,
@@ -106,10 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     cdns = sub.add_parser(
         "coredns", help="show, apply or undo aliasd's cluster DNS wiring",
         description="Show (diff), apply or remove aliasd's blocks in the CoreDNS Corefile "
-                    "(or its kube-dns stubDomains entries). remove restores the Corefile "
-                    "byte for byte to what it would be without aliasd.")
+                    "(or its keys in coredns-custom, or its kube-dns stubDomains entries). "
+                    "remove restores the Corefile byte for byte to what it would be "
+                    "without aliasd, and deletes only aliasd's coredns-custom keys.")
     cdns.add_argument("action", choices=["diff", "apply", "remove"],
-                      help="diff: print the pending change, exit 1 if there is one")
+                      help="diff: print the pending change; exit 0 if there is none, 1 if "
+                           "there is one, 2 on error (like diff(1))")
+    cdns.add_argument("--force", action="store_true",
+                      help="remove even while a running aliasd holds the Lease (it puts "
+                           "the block back at once unless it is stopped)")
+    _add(cdns, "--leader-lease", default=f"{_pod_namespace()}/aliasd",
+         help="NAMESPACE/NAME of the running aliasd's leader-election Lease")
     _add(cdns, "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster "
          "config, ~/.kube/config)")
     _add(cdns, "--zone", repeat=True, default=["internal"], help="zones aliasd serves")
@@ -143,7 +155,8 @@ def _coredns_flags(p: argparse.ArgumentParser) -> None:
     from aliasd.coredns.patcher import MODES
 
     _add(p, "--coredns-mode", default="auto", choices=list(MODES),
-         help="which cluster DNS config to wire: auto detects kube-system/coredns, "
+         help="which cluster DNS config to wire: auto detects kube-system/coredns (or, when "
+              "its Corefile imports custom/*.server as on AKS and k3s, coredns-custom), "
               "kube-dns and node-local-dns")
     _add(p, "--forward-to", help="IP:PORT the cluster DNS forwards the zones to (default: "
          "the cluster IP of --dns-service)")
@@ -209,6 +222,8 @@ async def _serve(args: argparse.Namespace) -> int:
         transfer = parse_networks(_list(args, "allow_transfer"), flag="--allow-transfer")
         idle = _number(args.tcp_idle_timeout, "--tcp-idle-timeout", float)
         max_conns = int(_number(args.tcp_max_connections, "--tcp-max-connections", int))
+        lame_duck = 0.0 if args.lame_duck in ("0", "0.0") else _number(
+            args.lame_duck, "--lame-duck", float)
         patcher_config = _patcher_config(args, zones.zones)  # bad wiring flags fail early
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -220,6 +235,7 @@ async def _serve(args: argparse.Namespace) -> int:
         aliases_file=Path(args.aliases_file) if args.aliases_file else None,
         state_file=Path(args.state_file) if args.state_file else None,
         api_token=_read_token(args.api_token_file) if args.api_token_file else None,
+        lame_duck=lame_duck,
     )
     app = App(config)
     state = app.load_state()
@@ -237,6 +253,7 @@ async def _serve(args: argparse.Namespace) -> int:
         kube_client = await add_kube_sources(app, kubeconfig=args.kubeconfig,
                                              namespaces=_list(args, "namespaces"),
                                              overrides=args.overrides_configmap)
+        _kube_access(app, kube_client, args.overrides_configmap)
     elif app.state is not None:
         overrides = FileOverrides(zones, app.mark_dirty, state=app.state, clock=app.clock)
         overrides.load(state.overrides if state else ())
@@ -270,6 +287,18 @@ async def _serve(args: argparse.Namespace) -> int:
             await kube_client.close()
     log.info("stopped")
     return 0
+
+
+def _kube_access(app: App, api: ApiClient, overrides: str) -> None:
+    """In a cluster, override writes also take Kubernetes tokens (RBAC decides,
+    in the overrides ConfigMap's namespace) and leave Events on that ConfigMap."""
+    from aliasd.access import AnyOf, EventTrail, KubernetesAuth
+    from aliasd.kubeapi import split_ref
+
+    ns, name = split_ref(overrides, flag="--overrides-configmap")
+    static = [app.authenticator] if app.authenticator is not None else []
+    app.authenticator = AnyOf([*static, KubernetesAuth(api, namespace=ns)])
+    app.trail = EventTrail(api, namespace=ns, name=name)
 
 
 def _read_token(path: str) -> str:
@@ -333,6 +362,8 @@ async def _coredns(args: argparse.Namespace) -> int:
         patcher = Patcher(api, config)
         remove = args.action == "remove"
         try:
+            if remove and not args.force:
+                await _refuse_while_running(api, args.leader_lease)
             targets = await patcher.resolve_targets()
             if not remove:
                 patcher.forward = await patcher.resolve_forward()
@@ -353,6 +384,25 @@ async def _coredns(args: argparse.Namespace) -> int:
         return 1 if pending and args.action == "diff" else 0
     finally:
         await api.close()
+
+
+async def _refuse_while_running(api: ApiClient, lease_ref: str) -> None:
+    """A running aliasd would put its blocks back within a second of `remove`
+    (issue 14): say how to stop it instead of reporting a success that lasts 0.4 s."""
+    from aliasd.coredns.lease import LeaseError, read_live_holder
+    from aliasd.kubeapi import split_ref
+
+    namespace, name = split_ref(lease_ref, flag="--leader-lease")
+    try:
+        holder = await read_live_holder(api, namespace=namespace, name=name)
+    except LeaseError as e:
+        print(f"aliasd: warning: cannot tell whether aliasd is running ({e})", file=sys.stderr)
+        return
+    if holder is not None:
+        raise ConfigError(
+            f"aliasd is running (Lease {lease_ref} held by {holder}) and would put its blocks "
+            f"back; stop it first: kubectl -n {namespace} scale deployment aliasd --replicas=0 "
+            f"(or pass --force)")
 
 
 async def _list_aliases(args: argparse.Namespace) -> int:
@@ -388,7 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_async(_list_aliases(args))
     except AliasdError as e:
         print(f"aliasd: error: {e}", file=sys.stderr)
-        return 1
+        # `coredns diff` exits 1 for "a change is pending": errors must differ.
+        return 2 if args.command == "coredns" else 1
     except KeyboardInterrupt:
         return 130
     parser.error(f"unknown command {args.command!r}")

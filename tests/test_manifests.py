@@ -128,6 +128,8 @@ def test_rbac_grants_exactly_what_aliasd_uses(deployed: list[dict[str, Any]],
     assert sorted((r["apiGroups"][0], r["resources"][0], tuple(r["verbs"]))
                   for r in role["rules"]) == [
         ("", "events", ("create",)), ("", "services", ("get", "list", "watch")),
+        ("authentication.k8s.io", "tokenreviews", ("create",)),
+        ("authorization.k8s.io", "subjectaccessreviews", ("create",)),
         ("discovery.k8s.io", "endpointslices", ("list", "watch")),
         ("networking.istio.io", "serviceentries", ("list", "watch"))]
     denied = [
@@ -158,6 +160,7 @@ def test_rbac_grants_exactly_what_aliasd_uses(deployed: list[dict[str, Any]],
         ("create", "events", "", "kube-system", ""),
         ("patch", "configmaps", "", "kube-system", "coredns"),
         ("watch", "configmaps", "", "kube-system", "node-local-dns"),
+        ("patch", "configmaps", "", "kube-system", "coredns-custom"),
         ("create", "leases", "coordination.k8s.io", "aliasd-system", ""),
         ("update", "leases", "coordination.k8s.io", "aliasd-system", "aliasd"),
         ("watch", "configmaps", "", "aliasd-system", "aliasd-overrides"),
@@ -193,8 +196,16 @@ def test_dockerfile_is_slim_and_non_root() -> None:
     assert user == "65532:65532"
     text = (ROOT / "Dockerfile").read_text()
     final = text[text.rindex("\nFROM "):]
-    assert final.splitlines()[1] == "FROM python:3.12-slim"
+    assert final.splitlines()[1] == "FROM ${BASE_IMAGE}"
+    assert "ARG BASE_IMAGE=python:3.12-slim\n" in text  # what users build on
     assert "pip install" not in final and "apt-get" not in final  # built in the first stage
+    # Reproducible: every dependency pinned and hash-checked, pip gone from the venv.
+    assert "pip install --no-cache-dir --require-hashes -r requirements.lock" in text
+    assert "pip uninstall -q -y setuptools pip" in text
+    lock = (ROOT / "requirements.lock").read_text()
+    pinned = re.findall(r"^([a-z0-9-]+)==\S+ \\$", lock, re.M)
+    assert {"aiohttp", "dnslib", "jsonpatch", "kubernetes-asyncio", "uvloop"} <= set(pinned)
+    assert lock.count("--hash=sha256:") >= len(pinned)
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"  # read-only root filesystem
 
 

@@ -60,7 +60,8 @@ def test_put_answers_survives_restart_delete_restores(tmp_path: Path) -> None:
         assert entry["override"] is True and entry["owner"] == "Override valkey-master.internal"
         assert entry["overridden"] == [f"File {tmp_path / 'aliases.yaml'}"]
         assert aliases["conflicts"] == []
-        assert "override valkey-master.internal. set to 10.0.0.7 (ttl 5) by 127.0.0.1" in p.logs()
+        assert ("127.0.0.1 set the override of valkey-master.internal.: none -> 10.0.0.7 "
+                "(ttl 5)") in p.logs()
         assert request(p, "PUT", "/v1/overrides/valkey-master", {"addresses": ["10.0.0.8"]})[0] \
             == 200  # replaced
         stored = json.loads((tmp_path / "state.json").read_text())
@@ -80,7 +81,7 @@ def test_put_answers_survives_restart_delete_restores(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("body", "raw", "token", "status", "error"), [
     ({"addresses": ["10.0.0.9"]}, None, None, 401, "missing bearer token"),
-    ({"addresses": ["10.0.0.9"]}, None, "wrong", 403, "the bearer token is wrong"),
+    ({"addresses": ["10.0.0.9"]}, None, "wrong", 401, "the bearer token is wrong"),
     (None, b'{"addresses": ["10.0.0.9"]', TOKEN, 400, "the body is not valid JSON"),
     (None, b"", TOKEN, 400, "the body is not valid JSON"),
     ({"addresses": ["10.0.0.999"]}, None, TOKEN, 400, "'10.0.0.999' is not an IP address"),

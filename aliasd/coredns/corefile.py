@@ -164,15 +164,44 @@ def user_blocks_for(text: str, zone: str) -> list[ServerBlock]:
             and any(split_key(k)[0] == z for k in b.keys)]
 
 
-def render_block(zone: str, *, port: int, forward_to: str, bind: str | None) -> str:
+def render_server(zone: str, *, port: int, forward_to: str, bind: str | None) -> str:
+    """The server block that forwards ``zone`` to aliasd (no markers)."""
     z = zone.rstrip(".")
     bind_line = f"    bind {bind}\n" if bind else ""
     # No cache plugin: aliasd is authoritative and answers in microseconds, and
     # a CoreDNS cache would hand one weighted draw to every client for a whole
     # TTL and delay an override by the old answer's TTL (issue 7).
+    return f"{z}:{port} {{\n{bind_line}    errors\n    forward . {forward_to}\n}}\n"
+
+
+def render_block(zone: str, *, port: int, forward_to: str, bind: str | None) -> str:
+    """:func:`render_server` between aliasd's markers, for a Corefile aliasd shares."""
+    z = zone.rstrip(".")
     return (f"{BEGIN}{z} (managed by aliasd; edits here are overwritten)\n"
-            f"{z}:{port} {{\n{bind_line}    errors\n"
-            f"    forward . {forward_to}\n}}\n{END}{z}\n")
+            f"{render_server(z, port=port, forward_to=forward_to, bind=bind)}{END}{z}\n")
+
+
+def top_level_imports(text: str) -> list[str]:
+    """The arguments of the Corefile's top-level ``import`` lines (outside any
+    block), e.g. ``custom/*.server``; imports inside server blocks are snippets
+    or plugin fragments and not listed."""
+    out: list[str] = []
+    depth = 0
+    line: list[str] = []
+    for tok, _ in [*_tokens(text), ("\n", -1)]:
+        if tok == "{":
+            depth += 1
+            line = []
+        elif tok == "}":
+            depth -= 1
+            line = []
+        elif tok == "\n":
+            if depth == 0 and line and line[0] == "import":
+                out += [t.strip("\"`") for t in line[1:]]
+            line = []
+        else:
+            line.append(tok)
+    return out
 
 
 def remove_managed(text: str, zone: str | None = None) -> str:

@@ -146,3 +146,26 @@ class LeaderElector:
 
 class LeaseError(Exception):
     """The API server refused a Lease request (other than a lost race)."""
+
+
+def live_holder(lease: dict[str, Any], *, now: dt.datetime) -> str | None:
+    """The identity holding ``lease`` if its last renewal is recent enough for the
+    holder to be alive (twice the lease duration, to allow for clock skew), else None."""
+    spec = lease.get("spec") or {}
+    holder, renew = spec.get("holderIdentity"), spec.get("renewTime")
+    if not holder or not renew:
+        return None
+    if isinstance(renew, str):
+        renew = dt.datetime.fromisoformat(renew.replace("Z", "+00:00"))
+    duration = float(spec.get("leaseDurationSeconds") or 15)
+    return str(holder) if (now - renew).total_seconds() < 2 * duration else None
+
+
+async def read_live_holder(api: ApiClient, *, namespace: str, name: str) -> str | None:
+    """The live holder of the Lease NAMESPACE/NAME (None: no Lease, or expired)."""
+    status, lease = await call(CoordinationV1Api(api).read_namespaced_lease, name, namespace)
+    if status == 404:
+        return None
+    if status != 200:
+        raise LeaseError(f"read Lease {namespace}/{name}: {message(status, lease)}")
+    return live_holder(lease, now=dt.datetime.now(dt.UTC))

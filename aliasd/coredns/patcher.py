@@ -33,18 +33,19 @@ from aliasd.sources.watch import Backoff, Informer, NotFound
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "corefile", "kube-dns", "node-local-dns", "off")
+MODES = ("auto", "corefile", "coredns-custom", "kube-dns", "node-local-dns", "off")
 RESYNC_SECONDS = 30.0
 MAX_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
 class Target:
-    """One ConfigMap aliasd edits, and how (a Corefile, or kube-dns JSON)."""
+    """One ConfigMap aliasd edits, and how (a Corefile, ``coredns-custom``
+    keys, or kube-dns JSON)."""
 
     namespace: str
     name: str
-    flavour: str  # "corefile" | "kube-dns"
+    flavour: str  # "corefile" | "coredns-custom" | "kube-dns"
 
     @property
     def ref(self) -> str:
@@ -52,10 +53,14 @@ class Target:
 
     @property
     def key(self) -> str:
-        return plan.COREFILE_KEY if self.flavour == "corefile" else plan.STUB_KEY
+        """The data key aliasd edits (``coredns-custom``: its own keys, see plan)."""
+        return plan.STUB_KEY if self.flavour == "kube-dns" else plan.COREFILE_KEY
 
 
 COREDNS = Target("kube-system", "coredns", "corefile")
+# AKS and k3s: the platform owns (and on AKS reconciles) the Corefile, which
+# imports this ConfigMap's *.server keys as extra server blocks.
+COREDNS_CUSTOM = Target("kube-system", "coredns-custom", "coredns-custom")
 KUBE_DNS = Target("kube-system", "kube-dns", "kube-dns")
 NODE_LOCAL_DNS = Target("kube-system", "node-local-dns", "corefile")
 
@@ -78,6 +83,7 @@ class Change:
     data: dict[str, str]  # desired data
     annotations: dict[str, str]  # desired annotations
     conflicts: tuple[str, ...] = ()
+    exists: bool = True  # False: the ConfigMap is absent and would be created
 
     @property
     def old_value(self) -> str | None:
@@ -94,10 +100,15 @@ class Change:
                 or (meta.get("annotations") or {}) != self.annotations)
 
     def diff(self) -> str:
-        """Unified diff of the edited value (empty when nothing changes)."""
-        name = f"{self.target.ref}:data.{self.target.key}"
-        return "".join(difflib.unified_diff(
-            _lines(self.old_value), _lines(self.new_value), f"a/{name}", f"b/{name}"))
+        """Unified diff of every data value that changes (empty when none does)."""
+        old: dict[str, str] = self.obj.get("data") or {}
+        out: list[str] = []
+        for key in sorted(set(old) | set(self.data)):
+            if old.get(key) != self.data.get(key):
+                name = f"{self.target.ref}:data.{key}"
+                out += difflib.unified_diff(_lines(old.get(key)), _lines(self.data.get(key)),
+                                            f"a/{name}", f"b/{name}")
+        return "".join(out)
 
     def patch(self) -> list[dict[str, Any]]:
         """JSON Patch from what was read to what is wanted, with a ``test`` op in
@@ -192,7 +203,7 @@ class Patcher:
             self.takeovers = names
             self.mark_dirty()
 
-    def _names(self, target: Target, value: str | None,
+    def _names(self, target: Target, data: dict[str, str],
                annotations: dict[str, str]) -> tuple[str, ...]:
         """The zones, plus the taken-over names (the ones already wired while
         those are not known yet)."""
@@ -200,7 +211,9 @@ class Patcher:
             return (*self.config.zones, *self.takeovers)
         zones = {plan.zone_key(z) for z in self.config.zones}
         if target.flavour == "corefile":
-            present = plan.managed_names(value or "")
+            present = plan.managed_names(data.get(target.key) or "")
+        elif target.flavour == "coredns-custom":
+            present = plan.custom_names(data)
         else:
             present = plan.stub_names(annotations)
         return (*self.config.zones, *(n for n in present if n not in zones))
@@ -223,13 +236,19 @@ class Patcher:
             return []
         if mode == "corefile":
             return [self.coredns]
+        if mode == "coredns-custom":
+            return [COREDNS_CUSTOM]
         if mode == "kube-dns":
             return [KUBE_DNS]
         if mode == "node-local-dns":
             return [self.coredns, NODE_LOCAL_DNS]
-        found = [t for t in (self.coredns, KUBE_DNS, NODE_LOCAL_DNS)
-                 if await self._read(t) is not None]
+        read = {t: await self._read(t) for t in (self.coredns, KUBE_DNS, NODE_LOCAL_DNS)}
+        found = [t for t, obj in read.items() if obj is not None]
         if self.coredns in found:  # CoreDNS serves; a kube-dns ConfigMap would be unused
+            platform = ((read[self.coredns] or {}).get("data") or {}).get(plan.COREFILE_KEY)
+            if plan.imports_custom_servers(platform or ""):
+                # AKS, k3s: leave the platform's Corefile alone, add keys it imports.
+                found[found.index(self.coredns)] = COREDNS_CUSTOM
             return [t for t in found if t != KUBE_DNS]
         if not found:
             raise ApplyError(f"no cluster DNS ConfigMap found (looked for {self.coredns.ref}, "
@@ -260,14 +279,20 @@ class Patcher:
 
     async def plan(self, target: Target, *, remove: bool = False) -> Change:
         obj = await self._read(target)
+        exists = obj is not None
         if obj is None:
-            raise ApplyError(f"ConfigMap {target.ref} not found")
+            if target.flavour != "coredns-custom":
+                raise ApplyError(f"ConfigMap {target.ref} not found")
+            obj = {"metadata": {}}  # k3s ships none: aliasd creates it
         forward = None if remove else self.forward
         data = dict(obj.get("data") or {})
         annotations = dict(obj.get("metadata", {}).get("annotations") or {})
         value = data.get(target.key)
-        zones = () if remove else self._names(target, value, annotations)
-        if target.flavour == "corefile":
+        zones = () if remove else self._names(target, data, annotations)
+        if target.flavour == "coredns-custom":
+            platform = await self._platform_corefile(required=not remove)
+            data, conflicts = plan.custom_data(data, platform, zones, forward)
+        elif target.flavour == "corefile":
             if value is None:
                 raise ApplyError(f"ConfigMap {target.ref} has no data.{target.key}")
             text, conflicts = plan.corefile_text(value, zones, forward)
@@ -278,7 +303,20 @@ class Patcher:
                 data.pop(target.key, None)
             else:
                 data[target.key] = stub
-        return Change(target, obj, data, annotations, conflicts)
+        return Change(target, obj, data, annotations, conflicts, exists=exists)
+
+    async def _platform_corefile(self, *, required: bool) -> str:
+        """The platform's Corefile, read only: port, bind and its own blocks."""
+        obj = await self._read(self.coredns)
+        text: str | None = ((obj or {}).get("data") or {}).get(plan.COREFILE_KEY)
+        if text is None or not plan.imports_custom_servers(text):
+            if required:
+                raise ApplyError(
+                    f"{self.coredns.ref} has no Corefile that imports custom/*.server, so "
+                    f"server blocks in {COREDNS_CUSTOM.ref} would not be served; use "
+                    f"--coredns-mode corefile (or auto)")
+            return text or ""
+        return text
 
     # ---- writing --------------------------------------------------------------------
 
@@ -294,9 +332,22 @@ class Patcher:
                 self.results["unchanged"] += 1
                 return change
             self.results["attempt"] += 1
-            status, body = await call(self.core.patch_namespaced_config_map, target.name,
-                                      target.namespace, change.patch(),
-                                      field_manager="aliasd")
+            if change.exists:
+                status, body = await call(self.core.patch_namespaced_config_map, target.name,
+                                          target.namespace, change.patch(),
+                                          field_manager="aliasd")
+            else:
+                status, body = await call(self.core.create_namespaced_config_map,
+                                          target.namespace, {
+                                              "apiVersion": "v1", "kind": "ConfigMap",
+                                              "metadata": {"name": target.name},
+                                              "data": change.data}, field_manager="aliasd")
+                if status == 403:
+                    self.results["error"] += 1
+                    raise ApplyError(
+                        f"cannot create ConfigMap {target.ref} ({message(status, body)}); "
+                        f"create it once: kubectl -n {target.namespace} create configmap "
+                        f"{target.name}")
             if status < 300:
                 self.results["applied"] += 1
                 return change
@@ -381,10 +432,13 @@ class Patcher:
             return
         log.info("CoreDNS wiring (%s): %s forward the alias zones to %s", self.config.mode,
                  ", ".join(t.ref for t in self.targets), self.forward)
+        watched = list(self.targets)
+        if COREDNS_CUSTOM in watched:  # its port, bind and blocks decide the keys
+            watched.append(self.coredns)
         watches = [Informer(f"configmap {t.ref}", functools.partial(
             self.core.list_namespaced_config_map, t.namespace,
             field_selector=f"metadata.name={t.name}"),
-            on_change=lambda k, old, new: self.mark_dirty()) for t in self.targets]
+            on_change=lambda k, old, new: self.mark_dirty()) for t in watched]
         tasks = [asyncio.create_task(w.run(), name=f"watch-{w.name}") for w in watches]
         if self.elector is not None:
             tasks.append(asyncio.create_task(self.elector.run(), name="leader-election"))

@@ -1,14 +1,18 @@
 """What the cluster DNS configuration should look like (pure).
 
 Given the current ConfigMap data, the served zones and where aliasd listens,
-compute the desired data: one managed Corefile block per zone, or aliasd's
-entries in kube-dns ``stubDomains``. Removing is the same computation with no
-zones, which is how ``aliasd coredns remove`` restores the original exactly.
+compute the desired data: one managed Corefile block per zone, one
+``aliasd-<zone>.server`` key per zone in ``coredns-custom`` (AKS, k3s), or
+aliasd's entries in kube-dns ``stubDomains``. Removing is the same computation
+with no zones, which is how ``aliasd coredns remove`` restores the original
+exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +25,12 @@ STUB_KEY = "stubDomains"
 # kube-dns mode only: stubDomains is JSON, so exact removal needs aliasd's zones
 # and the value as it was before aliasd touched it (null = no key).
 STUB_ANNOTATION = "aliasd.io/stub-domains"
+# coredns-custom mode: aliasd owns exactly the keys named aliasd-<name>.server.
+CUSTOM_PREFIX = "aliasd-"
+CUSTOM_SUFFIX = ".server"
+_CUSTOM_IMPORT = re.compile(r"(^|/)custom/\*\.server$")
+MAX_KEY = 253  # a ConfigMap data key
+CUSTOM_HEADER = "# managed by aliasd; `aliasd coredns remove` deletes this key\n"
 
 
 @dataclass(frozen=True)
@@ -55,18 +65,22 @@ def stub_names(annotations: Mapping[str, str]) -> list[str]:
         return []
 
 
+def _listen(text: str) -> tuple[int, str | None]:
+    """Port and ``bind`` of the Corefile's root ``.`` block (53 and none without one)."""
+    root = corefile.root_block(text)
+    if root is None:
+        return 53, None
+    port = next(corefile.split_key(k)[1] for k in root.keys if corefile.split_key(k)[0] == ".")
+    args = corefile.directive(root, "bind")
+    return port, (" ".join(args) if args else None)
+
+
 def corefile_text(text: str, zones: Sequence[str], forward: Forward | None
                   ) -> tuple[str, tuple[str, ...]]:
     """The Corefile with one managed block per zone (same port and bind as the
     root ``.`` block), stale managed blocks removed, user-owned zones left alone."""
     try:
-        root = corefile.root_block(text)
-        port, bind = 53, None
-        if root is not None:
-            port = next(corefile.split_key(k)[1] for k in root.keys
-                        if corefile.split_key(k)[0] == ".")
-            args = corefile.directive(root, "bind")
-            bind = " ".join(args) if args else None
+        port, bind = _listen(text)
         wanted = [zone_key(z) for z in zones]
         out = text
         for region in corefile.managed_regions(text):
@@ -82,6 +96,65 @@ def corefile_text(text: str, zones: Sequence[str], forward: Forward | None
                 out = corefile.upsert_managed(out, z, block)
     except corefile.CorefileError as e:
         raise ApplyError(f"cannot parse the Corefile: {e}") from None
+    return out, tuple(conflicts)
+
+
+def imports_custom_servers(text: str) -> bool:
+    """Whether a Corefile imports ``coredns-custom``'s ``*.server`` keys at the top
+    level (AKS: ``import custom/*.server``; k3s: ``import
+    /etc/coredns/custom/*.server``), so a server block there is served."""
+    try:
+        return any(_CUSTOM_IMPORT.search(arg) for arg in corefile.top_level_imports(text))
+    except corefile.CorefileError:
+        return False
+
+
+def custom_key(name: str) -> str:
+    return f"{CUSTOM_PREFIX}{zone_key(name)}{CUSTOM_SUFFIX}"
+
+
+def is_custom_key(key: str) -> bool:
+    return key.startswith(CUSTOM_PREFIX) and key.endswith(CUSTOM_SUFFIX)
+
+
+def custom_names(data: Mapping[str, str]) -> list[str]:
+    """The names aliasd has keys for in ``coredns-custom``."""
+    return [k[len(CUSTOM_PREFIX):-len(CUSTOM_SUFFIX)] for k in data if is_custom_key(k)]
+
+
+def custom_data(data: Mapping[str, str], platform: str, zones: Sequence[str],
+                forward: Forward | None) -> tuple[dict[str, str], tuple[str, ...]]:
+    """``coredns-custom`` data with one ``aliasd-<zone>.server`` key per zone (a
+    server block on the port and bind of ``platform``'s root block), every other
+    key untouched, aliasd's stale keys gone.
+
+    A zone that already has a server block, in the platform Corefile or in
+    someone else's ``*.server`` key, is a conflict and gets no key: CoreDNS
+    refuses two blocks for one zone and port, and would stop reloading."""
+    try:
+        port, bind = _listen(platform)
+        taken = {corefile.split_key(k)[0] for b in corefile.server_blocks(platform)
+                 for k in b.keys}
+    except corefile.CorefileError as e:
+        raise ApplyError(f"cannot parse the Corefile: {e}") from None
+    out = {k: v for k, v in data.items() if not is_custom_key(k)}
+    for k, v in out.items():
+        if k.endswith(CUSTOM_SUFFIX):
+            # A broken key of someone else's breaks CoreDNS, not aliasd's plan.
+            with contextlib.suppress(corefile.CorefileError):
+                taken |= {corefile.split_key(key)[0] for b in corefile.server_blocks(v)
+                          for key in b.keys}
+    conflicts = []
+    for z in (zone_key(z) for z in zones):
+        if z + "." in taken:
+            conflicts.append(z)
+        elif forward is not None:
+            key = custom_key(z)
+            if len(key) > MAX_KEY:
+                raise ApplyError(f"{z}: the coredns-custom key {key[:40]}... would be longer "
+                                 f"than {MAX_KEY} characters")
+            out[key] = CUSTOM_HEADER + corefile.render_server(
+                z, port=port, forward_to=str(forward), bind=bind)
     return out, tuple(conflicts)
 
 

@@ -9,10 +9,20 @@ import jsonpatch
 import pytest
 
 from aliasd.coredns import corefile
-from aliasd.coredns.patcher import COREDNS, KUBE_DNS, Change, parse_forward
-from aliasd.coredns.plan import STUB_ANNOTATION, Forward, corefile_text, stub_domains
+from aliasd.coredns.patcher import COREDNS, COREDNS_CUSTOM, KUBE_DNS, Change, parse_forward
+from aliasd.coredns.plan import (
+    STUB_ANNOTATION,
+    Forward,
+    corefile_text,
+    custom_data,
+    custom_key,
+    custom_names,
+    imports_custom_servers,
+    stub_domains,
+)
 from aliasd.model import ApplyError, ConfigError
 
+from .shapes import SHAPES
 from .test_corefile import KUBE_DNS_STYLE, KUBEADM
 
 FWD = Forward("10.96.0.53", 53)
@@ -167,3 +177,69 @@ def test_parse_forward(text: str, expected: Forward) -> None:
 def test_parse_forward_rejects(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_forward(text)
+
+
+# ---- coredns-custom mode (AKS, k3s) -------------------------------------------------
+
+CUSTOM_BLOCK = ("# managed by aliasd; `aliasd coredns remove` deletes this key\n"
+                "internal:53 {\n    errors\n    forward . 10.96.0.53:53\n}\n")
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_custom_import_is_detected_in_the_real_shapes(shape: str) -> None:
+    assert imports_custom_servers(SHAPES[shape])
+    assert not imports_custom_servers(KUBEADM)
+    # An import inside the root block is a plugin fragment (*.override), not blocks.
+    assert not imports_custom_servers(".:53 {\n    import custom/*.server\n}\n")
+    assert not imports_custom_servers("import custom/*.override\n")
+    assert imports_custom_servers('import "/etc/coredns/custom/*.server"\n')
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_custom_keys_per_zone_and_takeover_others_untouched(shape: str) -> None:
+    user = {"log.override": "log\n",
+            "corp.server": "corp.example:53 {\n    forward . 10.1.1.1\n}\n"}
+    data, conflicts = custom_data(user, SHAPES[shape], ["internal.", "legacy-lb.example.com"],
+                                  FWD)
+    assert conflicts == ()
+    assert data == {**user, "aliasd-internal.server": CUSTOM_BLOCK,
+                    "aliasd-legacy-lb.example.com.server":
+                        CUSTOM_BLOCK.replace("internal:53", "legacy-lb.example.com:53")}
+    assert custom_names(data) == ["internal", "legacy-lb.example.com"]
+    # Idempotent; a zone dropped loses its key; removal leaves exactly the user's keys.
+    assert custom_data(data, SHAPES[shape], ["internal", "legacy-lb.example.com"], FWD)[0] == data
+    assert custom_key("legacy-lb.example.com.") not in custom_data(data, SHAPES[shape],
+                                                                   ["internal"], FWD)[0]
+    assert custom_data(data, SHAPES[shape], [], None) == (user, ())
+
+
+def test_custom_block_follows_the_platform_port_and_bind() -> None:
+    platform = SHAPES["aks"].replace(".:53 {\n", ".:1053 {\n    bind 10.0.0.10\n")
+    data, _ = custom_data({}, platform, ["internal"], FWD)
+    (block,) = corefile.server_blocks(data["aliasd-internal.server"])
+    assert block.keys == ("internal:1053",)
+    assert corefile.directive(block, "bind") == ["10.0.0.10"]
+
+
+def test_custom_zone_with_a_block_elsewhere_is_a_conflict() -> None:
+    # In the platform Corefile, or in someone else's *.server key: CoreDNS refuses
+    # two blocks for one zone, so aliasd writes none.
+    platform = SHAPES["k3s"] + "internal:53 {\n    forward . 10.0.0.1\n}\n"
+    assert custom_data({}, platform, ["internal", "corp"], FWD)[1] == ("internal",)
+    theirs = {"mine.server": "corp:53 {\n    forward . 10.0.0.2\n}\n"}
+    data, conflicts = custom_data(theirs, SHAPES["k3s"], ["internal", "corp"], FWD)
+    assert conflicts == ("corp",)
+    assert sorted(data) == ["aliasd-internal.server", "mine.server"]
+    # A broken key of someone else's is CoreDNS's problem, not a reason to stop.
+    broken = {"broken.server": "oops {\n"}
+    assert custom_data(broken, SHAPES["k3s"], ["internal"], FWD)[0]["broken.server"] == "oops {\n"
+
+
+def test_custom_diff_names_each_key() -> None:
+    obj = _cm({"log.override": "log\n"})
+    data, _ = custom_data({"log.override": "log\n"}, SHAPES["aks"], ["internal"], FWD)
+    diff = Change(COREDNS_CUSTOM, obj, data, {}).diff()
+    assert diff.splitlines()[:2] == [
+        "--- a/kube-system/coredns-custom:data.aliasd-internal.server",
+        "+++ b/kube-system/coredns-custom:data.aliasd-internal.server"]
+    assert "log.override" not in diff

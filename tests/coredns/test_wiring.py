@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import signal
 import subprocess
@@ -139,19 +140,50 @@ def test_cli_diff_apply_remove(coredns: LocalCluster) -> None:
 def test_cli_errors_are_one_line(coredns: LocalCluster, tmp_path: Path) -> None:
     kc = str(coredns.kubeconfig)
     r = cli("coredns", "apply", "--kubeconfig", kc, "--forward-to", "dns.example:53")
-    assert r.returncode == 1
+    assert r.returncode == 2  # 1 is diff's "a change is pending"
     assert r.stderr == ("aliasd: error: --forward-to 'dns.example:53': need IP:PORT with an IP "
                         "address (CoreDNS resolves a host name in forward only once, at "
                         "start)\n")
     r = cli("coredns", "apply", "--kubeconfig", kc)  # no --forward-to, no aliasd Service
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert r.stderr.startswith("aliasd: error: cannot read aliasd's Service aliasd-system/"
                                "aliasd for the forward target: HTTP 404: ")
     assert r.stderr.count("\n") == 1
     r = cli("coredns", "diff", "--kubeconfig", str(tmp_path / "missing"))
-    assert r.returncode == 1 and r.stderr.startswith("aliasd: error: cannot load Kubernetes "
+    assert r.returncode == 2 and r.stderr.startswith("aliasd: error: cannot load Kubernetes "
                                                      "config from ")
     assert corefile_now(coredns) == coredns.initial_corefile
+
+
+def test_remove_refuses_while_aliasd_holds_the_lease(coredns: LocalCluster,
+                                                    lease_ns: str) -> None:
+    """A running aliasd would put its blocks back at once (issue 14): `remove`
+    says how to stop it, changes nothing, and exits 2; --force removes anyway."""
+    kc = str(coredns.kubeconfig)
+    assert cli("coredns", "apply", "--kubeconfig", kc, "--forward-to",
+               "127.0.0.1:5999").returncode == 0
+    patched = corefile_now(coredns)
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    coredns.request("POST", f"/apis/coordination.k8s.io/v1/namespaces/{lease_ns}/leases", {
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "aliasd-refuse"},
+        "spec": {"holderIdentity": "aliasd-7d9f-x1_abc123", "leaseDurationSeconds": 15,
+                 "acquireTime": now, "renewTime": now}})
+    lease = f"{lease_ns}/aliasd-refuse"
+    try:
+        r = cli("coredns", "remove", "--kubeconfig", kc, "--leader-lease", lease)
+        assert r.returncode == 2
+        assert r.stderr == (
+            f"aliasd: error: aliasd is running (Lease {lease} held by aliasd-7d9f-x1_abc123) "
+            f"and would put its blocks back; stop it first: kubectl -n {lease_ns} scale "
+            "deployment aliasd --replicas=0 (or pass --force)\n")
+        assert corefile_now(coredns) == patched
+        r = cli("coredns", "remove", "--kubeconfig", kc, "--leader-lease", lease, "--force")
+        assert r.returncode == 0, r.stderr
+        assert corefile_now(coredns) == coredns.initial_corefile
+    finally:
+        coredns.request("DELETE", f"/apis/coordination.k8s.io/v1/namespaces/{lease_ns}/leases/"
+                                  "aliasd-refuse")
 
 
 def test_forward_target_is_the_aliasd_service_cluster_ip(coredns: LocalCluster,
@@ -304,7 +336,7 @@ def test_kube_dns_mode_keeps_other_stub_domains(coredns: LocalCluster,
     assert corefile_now(coredns) == coredns.initial_corefile  # only kube-dns was touched
     r = cli("coredns", "apply", "--kubeconfig", kc, "--coredns-mode", "kube-dns",
             "--forward-to", "10.96.0.53:5353")
-    assert r.returncode == 1 and "must listen on port 53" in r.stderr
+    assert r.returncode == 2 and "must listen on port 53" in r.stderr
     assert cli("coredns", "remove", "--kubeconfig", kc, "--coredns-mode",
                "kube-dns").returncode == 0
     cm = coredns.request("GET", f"{CM}/kube-dns")

@@ -2,7 +2,9 @@
 
 envtest-style: the binaries run as plain processes, no containers and no root.
 CoreDNS reads a Corefile that a background thread keeps in sync with the
-``kube-system/coredns`` ConfigMap, the way kubelet syncs a ConfigMap volume.
+``kube-system/coredns`` ConfigMap, the way kubelet syncs a ConfigMap volume;
+the optional ``kube-system/coredns-custom`` ConfigMap is synced into
+``custom/`` next to it, where AKS- and k3s-shaped Corefiles import it.
 """
 
 from __future__ import annotations
@@ -209,7 +211,7 @@ class LocalCluster:
             upstream=self.upstream_port,
         )
         self._procs: dict[str, _Proc] = {}
-        self._sync: _ConfigMapSync | None = None
+        self._syncs: list[_ConfigMapSync] = []
         self._ssl = ssl.create_default_context()
 
     # ---- lifecycle -------------------------------------------------------
@@ -249,9 +251,9 @@ class LocalCluster:
         log.info("local control plane ready in %.1fs", time.monotonic() - t0)
 
     def stop(self) -> None:
-        if self._sync is not None:
-            self._sync.stop()
-            self._sync = None
+        for sync in self._syncs:
+            sync.stop()
+        self._syncs = []
         for name in ("coredns", "kube-apiserver", "etcd"):
             proc = self._procs.pop(name, None)
             if proc is not None:
@@ -441,10 +443,13 @@ class LocalCluster:
         self.initial_corefile = corefile
 
     def _start_coredns(self) -> None:
-        self.corefile.parent.mkdir(parents=True, exist_ok=True)
-        self._sync = _ConfigMapSync(self, self.corefile)
-        self._sync.start()
-        self._sync.wait_first(10)
+        self._syncs = [_ConfigMapSync(self, "coredns", self.corefile.parent),
+                       _ConfigMapSync(self, "coredns-custom", self.corefile.parent / "custom",
+                                      optional=True)]
+        for sync in self._syncs:
+            sync.start()
+        for sync in self._syncs:
+            sync.wait_first(10)
         self._spawn("coredns", [
             str(self.bin_dir / "coredns"), "-conf", str(self.corefile),
         ])
@@ -455,6 +460,36 @@ class LocalCluster:
                 return bool(r.status == 200)
 
         self._wait("coredns", ready, 30)
+
+    def materialised_keys(self, configmap: str) -> list[str]:
+        """The keys of ``kube-system/<configmap>`` (``coredns`` or
+        ``coredns-custom``) that are files for CoreDNS now."""
+        return self._sync(configmap).keys()
+
+    def hold_configmap(self, configmap: str) -> contextlib.AbstractContextManager[None]:
+        """While the block runs, CoreDNS's files keep the ConfigMap as it was;
+        then its latest state is materialised at once (a kubelet sync)."""
+        return self._sync(configmap).hold()
+
+    def coredns_idle(self) -> bool:
+        """Whether CoreDNS has finished its start and every reload it began.
+        Its ``reload`` plugin takes the hash it compares against only then,
+        re-reading the imported files: one that changed after the configuration
+        read it is taken for loaded until the next change (coredns/coredns#6243).
+        So a test waits for this before it changes an imported file again."""
+        lines = self.logs("coredns", 1_000_000).splitlines()
+        started = lines.count("[INFO] Reloading")
+        ended = lines.count("[INFO] Reloading complete") + sum(
+            ln.startswith(("[ERROR] Restart failed", "[PANIC] Restart")) for ln in lines)
+        hashed = any(ln.startswith("[INFO] plugin/reload: Running configuration SHA512")
+                     for ln in lines)
+        return hashed and started == ended
+
+    def _sync(self, configmap: str) -> _ConfigMapSync:
+        for sync in self._syncs:
+            if sync.name == configmap:
+                return sync
+        raise ClusterError(f"no ConfigMap sync for kube-system/{configmap}")
 
     def logs(self, name: str, n: int = 40) -> str:
         proc = self._procs.get(name)
@@ -483,23 +518,39 @@ _CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomReso
 
 
 class _ConfigMapSync:
-    """Keeps a file equal to ``kube-system/coredns`` ``data.Corefile``: list, then
-    watch, rewrite atomically on change; relist on any error (like kubelet)."""
+    """Keeps a directory equal to a ``kube-system`` ConfigMap, one file per key,
+    like kubelet's ConfigMap volume: list, then watch, relist on any error; an
+    ``optional`` ConfigMap that is absent is an empty directory.
 
-    def __init__(self, cluster: LocalCluster, path: Path) -> None:
+    As kubelet's ``AtomicWriter`` does, every key is written into a fresh
+    hidden directory that the ``..data`` symlink is then swapped to, and each
+    key is a symlink through ``..data``: a reader (CoreDNS's ``import``) sees
+    the ConfigMap as it was before or after a change, never half of it.
+    """
+
+    def __init__(self, cluster: LocalCluster, name: str, directory: Path, *,
+                 optional: bool = False) -> None:
         self.cluster = cluster
-        self.path = path
+        self.name = name
+        self.dir = directory
+        self.optional = optional
+        self._shown: dict[str, str] | None = None
+        self._latest: dict[str, str] = {}
+        self._rv = 0
+        self._holds = 0
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._first = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="coredns-cm-sync", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{name}-cm-sync", daemon=True)
         self._conn: http.client.HTTPSConnection | None = None
 
     def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
         self._thread.start()
 
     def wait_first(self, timeout: float) -> None:
         if not self._first.wait(timeout):
-            raise ClusterError("the coredns ConfigMap never reached the Corefile")
+            raise ClusterError(f"the {self.name} ConfigMap never reached {self.dir}")
 
     def stop(self) -> None:
         self._stop.set()
@@ -509,31 +560,94 @@ class _ConfigMapSync:
                 conn.sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(5)
 
-    def _write(self, cm: dict[str, Any]) -> None:
-        text = cm.get("data", {}).get("Corefile", "")
+    def keys(self) -> list[str]:
+        """The keys materialised now (the files a glob in the directory sees)."""
+        return sorted(p.name for p in self.dir.iterdir()
+                      if p.is_symlink() and not p.name.startswith(".."))
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Materialise nothing until the block ends, then the ConfigMap as the
+        API server has it then (kubelet, too, writes only what it reads at a
+        sync, never the states in between)."""
+        with self._lock:
+            self._holds += 1
         try:
-            if self.path.read_text() == text:
-                self._first.set()
-                return
-        except OSError:
-            pass
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(self.path)
+            yield
+        finally:
+            now = self._read()
+            with self._lock:
+                self._holds -= 1
+                self._take(now)
+                if not self._holds:
+                    self._materialise(self._latest)
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            cm: dict[str, Any] = self.cluster.request(
+                "GET", f"/api/v1/namespaces/kube-system/configmaps/{self.name}", timeout=5)
+        except ClusterError as e:
+            if not (self.optional and "HTTP 404" in str(e)):
+                raise
+            return {}
+        return cm
+
+    def _take(self, cm: dict[str, Any]) -> None:
+        # Watch events still on their way are older than what a hold's end read.
+        rv = int((cm.get("metadata") or {}).get("resourceVersion") or 0)
+        if rv and rv < self._rv:
+            return
+        self._rv = max(self._rv, rv)
+        self._latest = dict(cm.get("data") or {})
+
+    def _write(self, cm: dict[str, Any]) -> None:
+        with self._lock:
+            self._take(cm)
+            if not self._holds:
+                self._materialise(self._latest)
         self._first.set()
+
+    def _materialise(self, data: dict[str, str]) -> None:
+        if data == self._shown:
+            return
+        payload = Path(tempfile.mkdtemp(prefix="..", dir=self.dir))
+        for key, text in data.items():
+            (payload / key).write_text(text)
+        link = self.dir / "..data"
+        old = link.resolve() if link.is_symlink() else None
+        tmp = self.dir / "..data_tmp"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        tmp.symlink_to(payload.name)
+        # A key that goes loses its name first and one that comes gets it
+        # last, so that no name ever points at nothing.
+        for key in set(self._shown or {}) - set(data):
+            with contextlib.suppress(OSError):
+                (self.dir / key).unlink()
+        tmp.replace(link)  # the one atomic step: every key's text changes at once
+        for key in data:
+            if not (self.dir / key).is_symlink():
+                (self.dir / key).symlink_to(Path("..data") / key)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        self._shown = dict(data)
 
     def _run(self) -> None:
         base = "/api/v1/namespaces/kube-system/configmaps"
         while not self._stop.is_set():
             try:
-                cm = self.cluster.request("GET", f"{base}/coredns", timeout=5)
+                cm = self._read()
                 self._write(cm)
+                if not cm:  # an optional ConfigMap that is absent
+                    self._stop.wait(0.2)
+                    continue
                 rv = cm["metadata"]["resourceVersion"]
-                for event in self._watch(f"{base}?watch=1&fieldSelector=metadata.name%3Dcoredns"
-                                         f"&resourceVersion={rv}&allowWatchBookmarks=true"):
+                for event in self._watch(f"{base}?watch=1&fieldSelector=metadata.name%3D"
+                                         f"{self.name}&resourceVersion={rv}"
+                                         f"&allowWatchBookmarks=true"):
                     if event.get("type") in ("ADDED", "MODIFIED"):
                         self._write(event["object"])
-                    elif event.get("type") == "ERROR":
+                    elif event.get("type") in ("DELETED", "ERROR"):
                         break
             except (OSError, http.client.HTTPException, ClusterError, ValueError, KeyError):
                 pass

@@ -1,0 +1,180 @@
+"""The users' path for real (issue 14): a kind cluster from kind-config.yaml,
+built offline by hack/kind/build.sh and set up by hack/kind-up.sh exactly as
+`make kind-up` does, with the overrides only tests need (node image, base
+image, dig image). One cluster per session, deleted at the end
+(ALIASD_E2E_KEEP=1 keeps it for a look)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import ROOT, wait_for
+
+CLUSTER = "aliasd-e2e"
+REPORT: list[str] = []
+"""Measured figures, printed at the end of the run (never asserted)."""
+
+
+def say(line: str) -> None:
+    REPORT.append(line)
+    print(line)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The kind tests share one cluster and run in the order written (each builds
+    on what the one before left; the last uninstalls aliasd), after every other
+    test, whatever order the rest runs in."""
+    here = Path(__file__).parent
+    e2e = sorted((i for i in items if Path(str(i.path)).parent == here),
+                 key=lambda i: (str(i.path), i.location[1] or 0))
+    items[:] = [i for i in items if Path(str(i.path)).parent != here] + e2e
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if REPORT:
+        terminalreporter.section("e2e: measured in kind")
+        for line in REPORT:
+            terminalreporter.write_line(line)
+PROBER = (Path(__file__).parent / "prober.py").read_text()
+
+
+def _run(cmd: list[str], *, env: dict[str, str], log: Path, what: str,
+         timeout: float) -> tuple[str, float]:
+    """Run a repository tool, its output into ``log``: (stdout, seconds)."""
+    t0 = time.monotonic()
+    with log.open("a") as err:
+        p = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err,
+                           text=True, timeout=timeout, check=False)
+    seconds = time.monotonic() - t0
+    if p.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
+        raise AssertionError(f"{what} exited {p.returncode} after {seconds:.0f} s; "
+                             f"log {log}:\n{tail}")
+    say(f"e2e time: {what}: {seconds:.1f} s")
+    return p.stdout, seconds
+
+
+@dataclass
+class Kind:
+    env: dict[str, str]
+    initial_corefile: str
+    control_plane: str
+    times: dict[str, float] = field(default_factory=dict)
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                timeout: float = 120) -> str:
+        p = subprocess.run(["kubectl", *args], env=self.env, input=input, text=True,
+                           capture_output=True, timeout=timeout, check=False)
+        if check and p.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)}: exit {p.returncode}: {p.stderr}")
+        return p.stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json"))
+
+    def corefile(self) -> str:
+        return str(self.json("-n", "kube-system", "get", "configmap", "coredns")["data"][
+            "Corefile"])
+
+    def cluster_ip(self, namespace: str, name: str) -> str:
+        return str(self.json("-n", namespace, "get", "service", name)["spec"]["clusterIP"])
+
+    def aliasd_pods(self) -> list[dict[str, Any]]:
+        return list(self.json("-n", "aliasd-system", "get", "pods", "-l",
+                              "app.kubernetes.io/name=aliasd")["items"])
+
+    def settled(self, replicas: int = 2) -> bool:
+        """Exactly ``replicas`` aliasd pods, all Ready, none terminating."""
+        pods = self.aliasd_pods()
+        return len(pods) == replicas and all(
+            "deletionTimestamp" not in p["metadata"] and any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in p["status"].get("conditions", [])) for p in pods)
+
+    def wait_settled(self, replicas: int = 2) -> None:
+        wait_for(lambda: self.settled(replicas), timeout=180, interval=0.5,
+                 what=f"{replicas} ready aliasd pods and no terminating one")
+
+    def pod(self, name: str, image: str, command: list[str]) -> None:
+        """A pod on the control-plane node (never drained, never restarted)."""
+        self.kubectl("delete", "pod", name, "--ignore-not-found", "--wait=true")
+        spec = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {
+            "nodeName": self.control_plane, "restartPolicy": "Never",
+            "tolerations": [{"operator": "Exists"}], "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
+                            "command": command}]}}
+        self.kubectl("apply", "-f", "-", input=json.dumps(spec))
+        self.kubectl("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=120s")
+
+
+@pytest.fixture(scope="session")
+def kind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kind]:
+    tmp = tmp_path_factory.mktemp("kind")
+    log = tmp / "kind.log"
+    env = {**os.environ, "KUBECONFIG": str(tmp / "kubeconfig"), "KIND_CLUSTER_NAME": CLUSTER}
+    times: dict[str, float] = {}
+    out, times["hack/kind/build.sh"] = _run(["hack/kind/build.sh"], env=env, log=log,
+                                            what="hack/kind/build.sh", timeout=3600)
+    env_file = out.strip().splitlines()[-1]
+    dumped = subprocess.run(["bash", "-c", f'source "{env_file}" && env -0'], env=env,
+                            capture_output=True, check=True).stdout.decode()
+    env = dict(line.split("=", 1) for line in dumped.split("\0") if "=" in line)
+    subprocess.run(["kind", "delete", "cluster", "--name", CLUSTER], env=env,
+                   capture_output=True, check=False, timeout=120)
+    _, times["kind create cluster (3 nodes)"] = _run(
+        ["kind", "create", "cluster", "--config", "kind-config.yaml", "--name", CLUSTER,
+         "--image", env["KIND_NODE_IMAGE"]], env=env, log=log, what="kind create cluster",
+        timeout=600)
+    k = Kind(env=env, initial_corefile="", control_plane=f"{CLUSTER}-control-plane",
+             times=times)
+    k.initial_corefile = k.corefile()
+    try:
+        _, times["hack/kind-up.sh"] = _run(["hack/kind-up.sh"], env=env, log=log,
+                                           what="hack/kind-up.sh", timeout=900)
+        yield k
+    finally:
+        if os.environ.get("ALIASD_E2E_KEEP") != "1":
+            subprocess.run(["kind", "delete", "cluster", "--name", CLUSTER], env=env,
+                           capture_output=True, check=False, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def client(kind: Kind) -> str:
+    """A pod with dig and getent (the dig image kind-up uses)."""
+    kind.pod("client", kind.env["DIG_IMAGE"], ["sleep", "86400"])
+    return "client"
+
+
+@dataclass
+class Prober:
+    kind: Kind
+    name: str
+
+    def stop(self) -> dict[str, Any]:
+        self.kind.kubectl("exec", self.name, "--", "python", "-c",
+                          "open('/tmp/stop', 'w').close()")
+        wait_for(lambda: "RESULT " in self.kind.kubectl("logs", self.name), timeout=30,
+                 what=f"{self.name}'s result")
+        logs = self.kind.kubectl("logs", self.name)
+        result: dict[str, Any] = json.loads(logs.split("RESULT ", 1)[1])
+        result["fail_lines"] = [ln for ln in logs.splitlines() if ln.startswith("FAIL")][:20]
+        self.kind.kubectl("delete", "pod", self.name, "--wait=false")
+        return result
+
+
+def start_prober(kind: Kind, name: str, *, server: str, port: int = 53,
+                 qname: str = "my-fruits.internal", want: str, rate: int = 25) -> Prober:
+    """A pod querying ``server`` ``rate`` times a second until stopped."""
+    kind.pod(name, "aliasd:dev", ["python", "-c", PROBER, server, str(port), qname, want,
+                                  str(rate)])
+    return Prober(kind, name)

@@ -1,0 +1,148 @@
+"""Who may switch an override (issue 16, part 4), against the real API server:
+Kubernetes bearer tokens are reviewed (TokenReview) and each write authorized
+by RBAC (SubjectAccessReview on overrides.aliasd.io named after the alias);
+every write, allowed or refused, leaves an Event on the overrides ConfigMap."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aliasd_dev import LocalCluster
+from tests.helpers import AliasdProcess, a_records, events, http_json, run_aliasd, service, wait_for
+
+pytestmark = pytest.mark.cluster
+
+STATIC = "static-t0ken-for-standalone-hooks"
+
+
+def sa_token(cluster: LocalCluster, ns: str, name: str) -> str:
+    cluster.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
+    token: str = cluster.request(
+        "POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{name}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+         "spec": {"expirationSeconds": 3600}})["status"]["token"]
+    return token
+
+
+def allow(cluster: LocalCluster, ns: str, sa: str, names: list[str], verbs: list[str]) -> None:
+    """A Role in the overrides ConfigMap's namespace: these verbs on these aliases."""
+    rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}"
+    cluster.request("POST", f"{rbac}/roles", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": f"{sa}-overrides"},
+        "rules": [{"apiGroups": ["aliasd.io"], "resources": ["overrides"],
+                   "resourceNames": names, "verbs": verbs}]})
+    cluster.request("POST", f"{rbac}/rolebindings", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": f"{sa}-overrides"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                    "name": f"{sa}-overrides"},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]})
+
+
+@pytest.fixture
+def aliasd(cluster: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[AliasdProcess]:
+    (tmp_path / "token").write_text(STATIC + "\n")
+    args = ["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal",
+            "--namespaces", namespace, "--overrides-configmap", f"{namespace}/aliasd-overrides",
+            "--api-token-file", str(tmp_path / "token")]
+    with run_aliasd(args, tmp=tmp_path) as p:
+        yield p
+
+
+def trail(cluster: LocalCluster, ns: str) -> list[tuple[str, str]]:
+    return sorted(events(cluster, ns, "aliasd-overrides"))
+
+
+def test_rbac_decides_who_may_switch_which_name_and_every_write_leaves_an_event(
+        cluster: LocalCluster, namespace: str, aliasd: AliasdProcess) -> None:
+    ip = service(cluster, namespace, "valkey",
+                 alias="valkey-master.internal")["spec"]["clusterIP"]
+    other = service(cluster, namespace, "payments",
+                    alias="payments.internal")["spec"]["clusterIP"]
+    wait_for(lambda: a_records(aliasd, "payments.internal.") == [other], what="the aliases")
+    token = sa_token(cluster, namespace, "sentinel-hook")
+    allow(cluster, namespace, "sentinel-hook", ["valkey-master.internal"], ["update", "delete"])
+    hook = f"system:serviceaccount:{namespace}:sentinel-hook"
+
+    # Allowed for its one alias: switched, answered, and `by` names the account.
+    status, doc = http_json(aliasd, "PUT", "/v1/overrides/valkey-master.internal",
+                            {"addresses": ["10.0.0.7"], "ttl": 5}, token=token)
+    assert status == 201, doc
+    assert doc["by"] == hook and doc["updated"].endswith("Z")
+    assert a_records(aliasd, "valkey-master.internal.") == ["10.0.0.7"]
+    status, got = http_json(aliasd, "GET", "/v1/overrides/valkey-master.internal")
+    assert status == 200 and (got["by"], got["updated"]) == (hook, doc["updated"])
+
+    # Another name: 403, nothing changes.
+    status, doc = http_json(aliasd, "PUT", "/v1/overrides/payments.internal",
+                            {"addresses": ["10.6.6.6"]}, token=token)
+    assert status == 403, doc
+    assert doc["error"] == (f"{hook} may not update overrides.aliasd.io 'payments.internal' "
+                            f"in namespace {namespace} (RBAC)")
+    assert a_records(aliasd, "payments.internal.") == [other]
+
+    # A token the API server does not know: 401.
+    status, doc = http_json(aliasd, "PUT", "/v1/overrides/valkey-master.internal",
+                            {"addresses": ["10.6.6.6"]}, token=token[:-4] + "abcd")
+    assert status == 401 and doc["error"].startswith("the bearer token is not valid"), doc
+    assert a_records(aliasd, "valkey-master.internal.") == ["10.0.0.7"]
+
+    # The static token still works (standalone hooks), known by its address.
+    status, doc = http_json(aliasd, "PUT", "/v1/overrides/payments.internal",
+                            {"cname": "valkey-master"}, token=STATIC)
+    assert status == 201 and doc["by"] == "127.0.0.1", doc
+    status, _ = http_json(aliasd, "DELETE", "/v1/overrides/payments.internal", token=token)
+    assert status == 403
+    assert http_json(aliasd, "DELETE", "/v1/overrides/payments.internal", token=STATIC)[0] == 200
+    status, doc = http_json(aliasd, "DELETE", "/v1/overrides/valkey-master.internal",
+                            token=token)
+    assert status == 200 and doc["addresses"] == ["10.0.0.7"]
+    assert a_records(aliasd, "valkey-master.internal.") == [ip]
+
+    refused = f"(403: {hook} may not {{}} overrides.aliasd.io 'payments.internal' in " \
+              f"namespace {namespace} (RBAC))"
+    expected = sorted([
+        ("OverrideSet", f"{hook} set the override of valkey-master.internal.: none -> "
+                        f"10.0.0.7 (ttl 5)"),
+        ("OverrideRefused", f"{hook} was refused {refused.format('update')} to update the "
+                            f"override of payments.internal.; it stays none (asked: "
+                            f'{{"addresses": ["10.6.6.6"]}})'),
+        ("OverrideRefused", "an unauthenticated caller at 127.0.0.1 was refused (401: the "
+                            "bearer token is not valid: "),
+        ("OverrideSet", "127.0.0.1 set the override of payments.internal.: none -> "
+                        "valkey-master.internal. (ttl 30)"),
+        ("OverrideRefused", f"{hook} was refused {refused.format('delete')} to delete the "
+                            f"override of payments.internal.; it stays valkey-master.internal. "
+                            f"(ttl 30) (asked: none)"),
+        ("OverrideDeleted", "127.0.0.1 deleted the override of payments.internal.: "
+                            "valkey-master.internal. (ttl 30) -> none"),
+        ("OverrideDeleted", f"{hook} deleted the override of valkey-master.internal.: 10.0.0.7 "
+                            f"(ttl 5) -> none"),
+    ])
+
+    def matches() -> bool:
+        got = trail(cluster, namespace)
+        if len(got) != len(expected):
+            return False
+        # The 401's review error is the API server's wording: only its start is ours.
+        return all(g[0] == e[0] and (g[1] == e[1] or (e[1].endswith(": ")
+                                                      and g[1].startswith(e[1])))
+                   for g, e in zip(got, expected, strict=True))
+
+    wait_for(matches, timeout=20, what="one Event per write")
+    unauthenticated = next(m for _, m in trail(cluster, namespace) if "unauthenticated" in m)
+    assert unauthenticated.endswith('to update the override of valkey-master.internal.; it '
+                                    'stays 10.0.0.7 (ttl 5) (asked: {"addresses": '
+                                    '["10.6.6.6"]})')
+    # The Events belong to the ConfigMap (kubectl describe finds them by uid).
+    uid = cluster.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/"
+                          f"aliasd-overrides")["metadata"]["uid"]
+    items = cluster.request("GET", f"/api/v1/namespaces/{namespace}/events")["items"]
+    assert {e["involvedObject"]["uid"] for e in items
+            if e["involvedObject"]["name"] == "aliasd-overrides"} == {uid}
+    assert {e["type"] for e in items if e["reason"] == "OverrideRefused"} == {"Warning"}
