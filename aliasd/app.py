@@ -141,6 +141,10 @@ class App:
     def ready(self) -> bool:
         return all(s.synced for s in self.sources)
 
+    @property
+    def dns_cache_entries(self) -> int:
+        return self.dns.answerer.cache_size
+
     def load_state(self) -> State | None:
         """Read the state file: its claims are served until the sources sync.
         A malformed file is logged and ignored (the sources still work)."""

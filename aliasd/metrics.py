@@ -48,9 +48,17 @@ class StatusCollector(Collector):
             f"Time from a UDP query's arrival to its answer being ready, sampled (one query "
             f"in {LATENCY_SAMPLE})", buckets=buckets, sum_value=st.latency_sum)
         fp = CounterMetricFamily("aliasd_dns_fast_path_hits",
-                                 "Queries answered from the wire cache")
+                                 "Queries answered without the slow path (wire cache or "
+                                 "negative template)")
         fp.add_metric([], app.stats.fast_hits)
         yield fp
+        tp = CounterMetricFamily("aliasd_dns_template_hits",
+                                 "Of those, answers from an NXDOMAIN/NODATA/REFUSED/SERVFAIL "
+                                 "template")
+        tp.add_metric([], app.stats.template_hits)
+        yield tp
+        yield GaugeMetricFamily("aliasd_dns_cache_entries", "Answers in the wire cache "
+                                "(names that exist only)", value=app.dns_cache_entries)
         res = app.result
         yield GaugeMetricFamily("aliasd_aliases", "Aliases served", value=res.entry_count)
         yield GaugeMetricFamily("aliasd_alias_conflicts", "Claims that lost a name conflict",

@@ -69,6 +69,9 @@ class Status(Protocol):
     def stats(self) -> Stats: ...
 
     @property
+    def dns_cache_entries(self) -> int: ...
+
+    @property
     def sources(self) -> Sequence[Source]: ...
 
     @property

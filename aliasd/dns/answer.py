@@ -5,14 +5,31 @@ Two paths give byte-identical answers (a property test proves it):
 * the **slow path** parses with dnslib, looks the name up in the snapshot and
   packs a response with dnslib;
 * the **fast path** recognises the common query shape (one question, optional
-  OPT, no other records) from the raw bytes, finds a wire-format answer that
-  the slow path produced earlier for this snapshot, keyed by the lower-cased
-  question, and patches in the message ID, the RD/CD bits and the question as
-  asked (so 0x20 mixed case comes back exactly).
+  OPT, no other records) from the raw bytes and answers without dnslib:
+
+  - a name that exists: a wire-format answer that the slow path produced
+    earlier, keyed by the lower-cased question, patched with the message ID,
+    the RD/CD bits and the question as asked (so 0x20 mixed case comes back
+    exactly);
+  - an answer with nothing in the answer section (NXDOMAIN, NODATA, REFUSED,
+    SERVFAIL): one template per (anchor, rcode, EDNS shape), learnt from the
+    first slow answer of that shape, patched with the question; its
+    compression pointers are moved by the question's length (see
+    :class:`_Template`). No per-name entry: a flood of names that do not exist
+    leaves the cache alone (issue 15).
 
 The slow path always builds its answer for the lower-cased question and then
-splices the question bytes as asked back in; that is what makes the cached
-template valid for every casing of the same name.
+splices the question bytes as asked back in; that is what makes a cached
+answer valid for every casing of the same name.
+
+**What enters the cache, and what leaves it.** Only answers with a non-empty
+answer section for one of the types the zones serve: the qname exists, so the
+cache is bounded by the zone (names x served types x 3 EDNS shapes), whatever
+clients send. MAX_CACHE is a memory ceiling for zones larger than that
+(oldest entry out, all entries being real names, so a flood cannot use it).
+Across snapshots an entry survives unless a name it depended on changed (the
+qname, the owner of every RRset in it: CNAME chain, glue, the zone's SOA; and
+SRV/NS targets): :meth:`Answerer.evolve`.
 """
 
 from __future__ import annotations
@@ -32,6 +49,7 @@ from dnslib import EDNS0, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 from aliasd.zone import (
     AAAA,
     ANY,
+    ANY_PREFERENCE,
     AXFR,
     CNAME,
     IXFR,
@@ -55,7 +73,11 @@ CLASS_ANY = 255
 # RFC 6891 6.2.5 / DNS flag day 2020: advertise 1232 to avoid fragmentation.
 OUR_UDP_SIZE = 1232
 MAX_TCP = 65535
-MAX_CACHE = 100_000
+MAX_CACHE = 200_000
+# Types of the answers worth caching: the ones the registry builds (plus ANY).
+# Any other qtype at an existing name is NODATA (a template) or, at a CNAME, a
+# chased answer left to the slow path, so random qtypes cannot grow the cache.
+CACHED_QTYPES = frozenset((A, AAAA, CNAME, SRV, NS, SOA, ANY))
 BADVERS = 16
 AXFR_RRS_PER_MESSAGE = 500
 
@@ -63,6 +85,23 @@ _QR, _AA, _TC, _RD = 0x80, 0x04, 0x02, 0x01  # in header byte 2
 _CD = 0x10  # in header byte 3
 _COUNTS_NO_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _COUNTS_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+_OPT_HEAD = b"\x00\x00\x29"  # root owner, type OPT
+_AXFR, _IXFR = AXFR.to_bytes(2, "big"), IXFR.to_bytes(2, "big")
+# The last byte of a cache key: no EDNS, EDNS, EDNS with DO. Distinct, so a key
+# always names one question and one EDNS shape.
+_NO_EDNS, _EDNS, _EDNS_DO = b"\x01", b"\x00", b"\x80"
+
+Entry = tuple[tuple[bytes, bytes, bytes, bytes], bytes, str, str, int]
+"""A cached answer: header bytes 2-12 for each (RD, CD) of the query, what
+follows the question, rcode and qtype names (metrics), total length."""
+
+
+def _entry(out: bytes, qend: int, rcode: str, qtype: str) -> Entry:
+    f0, f1 = out[2] & ~_RD & 0xFF, out[3] & ~_CD & 0xFF
+    counts = out[4:12]
+    h = (bytes((f0, f1)) + counts, bytes((f0 | _RD, f1)) + counts,
+         bytes((f0, f1 | _CD)) + counts, bytes((f0 | _RD, f1 | _CD)) + counts)
+    return h, out[qend:], rcode, qtype, len(out)
 
 
 LATENCY_BUCKETS = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05)
@@ -77,7 +116,8 @@ class Stats:
 
     answers: Counter[tuple[str, str]] = field(default_factory=Counter)
     problems: Counter[str] = field(default_factory=Counter)
-    fast_hits: int = 0
+    fast_hits: int = 0  # answers without the slow path: cache and templates
+    template_hits: int = 0  # of which negative/refused templates
     slow: int = 0
     # Answer latency of one UDP query in LATENCY_SAMPLE (timing every query would
     # cost more than the fast path itself): counts per bucket, sum, count.
@@ -103,22 +143,18 @@ def qtype_name(qtype: int) -> str:
     return _QTYPE_NAMES.get(qtype, "other")
 
 
-@dataclass(frozen=True)
-class _Shape:
-    """What the fast parser learned about a query of the common shape."""
-
-    qend: int
-    key: bytes
-    limit: int
+Shape = tuple[int, bytes, int, int]
+"""What the fast parser learned: (end of the question, cache key, answer size
+limit, EDNS shape: 0 none, 1 OPT, 2 OPT with DO). A tuple, not a dataclass:
+it is built for every query."""
 
 
-def fast_shape(data: bytes, tcp: bool) -> _Shape | None:
+def fast_shape(data: bytes, tcp: bool) -> Shape | None:
     """Recognise ``QUERY, 1 question, [1 OPT v0]`` from the raw bytes, or None."""
     n = len(data)
     if n < 17 or data[2] & 0xFE or data[3] & 0x4F:
         # QR/opcode/AA/TC set, or Z/rcode bits set: not a plain query.
         return None
-    counts = data[4:12]
     i = 12
     while True:
         length = data[i]
@@ -132,10 +168,11 @@ def fast_shape(data: bytes, tcp: bool) -> _Shape | None:
     qend = i + 5
     if qend - 12 > 259 or qend > n:
         return None
+    counts = data[4:12]
     if counts == _COUNTS_NO_EDNS:
         if qend != n:
             return None
-        return _Shape(qend, data[12:qend].lower(), MAX_TCP if tcp else 512)
+        return qend, data[12:qend].lower() + _NO_EDNS, MAX_TCP if tcp else 512, 0
     if counts != _COUNTS_EDNS or n < qend + 11:
         return None
     if data[qend] != 0 or data[qend + 1] != 0 or data[qend + 2] != OPT or data[qend + 6] != 0:
@@ -152,9 +189,141 @@ def fast_shape(data: bytes, tcp: bool) -> _Shape | None:
     if j != end:
         return None
     udp = (data[qend + 3] << 8) | data[qend + 4]
-    do = data[qend + 7] & 0x80
-    limit = MAX_TCP if tcp else max(512, udp)
-    return _Shape(qend, data[12:qend].lower() + (b"\x80" if do else b"\x00"), limit)
+    if data[qend + 7] & 0x80:
+        return qend, data[12:qend].lower() + _EDNS_DO, MAX_TCP if tcp else max(512, udp), 2
+    return qend, data[12:qend].lower() + _EDNS, MAX_TCP if tcp else max(512, udp), 1
+
+
+def wire_name(wire: bytes) -> str | None:
+    """``b"\\x03www\\x08internal\\x00..."`` → ``"www.internal."``; None when a label
+    holds a dot (that name could pose as another one) or is not UTF-8 (dnslib
+    refuses it: FORMERR): the slow path takes those."""
+    labels = []
+    i = 0
+    length = wire[0]
+    while length:
+        labels.append(wire[i + 1:i + 1 + length])
+        i += length + 1
+        length = wire[i]
+    if not labels:
+        return "."
+    text = b".".join(labels)
+    if text.count(b".") != len(labels) - 1:
+        return None
+    try:
+        return text.decode() + "."
+    except UnicodeDecodeError:
+        return None
+
+
+class _Template:
+    """The answer with an empty answer section for one (anchor, rcode, EDNS
+    shape), learnt from a slow answer whose question ended at ``qend``.
+
+    What follows the question (the zone's SOA in the authority section, the
+    OPT) compresses its names against the question: dnslib points each one at
+    the longest suffix it shares with the question. The *anchor* is the
+    longest suffix of the qname shared with any name in that tail (the zone,
+    or e.g. ``ns.<zone>`` for names under it), so for every qname with the
+    same anchor the pointers land in the anchor or the tail itself, both at
+    the same distance from the end of the question: moving every pointer by
+    the difference in question length gives the slow path's bytes exactly (the
+    property test in tests/unit/test_fastpath.py holds it)."""
+
+    __slots__ = ("_pointers", "_qend", "_tail", "headers", "rcode", "tails")
+
+    def __init__(self, answer: bytes, qend: int, pointers: tuple[int, ...]) -> None:
+        self.rcode = Rcode(answer[3] & 0xF).name
+        self.headers = _entry(answer, qend, self.rcode, "")[0]
+        self._qend = qend
+        self._tail = answer[qend:]
+        self._pointers = pointers
+        self.tails: dict[int, bytes] = {qend: self._tail}
+
+    def tail(self, qend: int) -> bytes:
+        """The tail for a question ending at ``qend`` (at most ~250 of them)."""
+        out = bytearray(self._tail)
+        shift = qend - self._qend
+        for p in self._pointers:
+            target = ((out[p] & 0x3F) << 8 | out[p + 1]) + shift
+            out[p], out[p + 1] = 0xC0 | target >> 8, target & 0xFF
+        tail = self.tails[qend] = bytes(out)
+        return tail
+
+    @classmethod
+    def learn(cls, answer: bytes, qend: int, anchor_start: int) -> _Template | None:
+        """A template from a slow answer, or None if its tail is not of the
+        form the patching reproduces (then that shape stays on the slow path)."""
+        if answer[2] & _TC or answer[6:8] != b"\x00\x00":
+            return None
+        pointers: list[int] = []
+        pos = qend
+
+        def name() -> bool:
+            nonlocal pos
+            while pos < len(answer):
+                length = answer[pos]
+                if length == 0:
+                    pos += 1
+                    return True
+                if length & 0xC0 == 0xC0:
+                    target = (length & 0x3F) << 8 | answer[pos + 1]
+                    # Into the anchor or the tail only, never the rest of the qname.
+                    if not (anchor_start <= target < qend - 4 or qend <= target < pos):
+                        return False
+                    pointers.append(pos - qend)
+                    pos += 2
+                    return True
+                if length > 63:
+                    return False
+                pos += 1 + length
+            return False
+
+        nscount = (answer[8] << 8) | answer[9]
+        arcount = (answer[10] << 8) | answer[11]
+        for _ in range(nscount):  # the zone's SOA
+            if not name() or answer[pos:pos + 2] != b"\x00\x06":
+                return None
+            pos += 10
+            if not (name() and name()):
+                return None
+            pos += 20
+        if arcount:  # the OPT: root name, fixed fields, no options
+            if arcount != 1 or answer[pos:pos + 3] != b"\x00\x00\x29":
+                return None
+            pos += 11
+        if pos != len(answer):
+            return None
+        return cls(answer, qend, tuple(pointers))
+
+
+@dataclass(frozen=True)
+class _ZoneKey:
+    """A served zone as the negative fast path sees it."""
+
+    origin: str
+    dotted: str  # "." + origin: the suffix test
+    # Suffixes of the SOA's names strictly inside the zone (e.g. ns.<zone>,
+    # hostmaster.<zone>), longest first, each with its dotted form: the anchors.
+    anchors: tuple[tuple[str, str], ...]
+
+
+def _zone_keys(snapshot: Snapshot) -> tuple[_ZoneKey, ...]:
+    out = []
+    for z in snapshot.zones:
+        soa = z.soa.rdata[0]
+        assert isinstance(soa, SoaData)
+        found = set()
+        for n in (soa.mname, soa.rname):
+            labels = n.rstrip(".").split(".")
+            for i in range(len(labels)):
+                suffix = ".".join(labels[i:]) + "."
+                if suffix.endswith("." + z.origin) and suffix != z.origin:
+                    found.add(suffix)
+        anchors = tuple((a, "." + a) for a in sorted(found, key=len, reverse=True))
+        out.append(_ZoneKey(z.origin, "." + z.origin, anchors))
+    # Most specific zone first, as Snapshot.find_zone chooses.
+    return tuple(sorted(out, key=lambda k: len(k.origin), reverse=True))
 
 
 @dataclass
@@ -162,12 +331,14 @@ class _Variants:
     """Cached answers of a weighted name, one per variant, filled as drawn."""
 
     group: Weighted
-    wires: list[tuple[bytes, str, str] | None]
+    wires: list[Entry | None]
 
 
 class Answerer:
-    """Answers queries from one snapshot. A new snapshot gets a new Answerer
-    (and so an empty answer cache); nothing here is ever mutated by an update."""
+    """Answers queries from one snapshot. A new snapshot gets a new Answerer;
+    :meth:`evolve` hands it the cached answers that are still right. Nothing a
+    query can see is ever half-updated: the successor is complete before the
+    server's one reference is swapped."""
 
     def __init__(
         self,
@@ -180,7 +351,43 @@ class Answerer:
         self.stats = stats
         self.allow_transfer = tuple(allow_transfer)
         # question → answer template; for a weighted name, one template per variant.
-        self._cache: dict[bytes, tuple[bytes, str, str] | _Variants] = {}
+        self._cache: dict[bytes, Entry | _Variants] = {}
+        # question → the names its answer depended on, and name → those questions.
+        self._deps: dict[bytes, tuple[str, ...]] = {}
+        self._dependents: dict[str, set[bytes]] = {}
+        # (anchor, rcode, EDNS shape) → template; they carry the SOA serial, so
+        # they are per snapshot (learnt again after a swap: one slow answer each).
+        self._templates: dict[tuple[str, int, int], _Template | None] = {}
+        self._zones = _zone_keys(snapshot)
+
+    @property
+    def cache_size(self) -> int:
+        return len(self._cache)
+
+    def evolve(self, snapshot: Snapshot, changed: frozenset[str] | None) -> Answerer:
+        """The Answerer for ``snapshot``, keeping every cached answer that depended
+        on no name in ``changed`` (None: anything may have changed, keep nothing).
+
+        Takes this Answerer's cache (no copy: the work is proportional to what
+        changed), so this one answers on through the slow path from now on."""
+        new = Answerer(snapshot, stats=self.stats, allow_transfer=self.allow_transfer)
+        old = self.snapshot
+        if (changed is None or old.ready != snapshot.ready
+                or [(z.origin, z.ns) for z in old.zones]
+                != [(z.origin, z.ns) for z in snapshot.zones]):
+            return new
+        # Answers carrying a SOA (negatives after a CNAME, SOA/ANY at the apex)
+        # depend on the zone origin; the serial changes with every snapshot.
+        gone = set(changed)
+        gone.update(z.origin for z, was in zip(snapshot.zones, old.zones, strict=True)
+                    if z.soa != was.soa)
+        cache, deps, dependents = self._cache, self._deps, self._dependents
+        self._cache, self._deps, self._dependents = {}, {}, {}
+        for name in gone:
+            for key in dependents.pop(name, ()):
+                _forget(key, cache, deps, dependents)
+        new._cache, new._deps, new._dependents = cache, deps, dependents
+        return new
 
     # ---- entry points ------------------------------------------------------
 
@@ -188,28 +395,120 @@ class Answerer:
         """The answer to one query, or None when it must be dropped."""
         if type(data) is not bytes:
             data = bytes(data)
+        n = len(data)
+        # A cached answer, the question's end found from the length alone: no
+        # EDNS (it ends the message) or an OPT without options (the last 11
+        # bytes). The key equals a cached one only if these bytes are, up to
+        # ASCII case, a question that fast_shape accepted (length bytes < 0x41
+        # do not change with case), so nothing is parsed twice.
+        if n > 16 and not data[2] & 0xFE and not data[3] & 0x4F:
+            counts = data[4:12]
+            if counts == _COUNTS_NO_EDNS:
+                qend = n
+                entry = self._cache.get(data[12:].lower() + _NO_EDNS)
+                limit = MAX_TCP if tcp else 512
+            elif (counts == _COUNTS_EDNS and data[n - 11:n - 8] == _OPT_HEAD
+                  and not data[n - 5] and not data[n - 2] and not data[n - 1]):
+                qend = n - 11
+                entry = self._cache.get(data[12:qend].lower()
+                                        + (_EDNS_DO if data[n - 4] & 0x80 else _EDNS))
+                limit = MAX_TCP if tcp else max(512, data[n - 8] << 8 | data[n - 7])
+            else:
+                entry = None
+            if type(entry) is tuple and entry[4] <= limit:
+                stats = self.stats
+                stats.fast_hits += 1
+                stats.answers[(entry[2], entry[3])] += 1
+                return (data[:2] + entry[0][(data[2] & _RD) | (data[3] & _CD) >> 3]
+                        + data[12:qend] + entry[1])
         shape = fast_shape(data, tcp)
         variant = None
+        learn: tuple[str, int, int] | None = None
         if shape is not None:
-            entry = self._cache.get(shape.key)
-            if isinstance(entry, _Variants):  # weighted: a fresh draw for every query
+            qend, key, limit, edns = shape
+            entry = self._cache.get(key)
+            hit: Entry | None = None
+            if entry is None:
+                negative = self._negative(key, qend)
+                if negative is not None:
+                    learn = (negative[0], negative[1], edns)
+                    t = self._templates.get(learn)
+                    if t is not None:
+                        tail = t.tails.get(qend) or t.tail(qend)
+                        if qend + len(tail) <= limit:
+                            stats = self.stats
+                            stats.fast_hits += 1
+                            stats.template_hits += 1
+                            stats.answers[(t.rcode, negative[2])] += 1
+                            return (data[:2] + t.headers[(data[2] & _RD) | (data[3] & _CD) >> 3]
+                                    + data[12:qend] + tail)
+                        learn = None
+                    elif learn in self._templates:
+                        learn = None  # that shape cannot be templated: slow path
+            elif isinstance(entry, _Variants):  # weighted: a fresh draw for every query
                 variant = entry.group.pick(random.random())
                 hit = entry.wires[variant]
             else:
                 hit = entry
-            if hit is not None and len(hit[0]) <= shape.limit:
-                tmpl, rcode, qtype = hit
+            if hit is not None and hit[4] <= limit:
                 self.stats.fast_hits += 1
-                self.stats.answers[(rcode, qtype)] += 1
-                return (data[:2] + bytes((tmpl[2] | (data[2] & _RD), tmpl[3] | (data[3] & _CD)))
-                        + tmpl[4:12] + data[12:shape.qend] + tmpl[shape.qend:])
+                self.stats.answers[(hit[2], hit[3])] += 1
+                return (data[:2] + hit[0][(data[2] & _RD) | (data[3] & _CD) >> 3]
+                        + data[12:qend] + hit[1])
         try:
             out = self._slow(data, tcp=tcp, client=client, shape=shape, variant=variant)
         except Exception:  # no input may take the server down; count and drop
             log.exception("internal error answering a query")
             self.stats.problems["internal_error"] += 1
             return None
-        return out[0] if out else None
+        if not out:
+            return None
+        if learn is not None and shape is not None:
+            anchor_start = shape[0] - 4 - (len(learn[0]) + 1 if learn[0] else 0)
+            self._templates[learn] = _Template.learn(out[0], shape[0], anchor_start)
+        return out[0]
+
+    def _negative(self, key: bytes, qend: int) -> tuple[str, int, str] | None:
+        """(anchor, rcode, qtype name) when the answer to the question in ``key``
+        has an empty answer section (NXDOMAIN, NODATA, REFUSED, SERVFAIL), else
+        None. Mirrors :meth:`Snapshot.lookup` for exactly those cases."""
+        qlen = qend - 16
+        qtype = key[qlen] << 8 | key[qlen + 1]
+        qclass = key[qlen + 2] << 8 | key[qlen + 3]
+        if qclass != CLASS_IN or qtype in (AXFR, IXFR):
+            return None
+        name = wire_name(key)
+        if name is None:
+            return None
+        snap = self.snapshot
+        for zone in self._zones:
+            if name == zone.origin or name.endswith(zone.dotted):
+                break
+        else:
+            return "", Rcode.REFUSED, qtype_name(qtype)
+        if not snap.ready:
+            return "", Rcode.SERVFAIL, qtype_name(qtype)
+        if name not in snap.names:
+            rcode = Rcode.NXDOMAIN
+        else:
+            if name in snap.unusable:
+                return "", Rcode.SERVFAIL, qtype_name(qtype)
+            if name in snap.weighted:
+                return None
+            sets = snap.rrsets.get(name)
+            if sets:
+                if qtype == ANY:
+                    if any(t in sets for t in ANY_PREFERENCE):
+                        return None
+                elif qtype in sets or CNAME in sets:
+                    return None
+            rcode = Rcode.NOERROR
+        anchor = zone.origin
+        for candidate, dotted in zone.anchors:
+            if name == candidate or name.endswith(dotted):
+                anchor = candidate
+                break
+        return anchor, rcode, qtype_name(qtype)
 
     def answer_slow(self, data: bytes, *, tcp: bool = False, client: str = "") -> bytes | None:
         """The slow path alone, bypassing and not filling the wire cache."""
@@ -218,6 +517,11 @@ class Answerer:
 
     def respond_tcp(self, data: bytes, *, client: str = "") -> list[bytes]:
         """Like :meth:`respond`, but a zone transfer may take several messages."""
+        shape = fast_shape(data, True)
+        if shape is not None and data[shape[0] - 4:shape[0] - 2] not in (_AXFR, _IXFR):
+            # The common shape and not a transfer: no dnslib parse to find out.
+            out = self.respond(data, tcp=True, client=client)
+            return [out] if out is not None else []
         try:
             transfer = self._transfer(data, client)
         except Exception:
@@ -256,7 +560,7 @@ class Answerer:
             return None, self._error(data, Rcode.FORMERR, "formerr_multiple_opt")
         return req, None
 
-    def _slow(self, data: bytes, *, tcp: bool, client: str, shape: _Shape | None,
+    def _slow(self, data: bytes, *, tcp: bool, client: str, shape: Shape | None,
               variant: int | None = None) -> list[bytes]:
         self.stats.slow += 1
         req, err = self._parse(data)
@@ -313,17 +617,28 @@ class Answerer:
             resp.rr, resp.auth = [], []
             resp.ar = [rr for rr in resp.ar if rr.rtype == OPT]
             out = self._finish(resp, data, limit)
-        elif cacheable and shape is not None and len(self._cache) < MAX_CACHE:
-            tmpl = b"\x00\x00" + bytes((out[2] & ~_RD & 0xFF, out[3] & ~_CD & 0xFF)) + out[4:]
+        elif cacheable and shape is not None and lookup.answer and q.qtype in CACHED_QTYPES:
+            # Admission by existence: a non-empty answer section means the qname
+            # exists, so what enters is bounded by the zone (issue 15).
+            key = shape[1]
+            entry = _entry(out, shape[0], rcode_n, qtype_n)
+            if key not in self._cache:
+                if len(self._cache) >= MAX_CACHE:  # memory ceiling only: oldest out
+                    _forget(next(iter(self._cache)), self._cache, self._deps,
+                            self._dependents)
+                deps = _dependencies(str(qname).lower(), lookup)
+                self._deps[key] = deps
+                for name in deps:
+                    self._dependents.setdefault(name, set()).add(key)
             if lookup.variant is None:
-                self._cache[shape.key] = (tmpl, rcode_n, qtype_n)
+                self._cache[key] = entry
             else:
                 group = self.snapshot.weighted[str(qname).lower()]
-                cached = self._cache.get(shape.key)
+                cached = self._cache.get(key)
                 if not isinstance(cached, _Variants):
                     cached = _Variants(group, [None] * len(group.variants))
-                    self._cache[shape.key] = cached
-                cached.wires[lookup.variant] = (tmpl, rcode_n, qtype_n)
+                    self._cache[key] = cached
+                cached.wires[lookup.variant] = entry
         self.stats.answers[(rcode_n, qtype_n)] += 1
         return [out]
 
@@ -377,6 +692,35 @@ class Answerer:
             out.append(msg.pack())
         self.stats.answers[("NOERROR", qtype_name(q.qtype))] += 1
         return out
+
+
+def _forget(key: bytes, cache: dict[bytes, Entry | _Variants],
+            deps: dict[bytes, tuple[str, ...]], dependents: dict[str, set[bytes]]) -> None:
+    """Drop one cached answer and its dependency edges."""
+    cache.pop(key, None)
+    for name in deps.pop(key, ()):
+        keys = dependents.get(name)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del dependents[name]
+
+
+def _dependencies(qname: str, lookup: Lookup) -> tuple[str, ...]:
+    """Every name an answer was read from: the qname and the owners of its
+    RRsets (the CNAME chain, glue, the zone's SOA when a chase ended in a
+    negative), plus SRV/NS targets, whose addresses may appear as glue later.
+    A CNAME target that was chased is in the chain or ended in the SOA; one
+    that was not (outside the zones, a loop) was not read."""
+    names = {qname}
+    for section in (lookup.answer, lookup.authority, lookup.additional):
+        for rrset in section:
+            names.add(rrset.name)
+            if rrset.rtype == NS:
+                names.update(rd for rd in rrset.rdata if isinstance(rd, str))
+            elif rrset.rtype == SRV:
+                names.update(rd[3] for rd in rrset.rdata if isinstance(rd, tuple))
+    return tuple(names)
 
 
 def _question_len(data: bytes) -> int:

@@ -53,11 +53,11 @@ class DnsServer:
     def swap(self, snapshot: Snapshot, changed: frozenset[str] | None = None) -> None:
         """Serve ``snapshot`` from the next query on (one reference assignment).
 
-        ``changed``: the normalized owner names whose answers may differ from the
-        previous snapshot (None: anything may have); answers cached for other
-        names could be kept (not yet: every swap starts a fresh answerer)."""
-        self.answerer = Answerer(snapshot, stats=self.stats,
-                                 allow_transfer=self.config.allow_transfer)
+        ``changed``: the normalized owner names whose RRsets, weighted group or
+        unusable status differ from the snapshot served until now; cached
+        answers that depended on none of them survive. None (the default):
+        anything may have changed, start with an empty cache."""
+        self.answerer = self.answerer.evolve(snapshot, changed)
 
     @property
     def address(self) -> tuple[str, int]:

@@ -195,7 +195,7 @@ def test_explicit_coredns_custom_mode_on_a_kubeadm_corefile_is_refused(
         cluster: LocalCluster) -> None:
     r = cli("coredns", "apply", "--kubeconfig", str(cluster.kubeconfig), "--coredns-mode",
             "coredns-custom", "--forward-to", "127.0.0.1:5999")
-    assert r.returncode == 1
+    assert r.returncode == 2  # an error, not "a change is pending" (diff(1) convention)
     assert r.stderr == ("aliasd: error: kube-system/coredns has no Corefile that imports "
                         "custom/*.server, so server blocks in kube-system/coredns-custom would "
                         "not be served; use --coredns-mode corefile (or auto)\n")
