@@ -262,7 +262,7 @@ def test_the_image_command_works_under_the_service_account(
         status, ready = p.http("/readyz")
         assert status == 200 and ready["coredns"]["error"] is None
         assert ready["coredns"]["targets"] == ["kube-system/coredns"]
-        assert not re.search(r"403|[Ff]orbidden", p.logs()), p.logs()
+        assert not re.search(r"\b403\b|[Ff]orbidden", p.logs()), p.logs()
     remove = subprocess.run([*ALIASD_SCRIPT, "coredns", "remove"], env=env,
                             capture_output=True, text=True, timeout=60, check=False)
     assert remove.returncode == 0, remove.stderr
