@@ -1,72 +1,30 @@
 """The README walkthroughs "Migrating a service" and "Failover with an HTTP
-switch", run as written: each ``walkthrough: steps`` block goes to bash with
-the real kubectl, curl, jq and dig against the local control plane and CoreDNS.
-A line ``CMD  # => EXPECTED`` must print EXPECTED (retried for up to 20 s: DNS
-follows the API server within moments, not instantly). The ``setup`` blocks
-are what this test provides itself (a kind pod for ``ask``, a port-forward)."""
+switch", run as written (tests/walkthrough.py): each ``walkthrough: steps``
+block goes to bash with the real kubectl, curl, jq and dig against the local
+control plane and CoreDNS. The ``setup`` blocks are what this test provides
+itself (a kind pod for ``ask``, a port-forward); tests/e2e/test_walkthroughs.py
+runs both blocks as written in kind."""
 
 from __future__ import annotations
 
 import os
-import re
-import shlex
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from aliasd_dev import LocalCluster, free_udp_tcp_port
+from tests import walkthrough
 from tests.coredns.test_migration import datacenter
 from tests.coredns.test_wiring import coredns, lease_ns, wired
-from tests.helpers import ROOT, AliasdProcess, run_aliasd
+from tests.helpers import AliasdProcess, run_aliasd
 
 pytestmark = pytest.mark.cluster
 __all__ = ["coredns", "datacenter", "lease_ns"]  # fixtures these tests use
 
-CHECK = r'''
-check() {  # check CMD EXPECTED: retry until CMD prints EXPECTED (20 s)
-  local got="" want=""
-  for _ in $(seq 100); do
-    want=$(eval "echo \"$2\"" 2>&1) || true
-    got=$(eval "$1" 2>&1) || true
-    if [[ "$got" == "$want" ]]; then echo "ok: $1"; return 0; fi
-    sleep 0.2
-  done
-  printf 'FAILED: %s\n  want: %s\n  got:  %s\n' "$1" "$want" "$got"
-  return 1
-}
-'''
-
-
-def steps(title: str) -> list[str]:
-    """The ``walkthrough: steps`` blocks of README section ``## title``."""
-    text = (ROOT / "README.md").read_text()
-    start = text.index(f"\n## {title}\n")
-    end = text.find("\n## ", start + 1)
-    section = text[start:end if end != -1 else len(text)]
-    found = re.findall(r"<!-- walkthrough: steps -->\n```sh\n(.*?)\n```", section, re.S)
-    assert found, f"no steps in README section {title!r}"
-    return list(found)
-
-
-def script(block: str) -> str:
-    out = []
-    for line in block.splitlines():
-        cmd, sep, want = line.partition("# => ")
-        out.append(f"check {shlex.quote(cmd.strip())} {shlex.quote(want.strip())}"
-                   if sep else line)
-    return "\n".join(out)
-
-
 def run(cluster: LocalCluster, prelude: str, block: str, tmp: Path) -> str:
-    path = tmp / "walkthrough.sh"
-    path.write_text(f"set -euo pipefail\n{CHECK}\n{prelude}\n{script(block)}\n")
     env = {**os.environ, "PATH": f"{cluster.bin_dir}:{os.environ['PATH']}",
            "KUBECONFIG": str(cluster.kubeconfig)}
-    done = subprocess.run(["bash", str(path)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
-    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
-    return done.stdout
+    return walkthrough.run(prelude, block, env=env, tmp=tmp)
 
 
 def ask(cluster: LocalCluster) -> str:
@@ -79,7 +37,7 @@ def test_readme_migrating_a_service(coredns: LocalCluster, datacenter: AliasdPro
     port = free_udp_tcp_port()
     with run_aliasd(wired(coredns, port), tmp=tmp_path, dns_port=port,
                     env={"ALIASD_ALLOW_TAKEOVER": "example.com"}):
-        (block,) = steps("Migrating a service")
+        (block,) = walkthrough.blocks("Migrating a service")
         out = run(coredns, ask(coredns), block, tmp_path)
     assert out.count("ok: ") == block.count("# => ") == 6
 
@@ -92,7 +50,7 @@ def test_readme_failover_with_an_http_switch(coredns: LocalCluster, lease_ns: st
                     tmp=tmp_path, dns_port=port) as p:
         prelude = (f"{ask(coredns)}\nALIASD=http://127.0.0.1:{p.http_port}\n"
                    "TOKEN=walkthrough-token")
-        (block,) = steps("Failover with an HTTP switch")
+        (block,) = walkthrough.blocks("Failover with an HTTP switch")
         out = run(coredns, prelude, block, tmp_path)
         assert ("127.0.0.1 set the override of valkey-master.internal.: none -> 10.0.0.7 "
                 "(ttl 5)") in p.logs()
