@@ -161,12 +161,16 @@ build_image() {  # build_image TAG DOCKERFILE CONTEXT [docker build args...]
 }
 fresh_ctx() { rm -rf "$ctx/$1"; mkdir -p "$ctx/$1/bin"; echo "$ctx/$1"; }
 
-step "stand-in images (dig pod image, python:3.12-slim)"
+step "stand-in images (dig pod image, python:3.12-slim, agnhost)"
 dig_image="aliasd.local/dnsutils:$(inputs_hash "$here/images/dnsutils.Dockerfile")"
 build_image "$dig_image" "$here/images/dnsutils.Dockerfile" "$(fresh_ctx dnsutils)"
 c="$(fresh_ctx python)"; cp "${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}" "$c/ca-certificates.crt"
 base_image="aliasd.local/python:$(inputs_hash "$here/images/python.Dockerfile" "$c/ca-certificates.crt")"
 build_image "$base_image" "$here/images/python.Dockerfile" "$c"
+# The pod the README's walkthroughs run `dig` in, under the name they use
+# (tests/e2e/test_walkthroughs.py loads it into the cluster).
+build_image "registry.k8s.io/e2e-test-images/agnhost:2.39" "$here/images/agnhost.Dockerfile" \
+  "$(fresh_ctx agnhost)" --build-arg "DIG_IMAGE=$dig_image"
 done_step
 
 step "images kubeadm ${K8S_VERSION} needs"

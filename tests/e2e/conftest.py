@@ -31,12 +31,13 @@ def say(line: str) -> None:
 
 @pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The kind tests share one cluster and run in the order written (each builds
-    on what the one before left; the last uninstalls aliasd), after every other
-    test, whatever order the rest runs in."""
+    """The kind tests share one cluster and run in the order written, file by
+    file (each builds on what the one before left), the one marked ``uninstall``
+    last, after every other test, whatever order the rest runs in."""
     here = Path(__file__).parent
     e2e = sorted((i for i in items if Path(str(i.path)).parent == here),
-                 key=lambda i: (str(i.path), i.location[1] or 0))
+                 key=lambda i: (i.get_closest_marker("uninstall") is not None,
+                                str(i.path), i.location[1] or 0))
     items[:] = [i for i in items if Path(str(i.path)).parent != here] + e2e
 
 
@@ -105,16 +106,19 @@ class Kind:
         wait_for(lambda: self.settled(replicas), timeout=180, interval=0.5,
                  what=f"{replicas} ready aliasd pods and no terminating one")
 
-    def pod(self, name: str, image: str, command: list[str]) -> None:
+    def pod(self, name: str, image: str, command: list[str], *, namespace: str = "default",
+            service_account: str = "default") -> None:
         """A pod on the control-plane node (never drained, never restarted)."""
-        self.kubectl("delete", "pod", name, "--ignore-not-found", "--wait=true")
+        ns = ["-n", namespace]
+        self.kubectl(*ns, "delete", "pod", name, "--ignore-not-found", "--wait=true")
         spec = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {
             "nodeName": self.control_plane, "restartPolicy": "Never",
+            "serviceAccountName": service_account,
             "tolerations": [{"operator": "Exists"}], "terminationGracePeriodSeconds": 1,
             "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
                             "command": command}]}}
-        self.kubectl("apply", "-f", "-", input=json.dumps(spec))
-        self.kubectl("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=120s")
+        self.kubectl(*ns, "apply", "-f", "-", input=json.dumps(spec))
+        self.kubectl(*ns, "wait", "--for=condition=Ready", f"pod/{name}", "--timeout=120s")
 
 
 @pytest.fixture(scope="session")
