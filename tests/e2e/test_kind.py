@@ -6,6 +6,7 @@ aliasd at two ready replicas (the last one removes it)."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -160,6 +161,43 @@ def test_zero_failed_lookups_deleting_the_lease_holder(kind: Kind, fruits_ip: st
           f"{time.monotonic() - t0:.2f} s")
 
 
+def hoeffding_bound(tries: int) -> float:
+    """Most lookups that may fail, of ``tries`` whose first try failed, when
+    a second try reaches a live replica with probability >= 1/2: at most
+    tries/2 + sqrt(tries * ln(1e6) / 2) except with probability 1e-6."""
+    return tries / 2 + math.sqrt(tries * math.log(1e6) / 2)
+
+
+def test_kill_9_of_the_leader(kind: Kind, fruits_ip: str) -> None:
+    """SIGKILL of the leader's aliasd (no lame duck, no Lease release): the
+    kubelet restarts the container in the same pod, which keeps its IP, so a
+    query routed there is refused at once (ICMP) until aliasd listens again
+    (from the state file on its emptyDir) or the endpoint is dropped.
+    CoreDNS's forward retries a refused upstream on a new socket (a new
+    kube-proxy draw) for up to 5 s, a stub resolver tries twice: a lookup fails
+    only if every try lands on the dead pod. Counts reported, bounded."""
+    wait_for(lambda: lease_holder(kind), timeout=60, what="a Lease holder")
+    holder = lease_holder(kind)
+    pod = kind.json("-n", "aliasd-system", "get", "pod", holder.rsplit("_", 1)[0])
+    container = pod["status"]["containerStatuses"][0]
+    via_coredns, direct = probers(kind, fruits_ip)
+    # No shell or pkill in the image, and PID 1 of a container ignores signals
+    # from inside it: kill its task from the node, as the kernel's OOM killer would.
+    subprocess.run(["docker", "exec", pod["spec"]["nodeName"], "ctr", "-n", "k8s.io", "task",
+                    "kill", "-s", "SIGKILL", container["containerID"].split("://", 1)[1]],
+                   env=kind.env, check=True, capture_output=True, timeout=60)
+    wait_for(lambda: lease_holder(kind) not in ("", holder), timeout=90,
+             what="the Lease to expire and be taken again")
+    kind.wait_settled()
+    restarted = kind.json("-n", "aliasd-system", "get", "pod", pod["metadata"]["name"])
+    assert restarted["status"]["containerStatuses"][0]["restartCount"] == (
+        container["restartCount"] + 1)
+    a, b = via_coredns.stop(), direct.stop()
+    report("kill -9 of the leader", via_coredns=a, direct=b)
+    for r in (a, b):
+        assert r["failed"] <= hoeffding_bound(r["first_try_failed"]), r
+
+
 def test_coredns_restart_costs_aliasd_nothing(kind: Kind, fruits_ip: str) -> None:
     via_coredns, direct = probers(kind, fruits_ip)
     kind.kubectl("-n", "kube-system", "rollout", "restart", "deployment/coredns")
@@ -225,6 +263,7 @@ def aliasd_cli(kind: Kind, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60, check=False)
 
 
+@pytest.mark.uninstall
 def test_coredns_diff_and_remove(kind: Kind) -> None:
     """Last: uninstall the way the README says, the Corefile byte for byte back."""
     assert aliasd_cli(kind, "coredns", "diff").returncode == 0  # nothing pending
