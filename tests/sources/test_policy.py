@@ -209,6 +209,13 @@ def test_tenants_cannot_edit_their_own_namespace(cluster: LocalCluster,
                   grab) == 403
     ns = cluster.request("GET", f"/api/v1/namespaces/{namespace}")
     assert ns["metadata"]["annotations"][ANNOTATION] == f"*.{namespace}.internal"
+    # Nor do the built-in admin/edit/view roles (the rules they aggregate) write Namespaces.
+    for role in ("admin", "edit", "view"):
+        rules = cluster.request("GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles/"
+                                f"system:aggregate-to-{role}")["rules"]
+        verbs = {v for r in rules if {"namespaces", "*"} & set(r.get("resources", []))
+                 for v in r["verbs"]}
+        assert verbs <= {"get", "list", "watch"}, (role, verbs)
 
     # The caveat the README states: a Role in the namespace that covers the
     # resource "namespaces" (here every resource, "*") does reach the Namespace
