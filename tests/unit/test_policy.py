@@ -4,16 +4,20 @@ re-validating only the namespace whose policy changed."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from aliasd import engine as engine_module
 from aliasd import registry
+from aliasd.app import _save as save_state
 from aliasd.engine import KEY_SEP, Engine
 from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner
 from aliasd.policy import NamePolicy, Pattern, parse_allowed, parse_pattern
 from aliasd.registry import TakeoverPolicy, ZoneConfig
+from aliasd.state import StateFile
 
 ZONE = "internal."
 
@@ -187,3 +191,18 @@ def test_namespace_change_revalidates_only_that_namespace(
                                    annotations=eng.annotations)
     assert scratch.entries == eng.result.entries
     assert scratch.invalid == eng.result.invalid
+
+
+def test_denied_claims_are_not_written_to_the_state_file(tmp_path: Path) -> None:
+    # The state file is served at start, before the Namespaces are read: a
+    # denied claim in it would be served.
+    eng = Engine(CFG, serial=1)
+    eng.set(f"kubernetes{KEY_SEP}svc/shop/a", [claim("api.shop.internal", "shop")])
+    eng.set(f"kubernetes{KEY_SEP}svc/shop/b", [claim("payments.internal", "shop"),
+                                              claim("b.shop.internal", "shop")])
+    eng.commit(now=0.0, ready=True)
+    state = StateFile(tmp_path / "state.json")
+    save_state(state, 1.0, eng.claims, eng.result.invalid_by_key)
+    loaded = StateFile(tmp_path / "state.json").load()
+    assert loaded is not None
+    assert sorted(c.name for c in loaded.claims) == ["api.shop.internal", "b.shop.internal"]
