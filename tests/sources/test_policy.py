@@ -6,7 +6,10 @@ closed; tenants cannot edit their own Namespace (the shipped RBAC example)."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -234,3 +237,33 @@ def test_tenants_cannot_edit_their_own_namespace(cluster: LocalCluster,
                             grab) == 200, what="the broad RoleBinding to apply")
     ns = cluster.request("GET", f"/api/v1/namespaces/{namespace}")
     assert ns["metadata"]["annotations"][ANNOTATION] == "*"
+
+
+def test_list_computed_from_the_cluster_applies_the_policy(cluster: LocalCluster,
+                                                          namespace: str) -> None:
+    ns = namespace
+    set_allowed(cluster, ns, f"*.{ns}.internal")
+    ip = service(cluster, ns, "web", alias=f"web.{ns}.internal, pay-{ns}.internal"
+                 )["spec"]["clusterIP"]
+
+    def listed(*flags: str) -> dict[str, Any]:
+        r = subprocess.run([sys.executable, "-m", "aliasd", "list", "-o", "json",
+                            "--kubeconfig", str(cluster.kubeconfig), "--namespaces", ns, *flags],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+        assert r.returncode == 0, r.stderr
+        doc: dict[str, Any] = json.loads(r.stdout)
+        return doc
+
+    doc = listed()
+    assert [(a["name"], a["addresses"]) for a in doc["aliases"]] == [
+        (f"web.{ns}.internal.", [ip])]
+    assert doc["invalid"] == [{
+        "name": f"pay-{ns}.internal", "owner": f"Service {ns}/web",
+        "reason": f"pay-{ns}.internal. is not among the names namespace {ns} may claim "
+                  f"({ANNOTATION} on Namespace {ns}: '*.{ns}.internal')"}]
+    # Without the annotation: the default given to `aliasd list`, as to `aliasd run`.
+    set_allowed(cluster, ns, None)
+    doc = listed("--default-allowed-names", "pay-{namespace}.internal")
+    assert [a["name"] for a in doc["aliases"]] == [f"pay-{ns}.internal."]
+    assert [i["name"] for i in doc["invalid"]] == [f"web.{ns}.internal"]
+    assert listed()["invalid"] == []
