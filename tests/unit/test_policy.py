@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,6 +19,7 @@ from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner
 from aliasd.policy import NamePolicy, Pattern, parse_allowed, parse_pattern
 from aliasd.registry import TakeoverPolicy, ZoneConfig
 from aliasd.state import StateFile
+from tests.helpers import ROOT
 
 ZONE = "internal."
 
@@ -206,3 +208,12 @@ def test_denied_claims_are_not_written_to_the_state_file(tmp_path: Path) -> None
     loaded = StateFile(tmp_path / "state.json").load()
     assert loaded is not None
     assert sorted(c.name for c in loaded.claims) == ["api.shop.internal", "b.shop.internal"]
+
+
+def test_the_example_namespace() -> None:
+    ns = yaml.safe_load((ROOT / "examples/tenant/namespace.yaml").read_text())
+    allowed = NamePolicy().allowed(ns["metadata"]["name"], ns["metadata"]["annotations"][
+        "aliasd.io/allowed-names"], ZONE)
+    assert allowed is not None and allowed.malformed == ()
+    assert [n for n in ("shop.internal.", "api.shop.internal.", "payments.internal.")
+            if allowed.allows(n)] == ["shop.internal.", "api.shop.internal."]
