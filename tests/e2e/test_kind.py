@@ -266,6 +266,10 @@ def aliasd_cli(kind: Kind, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.uninstall
 def test_coredns_diff_and_remove(kind: Kind) -> None:
     """Last: uninstall the way the README says, the Corefile byte for byte back."""
+    kind.wait_settled()
+    # `remove` refuses while a live aliasd holds the Lease: not in the second
+    # between a stopping leader's release and the next one's acquisition.
+    wait_for(lambda: lease_holder(kind), timeout=60, what="a Lease holder")
     assert aliasd_cli(kind, "coredns", "diff").returncode == 0  # nothing pending
     assert aliasd_cli(kind, "coredns", "diff", "--dns-service", "nowhere/none").returncode == 2
     refused = aliasd_cli(kind, "coredns", "remove")

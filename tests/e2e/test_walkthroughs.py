@@ -20,6 +20,7 @@ import pytest
 
 from tests import walkthrough
 from tests.e2e.conftest import Kind, say
+from tests.e2e.test_kind import lease_holder
 from tests.helpers import ROOT, wait_for
 from tests.unit.test_fastpath import CHI2_1DF_P1E9, chi2
 
@@ -87,6 +88,10 @@ def readme_cluster(kind: Kind, tmp_path_factory: pytest.TempPathFactory) -> Iter
     finally:
         edit_corefile(kind, lambda text: text.replace(DATACENTER_BLOCK, ""))
         kind.kubectl("delete", "pod", "dnsutils", "--wait=false")
+        # The failover setup rolled aliasd (the overrides-api overlay): leave it
+        # settled, the Lease held by a new pod, as every e2e test does.
+        kind.wait_settled()
+        wait_for(lambda: lease_holder(kind), timeout=60, what="a Lease holder")
 
 
 def sample(kind: Kind, name: str, n: int) -> Counter[str]:
