@@ -21,6 +21,7 @@ from typing import TypeVar
 import immutables
 
 from aliasd.model import AliasClaim
+from aliasd.names import WILDCARD, is_wildcard
 from aliasd.registry import (
     Conflict,
     Invalid,
@@ -76,6 +77,8 @@ class Engine:
         self._cname_refs: dict[str, set[str]] = {}  # CNAME target -> names pointing at it
         self._weighted: immutables.Map[str, Weighted] = immutables.Map()
         self._unusable: immutables.Map[str, bool] = immutables.Map()
+        # Closest enclosers with a wildcard: P for every existing name *.P.
+        self._wildcards: immutables.Map[str, bool] = immutables.Map()
         self._serial = serial
         self._ready = ready
         rrsets: dict[str, Mapping[int, RRset]] = {}
@@ -199,7 +202,8 @@ class Engine:
         changed: set[str] = set()
         with self._rrsets.mutate() as rrsets, self._names.mutate() as names, \
                 self._weighted.mutate() as weighted, self._unusable.mutate() as unusable, \
-                self._takeovers.mutate() as takeovers:
+                self._takeovers.mutate() as takeovers, \
+                self._wildcards.mutate() as wildcards:
             for old, new in changes:
                 if old is not None:
                     for owner, _ in old.rrsets:
@@ -212,6 +216,8 @@ class Engine:
                         else:
                             del names[n]
                             changed.add(n)
+                            if is_wildcard(n):
+                                del wildcards[n.removeprefix(WILDCARD)]
                     _put(weighted, old.name, None)
                     _put(unusable, old.name, None)
                     _put(takeovers, old.name, None)
@@ -230,6 +236,8 @@ class Engine:
                         names[n] = count + 1
                         if not count:
                             changed.add(n)
+                            if is_wildcard(n):
+                                wildcards[n.removeprefix(WILDCARD)] = True
                     _put(weighted, new.name, new.weighted)
                     _put(unusable, new.name, True if new.unusable else None)
                     _put(takeovers, new.name, True if new.takeover else None)
@@ -244,6 +252,7 @@ class Engine:
             self._weighted = weighted.finish()
             self._unusable = unusable.finish()
             self._takeovers = takeovers.finish()
+            self._wildcards = wildcards.finish()
         changed.update(zones)
         changed.update(self._takeovers.keys())
         # A name answering through a CNAME to a changed name changes too.
@@ -259,7 +268,8 @@ class Engine:
         return Snapshot(serial=self._serial,
                         zones=zone_infos(self.config, self._serial, self._takeovers.keys()),
                         rrsets=self._rrsets, ready=self._ready, names=self._names,
-                        weighted=self._weighted, unusable=self._unusable)
+                        weighted=self._weighted, unusable=self._unusable,
+                        wildcards=self._wildcards)
 
     def _result(self, snapshot: Snapshot) -> Result:
         return Result(snapshot, resolutions=self._res, invalid=self._invalid,
@@ -300,7 +310,8 @@ def differences(incremental: Snapshot, scratch: Snapshot) -> list[str]:
         if a.get(k) != b.get(k):
             out.append(f"rrsets {k}: {a.get(k)} != {b.get(k)}")
     for what, x, y in (("names", set(incremental.names), set(scratch.names)),
-                       ("unusable", set(incremental.unusable), set(scratch.unusable))):
+                       ("unusable", set(incremental.unusable), set(scratch.unusable)),
+                       ("wildcards", set(incremental.wildcards), set(scratch.wildcards))):
         if x != y:
             out.append(f"{what}: only incremental {sorted(x - y)}, only scratch {sorted(y - x)}")
     if dict(incremental.weighted) != dict(scratch.weighted):
