@@ -231,7 +231,7 @@ class Snapshot:
             return None
         ce = name
         while ce:
-            ce = ce[ce.find(".") + 1:]
+            ce = _parent(ce)
             if ce in self.names:
                 return WILDCARD + ce if ce in self.wildcards else None
         return None
@@ -271,12 +271,26 @@ class Snapshot:
         return out
 
 
+def _parent(name: str) -> str:
+    """``name`` without its first label ("" for the root's children). The
+    first unescaped dot ends it: a qname's label may hold ``\\.``."""
+    i = name.find(".")
+    while i > 0 and name[i - 1] == "\\":
+        k = i - 1
+        while k > 0 and name[k - 1] == "\\":
+            k -= 1
+        if (i - k) % 2 == 0:
+            break
+        i = name.find(".", i + 1)
+    return name[i + 1:] if i >= 0 else ""
+
+
 def _below(name: str, ancestor: str) -> list[str]:
     """``name`` and its ancestors strictly below ``ancestor``."""
     out = []
     while name != ancestor and name.endswith("." + ancestor):
         out.append(name)
-        name = name.split(".", 1)[1]
+        name = _parent(name)
     return out
 
 

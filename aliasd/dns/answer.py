@@ -628,6 +628,7 @@ class Answerer:
         do = bool(opt is not None and opt.ttl & 0x8000)
         limit = MAX_TCP if tcp else (max(512, opt.rclass) if opt is not None else 512)
         qname = DNSLabel([label.lower() for label in q.qname.label])
+        qtext = str(qname).lower()  # odd bytes escaped (\ddd, \.)
         header = DNSHeader(id=req.header.id, qr=1, rd=req.header.rd, ra=0)
         header.cd = req.header.cd
         resp = DNSRecord(header, q=DNSQuestion(qname, q.qtype, q.qclass))
@@ -653,7 +654,7 @@ class Answerer:
             else:
                 self.stats.problems["transfer_refused"] += 1
         else:
-            lookup = self.snapshot.lookup(str(qname).lower(), q.qtype, variant=variant)
+            lookup = self.snapshot.lookup(qtext, q.qtype, variant=variant)
             cacheable = cacheable and lookup.cacheable
 
         header.rcode = int(lookup.rcode)
@@ -661,7 +662,9 @@ class Answerer:
         for section, add in ((lookup.answer, resp.add_answer), (lookup.authority, resp.add_auth),
                              (lookup.additional, resp.add_ar)):
             for rrset in section:
-                for rr in to_rrs(rrset):
+                # The qname's own RRsets take its labels as they are (a name the
+                # wildcard answers may hold any byte).
+                for rr in to_rrs(rrset, qname if rrset.name == qtext else None):
                     add(rr)
         if opt is not None:
             resp.add_ar(EDNS0(udp_len=OUR_UDP_SIZE, flags="do" if do else ""))
@@ -677,7 +680,7 @@ class Answerer:
             # One template per wildcard, qtype and EDNS shape, never an entry per
             # qname; as for cached answers, only for the types the zones serve.
             if lookup.answer and q.qtype in CACHED_QTYPES:
-                self._learn_wildcard(out, shape, str(qname).lower(), q.qtype, lookup)
+                self._learn_wildcard(out, shape, qtext, q.qtype, lookup)
         elif cacheable and shape is not None and lookup.answer and q.qtype in CACHED_QTYPES:
             # Admission by existence: a non-empty answer section means the qname
             # exists, so what enters is bounded by the zone (issue 15).
@@ -687,14 +690,14 @@ class Answerer:
                 if len(self._cache) >= MAX_CACHE:  # memory ceiling only: oldest out
                     _forget(next(iter(self._cache)), self._cache, self._deps,
                             self._dependents)
-                deps = _dependencies(str(qname).lower(), lookup)
+                deps = _dependencies(qtext, lookup)
                 self._deps[key] = deps
                 for name in deps:
                     self._dependents.setdefault(name, set()).add(key)
             if lookup.variant is None:
                 self._cache[key] = entry
             else:
-                group = self.snapshot.weighted[str(qname).lower()]
+                group = self.snapshot.weighted[qtext]
                 cached = self._cache.get(key)
                 if not isinstance(cached, _Variants):
                     cached = _Variants(group, [None] * len(group.variants))
@@ -833,8 +836,8 @@ def _question_len(data: bytes) -> int:
     return 0
 
 
-def to_rrs(rrset: RRset) -> list[RR]:
-    """dnslib RRs for one RRset."""
+def to_rrs(rrset: RRset, owner: DNSLabel | None = None) -> list[RR]:
+    """dnslib RRs for one RRset (named ``owner`` if given)."""
     out = []
     for rd in rrset.rdata:
         if rrset.rtype == A:
@@ -854,5 +857,5 @@ def to_rrs(rrset: RRset) -> list[RR]:
                            (rd.serial, rd.refresh, rd.retry, rd.expire, rd.minimum))
         else:  # pragma: no cover - the registry builds only the types above
             raise ValueError(f"unsupported rtype {rrset.rtype}")
-        out.append(RR(rrset.name, rrset.rtype, CLASS_IN, rrset.ttl, rdata))
+        out.append(RR(owner or rrset.name, rrset.rtype, CLASS_IN, rrset.ttl, rdata))
     return out
