@@ -53,7 +53,9 @@ class Commit:
     # Owner names whose RRsets, weighted group or unusable status differ from
     # the previous snapshot (plus names answering through a CNAME to them, and
     # the zone apexes, whose SOA serial moved); None: anything may have changed
-    # (readiness flipped, a taken-over zone came or went).
+    # (readiness flipped, a taken-over zone came or went). A name a wildcard
+    # answers is not listed (they are countless): an answer that read one lists
+    # the wildcard and the names between in Lookup.depends.
     changed: frozenset[str] | None
 
 
