@@ -469,7 +469,8 @@ class Answerer:
                     t = self._templates.get(learn)
                     if t is not None:
                         tail = t.tails.get(qend) or t.tail(qend)
-                        if qend + len(tail) <= limit and negative[3] not in t.avoid:
+                        if qend + len(tail) <= limit and not (t.avoid
+                                                              and negative[3] in t.avoid):
                             stats = self.stats
                             stats.fast_hits += 1
                             stats.template_hits += 1
