@@ -39,13 +39,14 @@ CLAIMS = [
     AliasClaim("*.ext.internal", Owner(1, "w", "e"), cname="db.example.com"),
     AliasClaim("*.dang.internal", Owner(1, "w", "f"), cname="t.dang.internal"),
     AliasClaim("*.team.corp.example", Owner(1, "w", "g"), addresses=("10.0.0.8",)),
+    AliasClaim("*.down.internal", Owner(1, "w", "h")),  # no usable target: SERVFAIL
 ]
 SNAP = registry.build(CLAIMS, config=CFG, serial=1_800_000_000).snapshot
 WILD_NAMES = ["a.wild.internal.", "a.b.wild.internal.", "host1.wild.internal.",
               "ent.wild.internal.", "x.ent.wild.internal.", "wild.internal.", "*.wild.internal.",
               "x.*.wild.internal.", "sub.host1.wild.internal.", "q.cn.internal.",
               "q.ext.internal.", "q.dang.internal.", "t.dang.internal.", "x.t.dang.internal.",
-              "zz.team.corp.example."]
+              "zz.team.corp.example.", "x.down.internal.", "down.internal."]
 # Answered from the wildcard, but their bytes are their own (the CNAME target
 # t.dang.internal shares more than the closest encloser with them): slow path.
 UNTEMPLATED = {"t.dang.internal.", "x.t.dang.internal."}
@@ -117,7 +118,7 @@ SUFFIXES = ["internal.", "ns.internal.", "hostmaster.internal.", "my-fruits.inte
             "_tcp.my-fruits.internal.", "corp.example.", "team.corp.example.",
             "ns.corp.example.", "hostmaster.corp.example.", "example.com.", ".",
             "wild.internal.", "ent.wild.internal.", "host1.wild.internal.", "cn.internal.",
-            "ext.internal.", "dang.internal.", "*.wild.internal."]
+            "ext.internal.", "dang.internal.", "*.wild.internal.", "down.internal."]
 LABEL = st.one_of(
     st.text(alphabet="abcxyzXYZ0189-_", min_size=1, max_size=63).map(str.encode),
     st.sampled_from([b"ns", b"NS", b"hostmaster", b"internal", b"a.b", b"*"]),
