@@ -9,6 +9,7 @@ import random
 import re
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import dns.flags
 import dns.message
@@ -16,7 +17,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.helpers import AliasdProcess, dig, query, run_aliasd
+from tests.helpers import AliasdProcess, dig, http_json, query, run_aliasd, wait_for
 
 # RFC 4592 2.2.1, with example. → example.internal. (a wildcard directly under
 # a zone apex is refused: issue 16), TXT/MX → A/AAAA (aliasd serves A, AAAA,
@@ -151,3 +152,32 @@ def test_flood_under_a_wildcard_fills_no_cache(server: AliasdProcess) -> None:
             assert r.id == i and records(r) == [(name, "A", W4)]
     assert metric(server, "aliasd_dns_cache_entries") == entries
     assert metric(server, "aliasd_dns_template_hits_total") >= templates + 4999
+
+
+def test_an_override_on_a_wildcard_switches_every_name_it_answers(
+        tmp_path: Path) -> None:
+    """The wildcard's owner name is a name like any other: an HTTP override of
+    *.example.internal beats the file for every name the wildcard answers,
+    not for names that exist; deleting it puts the file's answer back."""
+    (tmp_path / "aliases.yaml").write_text(ZONE_FILE)
+    (tmp_path / "token").write_text("wild-token\n")
+    with run_aliasd(["--zone", "internal", "--aliases-file", str(tmp_path / "aliases.yaml"),
+                     "--api-token-file", str(tmp_path / "token"),
+                     "--state-file", str(tmp_path / "state.json")], tmp=tmp_path) as p:
+        assert records(query(p.dns, "a.example.internal.", "A")) == [
+            ("a.example.internal.", "A", W4)]
+        status, body = http_json(p, "PUT", "/v1/overrides/*.example.internal",
+                                 {"addresses": ["198.51.100.7"], "ttl": 5}, token="wild-token")
+        assert (status, body["name"]) == (201, "*.example.internal.")  # created
+        wait_for(lambda: records(query(p.dns, "a.example.internal.", "A"))
+                 == [("a.example.internal.", "A", "198.51.100.7")], what="the override")
+        assert records(query(p.dns, "host1.example.internal.", "A")) == [
+            ("host1.example.internal.", "A", "192.0.2.1")]
+        status, _ = http_json(p, "PUT", "/v1/overrides/*.internal",
+                              {"addresses": ["198.51.100.7"]}, token="wild-token")
+        assert status == 400  # no wildcard at the apex
+        status, _ = http_json(p, "DELETE", "/v1/overrides/*.example.internal",
+                              token="wild-token")
+        assert status == 200
+        wait_for(lambda: records(query(p.dns, "b.example.internal.", "A"))
+                 == [("b.example.internal.", "A", W4)], what="the file's answer back")
