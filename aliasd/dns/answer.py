@@ -16,20 +16,27 @@ Two paths give byte-identical answers (a property test proves it):
     first slow answer of that shape, patched with the question; its
     compression pointers are moved by the question's length (see
     :class:`_Template`). No per-name entry: a flood of names that do not exist
-    leaves the cache alone (issue 15).
+    leaves the cache alone (issue 15);
+  - a name that does not exist but that a wildcard answers (RFC 4592): one
+    template per (wildcard, qtype, EDNS shape), learnt the same way. The
+    answer's owner is the qname, a pointer to the question (0xC00C), so the
+    bytes are the same for every such name but the question (issue 16); a
+    flood of names under a wildcard leaves the cache alone too.
 
 The slow path always builds its answer for the lower-cased question and then
 splices the question bytes as asked back in; that is what makes a cached
 answer valid for every casing of the same name.
 
 **What enters the cache, and what leaves it.** Only answers with a non-empty
-answer section for one of the types the zones serve: the qname exists, so the
-cache is bounded by the zone (names x served types x 3 EDNS shapes), whatever
-clients send. MAX_CACHE is a memory ceiling for zones larger than that
-(oldest entry out, all entries being real names, so a flood cannot use it).
+answer section, for one of the types the zones serve, to a qname that no
+wildcard answered: the qname exists, so the cache is bounded by the zone
+(names x served types x 3 EDNS shapes), whatever clients send. MAX_CACHE is
+a memory ceiling for zones larger than that (oldest entry out, all entries
+being real names, so a flood cannot use it).
 Across snapshots an entry survives unless a name it depended on changed (the
-qname, the owner of every RRset in it: CNAME chain, glue, the zone's SOA; and
-SRV/NS targets): :meth:`Answerer.evolve`.
+qname, the owner of every RRset in it: CNAME chain, glue, the zone's SOA;
+SRV/NS targets; for a name in the chain that a wildcard answered, the wildcard
+and the names between it and the closest encloser): :meth:`Answerer.evolve`.
 """
 
 from __future__ import annotations
