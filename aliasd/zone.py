@@ -191,7 +191,7 @@ class Snapshot:
                 else:
                     cacheable = False
                     sets = group.variants[group.pick(rnd())]
-            if owner != name:  # synthesized: the owner name is the name asked (RFC 4592 3.3.1)
+            if owner != name:  # synthesized: the owner is the name asked (RFC 1034 4.3.3)
                 sets = {t: RRset(name, t, rr.ttl, rr.rdata) for t, rr in sets.items()}
             if qtype == ANY:
                 for t in ANY_PREFERENCE:
