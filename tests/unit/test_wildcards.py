@@ -199,3 +199,21 @@ def test_cached_answers_through_a_wildcard_go_when_what_they_read_changes() -> N
     msg = ask(a, "via.internal.")
     assert msg.rcode() == dns.rcode.NOERROR
     assert [rs.rdtype for rs in msg.answer] == [dns.rdatatype.CNAME]
+
+
+def test_the_name_policy_treats_a_wildcard_as_a_name_under_its_parent() -> None:
+    """issue 16 part 1 and 3 together: allowed `*.shop.internal` lets a tenant
+    claim the wildcard *.shop.internal (it answers only names under
+    shop.internal), and `shop.internal` alone does not."""
+    from aliasd.policy import NamePolicy
+
+    cfg = registry.ZoneConfig.from_names(["internal"], names=NamePolicy.parse([]))
+    claims = [AliasClaim("*.shop.internal", Owner(1.0, "shop", "gw"), addresses=("10.0.0.1",)),
+              AliasClaim("*.pay.internal", Owner(1.0, "shop", "gw"), addresses=("10.0.0.1",))]
+    result = registry.build(claims, config=cfg, serial=1,
+                            annotations={"shop": "*.shop.internal, pay.internal"})
+    assert [e.name for e in result.entries] == ["*.shop.internal."]
+    assert [(i.claim.name, i.event) for i in result.invalid] == [
+        ("*.pay.internal", "AliasNotAllowed")]
+    assert result.snapshot.lookup("x.shop.internal.", A).answer[0].rdata == ("10.0.0.1",)
+    assert result.snapshot.lookup("x.pay.internal.", A).rcode == Rcode.NXDOMAIN
