@@ -13,6 +13,12 @@ write (``update`` or ``delete`` of one alias) or refuses it with a status:
 A :class:`Trail` records every write, allowed or refused: :class:`LogTrail`
 logs it, :class:`EventTrail` also creates a Kubernetes Event on the overrides
 ConfigMap, which tenants can read where they cannot read aliasd's log.
+
+The write endpoint is reachable by every pod, so refusals are bounded: allowed
+writes are always recorded, refused ones within a :class:`Budget` (a burst, then
+one per interval, the way client-go's Event spam filter bounds Events per
+object); the next one recorded says how many were left out. And at most
+``MAX_REVIEWS`` token reviews run at once: more callers get 429, not a queue.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,11 +47,18 @@ log = logging.getLogger(__name__)
 
 GROUP = "aliasd.io"
 RESOURCE = "overrides"
+REFUSED_BURST = 25
+"""Refused writes recorded at once before the budget applies."""
+REFUSED_EVERY = 10.0
+"""Then one refused write recorded per this many seconds."""
+MAX_REVIEWS = 16
+"""TokenReview + SubjectAccessReview pairs in flight at once; more: 429."""
 
 
 class Refused(Exception):
     """A write the caller may not do: ``status`` 401 (no or unknown token), 403
-    (known but not allowed, or the write API is off) or 503 (cannot decide)."""
+    (known but not allowed, or the write API is off), 429 (too many writes
+    being authorized at once) or 503 (cannot decide)."""
 
     def __init__(self, status: int, text: str, *, who: str = "") -> None:
         super().__init__(text)
@@ -79,12 +92,26 @@ class KubernetesAuth:
     alias, in ``namespace`` (where the overrides ConfigMap lives), so a Role
     there decides who may switch which name."""
 
-    def __init__(self, api: ApiClient, *, namespace: str) -> None:
+    def __init__(self, api: ApiClient, *, namespace: str,
+                 max_reviews: int = MAX_REVIEWS) -> None:
         self.authn = AuthenticationV1Api(api)
         self.authz = AuthorizationV1Api(api)
         self.namespace = namespace
+        self.max_reviews = max_reviews
+        self.reviewing = 0
 
     async def authorize(self, token: str, *, verb: str, name: str, remote: str) -> str:
+        # Each unknown token costs the API server a review: a flood gets 429
+        # at once instead of queueing reviews (and memory) without bound.
+        if self.reviewing >= self.max_reviews:
+            raise Refused(429, f"{self.reviewing} writes are being authorized; retry later")
+        self.reviewing += 1
+        try:
+            return await self._review(token, verb=verb, name=name)
+        finally:
+            self.reviewing -= 1
+
+    async def _review(self, token: str, *, verb: str, name: str) -> str:
         try:
             status, review = await call(self.authn.create_token_review, {
                 "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
@@ -172,31 +199,78 @@ class Trail(Protocol):
     def record(self, write: Write) -> None: ...
 
 
+class Budget:
+    """A token bucket: ``burst`` at once, then one more every ``every`` seconds."""
+
+    def __init__(self, burst: int, every: float, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst, self.every, self.clock = burst, every, clock
+        self.tokens = float(burst)
+        self.last = clock()
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.last) / self.every)
+        self.last = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 class LogTrail:
-    """Standalone: the trail is aliasd's log."""
+    """Standalone: the trail is aliasd's log. Every allowed write is recorded;
+    refused ones within ``budget``, the next one recorded counting those left out."""
+
+    def __init__(self, *, budget: Budget | None = None) -> None:
+        self.budget = budget or Budget(REFUSED_BURST, REFUSED_EVERY)
+        self.left_out = 0  # refused writes not recorded since the last one that was
 
     def record(self, write: Write) -> None:
+        text = self.admit(write)
+        if text is None:
+            return
         level = logging.WARNING if write.refused is not None else logging.INFO
-        log.log(level, "%s", write.message())
+        log.log(level, "%s", text)
+        self.emit(write, text)
+
+    def admit(self, write: Write) -> str | None:
+        """The trail's text for ``write``, or None when the budget leaves it out."""
+        if write.refused is None:
+            return write.message()
+        if not self.budget.take():
+            self.left_out += 1
+            return None
+        text = write.message()
+        if self.left_out:
+            text += (f" (and {self.left_out} more refused writes before it, not recorded: "
+                     f"at most {self.budget.burst} at once, then one per "
+                     f"{self.budget.every:g} s)")
+            self.left_out = 0
+        return text
+
+    def emit(self, write: Write, text: str) -> None:
+        """Where the trail goes besides the log: nowhere, standalone."""
 
 
 class EventTrail(LogTrail):
     """In a cluster: the log, and an Event on the overrides ConfigMap (created
     in the background: the answer to the write does not wait for it)."""
 
-    def __init__(self, api: ApiClient, *, namespace: str, name: str) -> None:
+    def __init__(self, api: ApiClient, *, namespace: str, name: str,
+                 budget: Budget | None = None) -> None:
+        super().__init__(budget=budget)
         self.core = CoreV1Api(api)
         self.namespace, self.name = namespace, name
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def record(self, write: Write) -> None:
-        super().record(write)
-        task = asyncio.get_running_loop().create_task(self._emit(write))
+    def emit(self, write: Write, text: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._event(write, text))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _emit(self, write: Write) -> None:
+    async def _event(self, write: Write, text: str) -> None:
         ref = f"{self.namespace}/{self.name}"
         try:
             # The uid ties the Event to the object (kubectl describe matches on it).
@@ -208,7 +282,7 @@ class EventTrail(LogTrail):
                 "metadata": {"generateName": f"{self.name}.", "namespace": self.namespace},
                 "involvedObject": {"kind": "ConfigMap", "namespace": self.namespace,
                                    "name": self.name, "uid": uid, "apiVersion": "v1"},
-                "reason": write.reason, "message": write.message()[:1024],
+                "reason": write.reason, "message": text[:1024],
                 "type": "Warning" if write.refused is not None else "Normal",
                 "source": {"component": "aliasd"}, "reportingComponent": "aliasd",
                 "reportingInstance": self.instance,

@@ -114,7 +114,8 @@ def make_app(app: Status) -> web.Application:
 
 
 _REFUSALS: dict[int, type[web.HTTPException]] = {
-    401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 503: web.HTTPServiceUnavailable}
+    401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 429: web.HTTPTooManyRequests,
+    503: web.HTTPServiceUnavailable}
 
 
 def _asked(raw: bytes) -> str:
@@ -174,7 +175,8 @@ class OverridesApi:
         except Refused as e:
             who = e.who or f"an unauthenticated caller at {remote}"
             self.trail.record(Write(who, verb, name, describe(before), asked, refused=e))
-            headers = {"WWW-Authenticate": 'Bearer realm="aliasd"'} if e.status == 401 else {}
+            headers = ({"WWW-Authenticate": 'Bearer realm="aliasd"'} if e.status == 401
+                       else {"Retry-After": "1"} if e.status == 429 else {})
             raise _REFUSALS[e.status](text=e.text, headers=headers) from None
 
     async def list(self, _: web.Request) -> web.Response:

@@ -121,9 +121,8 @@ def _wire_kube(app: App, api: ApiClient, config: KubeConfig) -> None:
     app.reporters.append(report)
     if config.patcher is None:
         return
-    # Its own recorder: a recorder's sync() is the whole set of one reporter's problems.
     patcher = Patcher(api, config.patcher, results=app.patch_results,
-                      report=EventRecorder(api).sync)
+                      report=recorder.reporter("corefile"))
     if config.leader_lease is not None:
         ns, name = config.leader_lease
         patcher.elector = LeaderElector(api, namespace=ns, name=name, identity=default_identity(),

@@ -5,11 +5,15 @@ every write, allowed or refused, leaves an Event on the overrides ConfigMap."""
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from aliasd.access import REFUSED_BURST, REFUSED_EVERY
 from aliasd_dev import LocalCluster
 from tests.helpers import AliasdProcess, a_records, events, http_json, run_aliasd, service, wait_for
 
@@ -146,3 +150,45 @@ def test_rbac_decides_who_may_switch_which_name_and_every_write_leaves_an_event(
     assert {e["involvedObject"]["uid"] for e in items
             if e["involvedObject"]["name"] == "aliasd-overrides"} == {uid}
     assert {e["type"] for e in items if e["reason"] == "OverrideRefused"} == {"Warning"}
+
+
+def test_a_flood_of_refused_writes_is_answered_and_bounded_in_the_trail(
+        cluster: LocalCluster, namespace: str, aliasd: AliasdProcess) -> None:
+    ip = service(cluster, namespace, "db", alias="db.internal")["spec"]["clusterIP"]
+    wait_for(lambda: a_records(aliasd, "db.internal.") == [ip], what="the alias")
+    flood = 100
+    start = time.monotonic()
+    # Unknown tokens, one after another: each is reviewed and refused.
+    statuses = Counter(http_json(aliasd, "PUT", "/v1/overrides/db.internal",
+                                 {"addresses": ["10.6.6.6"]}, token=f"bogus-{i}")[0]
+                       for i in range(flood))
+    # And all at once: reviews beyond the limit get 429 at once, nothing else.
+    with ThreadPoolExecutor(32) as pool:
+        statuses += Counter(pool.map(lambda i: http_json(
+            aliasd, "PUT", "/v1/overrides/db.internal", {"addresses": ["10.6.6.6"]},
+            token=f"bogus-{i}")[0], range(flood, 2 * flood)))
+    elapsed = time.monotonic() - start
+    assert set(statuses) <= {401, 429} and statuses[401] >= flood, statuses
+    # The allowed write after the flood is recorded, and answered.
+    status, doc = http_json(aliasd, "PUT", "/v1/overrides/db.internal",
+                            {"addresses": ["10.0.0.7"]}, token=STATIC)
+    assert status == 201, doc
+    assert a_records(aliasd, "db.internal.") == ["10.0.0.7"]
+    wait_for(lambda: ("OverrideSet", "127.0.0.1 set the override of db.internal.: none -> "
+                      "10.0.0.7 (ttl 30)") in trail(cluster, namespace),
+             what="the allowed write's Event")
+    # The log holds the same bounded trail as the Events, not a line per refusal.
+    logged = aliasd.logs().count("was refused")
+
+    def refused() -> list[str]:
+        return [m for r, m in trail(cluster, namespace) if r == "OverrideRefused"]
+
+    wait_for(lambda: len(refused()) == logged, what="an Event per refusal logged")
+    # A burst of REFUSED_BURST, then one per REFUSED_EVERY seconds at most.
+    assert REFUSED_BURST <= logged <= REFUSED_BURST + 1 + elapsed / REFUSED_EVERY
+    # Once the budget refills, the next refusal says how many were left out.
+    wait_for(lambda: http_json(aliasd, "PUT", "/v1/overrides/db.internal",
+                               {"addresses": ["10.6.6.6"]}, token="late")[0] == 401
+             and any("more refused writes before it, not recorded" in m
+                     for r, m in trail(cluster, namespace) if r == "OverrideRefused"),
+             timeout=REFUSED_EVERY * 3, what="the count of refusals left out")

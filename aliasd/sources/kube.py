@@ -308,29 +308,38 @@ def _namespaced_custom(custom: CustomObjectsApi, version: str, namespace: str,
 
 
 class EventRecorder:
-    """Kubernetes Events for problems, each emitted once while it persists."""
+    """Kubernetes Events for problems, each emitted once while it persists.
+
+    One recorder for the process; each reporter (the registry's problems, the
+    Corefile patcher's) hands it the whole set of its current problems under
+    its own name, so one reporter's set never clears another's."""
 
     def __init__(self, api: ApiClient, *, component: str = "aliasd") -> None:
         self.core = CoreV1Api(api)
         self.component = component
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
-        self.active: set[tuple[str, str, str, str]] = set()
+        self.active: dict[str, set[tuple[str, str, str, str]]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def sync(self, problems: list[Problem]) -> None:
-        """Emit Events for problems not seen in the previous call."""
+    def sync(self, problems: list[Problem], *, reporter: str = "registry") -> None:
+        """Emit Events for ``reporter``'s problems not in its previous call."""
         current: dict[tuple[str, str, str, str], Problem] = {}
         for p in problems:
             if p.owner.kind not in API_VERSIONS or not p.owner.namespace:
                 continue
             current[(p.owner.uid or p.owner.ref, p.owner.ref, p.reason, p.message)] = p
+        active = self.active.get(reporter, set())
         for k, p in current.items():
-            if k not in self.active:
+            if k not in active:
                 log.warning("%s %s: %s", p.owner.ref, p.reason, p.message)
                 task = asyncio.get_running_loop().create_task(self._emit(p))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
-        self.active = set(current)
+        self.active[reporter] = set(current)
+
+    def reporter(self, name: str) -> Callable[[list[Problem]], None]:
+        """``sync`` for the reporter ``name``."""
+        return lambda problems: self.sync(problems, reporter=name)
 
     async def _emit(self, p: Problem) -> None:
         now = utc_timestamp(time.time())

@@ -22,6 +22,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 # shellcheck source=../local-cluster/versions.env
 source "$root/hack/local-cluster/versions.env"
+# shellcheck source=../local-cluster/k8s-go.sh
+source "$root/hack/local-cluster/k8s-go.sh"
 
 cache="${ALIASD_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aliasd}/kind"
 bin="$cache/bin"
@@ -59,16 +61,11 @@ fi
 done_step
 
 # --- Go binaries --------------------------------------------------------------
-# k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them
-# with ./staging/...; a consumer module replaces each with its published tag
-# (the technique of hack/local-cluster/build.sh).
+# The wrapper module that builds the node's Kubernetes commands
+# (hack/local-cluster/k8s-go.sh: the staging replaces, the version stamp).
 k8s_wrapper_gomod() {
-  local gomod staging_ver
-  gomod="$(go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')"
-  [[ -f "$gomod" ]] || die "could not download go.mod of k8s.io/kubernetes@${K8S_VERSION} from $(go env GOPROXY)"
-  staging_ver="v0.${K8S_VERSION#v1.}"
   printf 'module aliasd.local/kindnode\n\ngo 1.24.0\n\nrequire k8s.io/kubernetes %s\n\n' "$K8S_VERSION"
-  grep -E '=> \./staging/src/' "$gomod" | awk -v v="$staging_ver" '{print "replace " $1 " => " $1 " " v}'
+  k8s_staging_replaces
 }
 k8s_cmds=(kubelet kubeadm kube-proxy kube-scheduler kube-controller-manager)
 step "Go binaries (kind ${KIND_VERSION}, ${k8s_cmds[*]} ${K8S_VERSION}, etcd ${KIND_ETCD_VERSION}, coredns ${KIND_COREDNS_VERSION}, pause)"
@@ -84,12 +81,7 @@ if ((${#missing[@]})); then
   work="$cache/build/k8s-${K8S_VERSION}"
   rm -rf "$work"; mkdir -p "$work"
   k8s_wrapper_gomod >"$work/go.mod"
-  major="${K8S_VERSION#v}"; major="${major%%.*}"
-  minor="$(echo "$K8S_VERSION" | cut -d. -f2)"
-  ldflags="-s -w -X k8s.io/component-base/version.gitVersion=${K8S_VERSION}"
-  ldflags+=" -X k8s.io/component-base/version.gitMajor=${major} -X k8s.io/component-base/version.gitMinor=${minor}"
-  ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
-  ldflags+=" -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z"
+  ldflags="$(k8s_ldflags)"
   pkgs=(); for c in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c@${K8S_VERSION}"); done
   (cd "$work" && GOFLAGS=-mod=mod go get "${pkgs[@]}" >&2) \
     || die "resolving k8s.io/kubernetes@${K8S_VERSION} failed (above); is the Go module proxy reachable?"

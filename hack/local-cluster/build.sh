@@ -10,6 +10,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
+# shellcheck source=k8s-go.sh
+source "$here/k8s-go.sh"
 
 cache="${ALIASD_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aliasd}"
 bindir="$cache/bin/k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_coredns-${COREDNS_VERSION}"
@@ -54,12 +56,6 @@ if [[ ! -x "$bindir/kube-apiserver" || ! -x "$bindir/etcd" || ! -x "$bindir/kube
   work="$cache/build/k8s-${K8S_VERSION}"
   rm -rf "$work"; mkdir -p "$work"
   cp -r "$here/wrapper/." "$work/"
-  # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them
-  # with ./staging/...; a consumer must replace each with its published tag.
-  # Generate that list from the release's own go.mod.
-  gomod="$(go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')"
-  [[ -f "$gomod" ]] || die "could not download go.mod of k8s.io/kubernetes@${K8S_VERSION}"
-  staging_ver="v0.${K8S_VERSION#v1.}"
   {
     echo "module aliasd.local/controlplane"
     echo
@@ -70,21 +66,16 @@ if [[ ! -x "$bindir/kube-apiserver" || ! -x "$bindir/etcd" || ! -x "$bindir/kube
     echo "	go.etcd.io/etcd/server/v3 ${ETCD_VERSION}"
     echo ")"
     echo
-    grep -E '=> \./staging/src/' "$gomod" | awk -v v="$staging_ver" '{print "replace " $1 " => " $1 " " v}'
+    k8s_staging_replaces
   } >"$work/go.mod"
-  log "wrapper go.mod: $(grep -c '^replace' "$work/go.mod") staging replaces at ${staging_ver}"
+  log "wrapper go.mod: $(grep -c '^replace' "$work/go.mod") staging replaces"
   cd "$work"
   export GOFLAGS="-mod=mod"
   log "resolving modules (first time: downloads several hundred MB of sources)"
   go get "k8s.io/kubernetes/cmd/kube-apiserver@${K8S_VERSION}" "k8s.io/kubernetes/cmd/kubectl@${K8S_VERSION}" \
     "go.etcd.io/etcd/server/v3/etcdmain@${ETCD_VERSION}" >&2 \
     || die "resolving k8s.io/kubernetes@${K8S_VERSION} failed (above); is the Go module proxy ($(go env GOPROXY)) reachable?"
-  major="${K8S_VERSION#v}"; major="${major%%.*}"
-  minor="$(echo "$K8S_VERSION" | cut -d. -f2)"
-  ldflags="-s -w -X k8s.io/component-base/version.gitVersion=${K8S_VERSION}"
-  ldflags+=" -X k8s.io/component-base/version.gitMajor=${major} -X k8s.io/component-base/version.gitMinor=${minor}"
-  ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
-  ldflags+=" -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z"
+  ldflags="$(k8s_ldflags)"
   if [[ ! -x "$bindir/etcd" ]]; then
     log "building etcd ${ETCD_VERSION}"
     go build -trimpath -ldflags "-s -w" -o "$bindir/etcd.tmp" ./cmd/etcd

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aliasd_dev import LocalCluster
+from aliasd_dev import ClusterError, LocalCluster
 from tests.helpers import AliasdProcess, run_aliasd
 
 
@@ -16,3 +16,18 @@ def aliasd(cluster: LocalCluster, tmp_path: Path) -> Iterator[AliasdProcess]:
     with run_aliasd(["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal"],
                     tmp=tmp_path) as p:
         yield p
+
+
+@pytest.fixture
+def no_serviceentry_crd(cluster: LocalCluster) -> Iterator[None]:
+    """The session's cluster without the ServiceEntry CRD; installed again after
+    the test unless the test already did."""
+    cluster.uninstall_serviceentry_crd()
+    try:
+        yield
+    finally:
+        try:
+            cluster.request("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+                            "serviceentries.networking.istio.io")
+        except ClusterError:
+            cluster.install_serviceentry_crd()

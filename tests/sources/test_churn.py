@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from aliasd_dev import ClusterError, LocalCluster
+from aliasd_dev import LocalCluster
 from tests.helpers import AliasdProcess, a_records, query, run_aliasd, service, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -89,25 +89,18 @@ def test_unrelated_slice_updates_change_nothing(cluster: LocalCluster, aliasd: A
     assert metric(aliasd, "aliasd_check_failures") == 0
 
 
-def test_quiet_cluster_without_the_crd_does_not_rebuild(cluster: LocalCluster, tmp_path: Path,
-                                                       namespace: str) -> None:
-    cluster.uninstall_serviceentry_crd()
-    try:
-        with run_aliasd(["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal"],
-                        tmp=tmp_path) as p:
-            wait_for(lambda: p.http("/readyz")[0] == 200, what="ready")
-            probes = metric(p, "aliasd_crd_probes")
-            runs = metric(p, "aliasd_engine_runs")
-            serial0 = serial(p)
-            # Two more polls of the absent CRD (every 5 s): nothing to rebuild.
-            wait_for(lambda: metric(p, "aliasd_crd_probes") >= probes + 2, timeout=30,
-                     what="two polls of the CRD")
-            assert metric(p, "aliasd_engine_runs") == runs
-            assert serial(p) == serial0
-            assert p.logs().count("ServiceEntry CRD (networking.istio.io) not installed") == 1
-    finally:
-        try:
-            cluster.request("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
-                            "serviceentries.networking.istio.io")
-        except ClusterError:
-            cluster.install_serviceentry_crd()
+def test_quiet_cluster_without_the_crd_does_not_rebuild(
+        cluster: LocalCluster, tmp_path: Path, namespace: str,
+        no_serviceentry_crd: None) -> None:
+    with run_aliasd(["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal"],
+                    tmp=tmp_path) as p:
+        wait_for(lambda: p.http("/readyz")[0] == 200, what="ready")
+        probes = metric(p, "aliasd_crd_probes")
+        runs = metric(p, "aliasd_engine_runs")
+        serial0 = serial(p)
+        # Two more polls of the absent CRD (every 5 s): nothing to rebuild.
+        wait_for(lambda: metric(p, "aliasd_crd_probes") >= probes + 2, timeout=30,
+                 what="two polls of the CRD")
+        assert metric(p, "aliasd_engine_runs") == runs
+        assert serial(p) == serial0
+        assert p.logs().count("ServiceEntry CRD (networking.istio.io) not installed") == 1

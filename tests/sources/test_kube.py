@@ -308,24 +308,16 @@ def test_410_gone_relist_loses_nothing(cluster: LocalCluster, aliasd: AliasdProc
 
 
 def test_serviceentry_crd_installed_later(cluster: LocalCluster, tmp_path: Path,
-                                          namespace: str) -> None:
-    cluster.uninstall_serviceentry_crd()
-    try:
-        with run_aliasd(["--kubeconfig", str(cluster.kubeconfig)], tmp=tmp_path) as p:
-            assert p.http("/readyz")[0] == 200  # an absent CRD does not block readiness
-            assert "ServiceEntry CRD (networking.istio.io) not installed" in p.logs()
-            cluster.install_serviceentry_crd()
-            cluster.request(
-                "POST", f"/apis/networking.istio.io/v1/namespaces/{namespace}/serviceentries",
-                {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
-                 "metadata": {"name": "late"},
-                 "spec": {"hosts": ["late.internal"], "addresses": ["192.0.2.77"]}})
-            wait_for(lambda: a_records(p, "late.internal.") == ["192.0.2.77"], timeout=30,
-                     what="ServiceEntry alias after the CRD appeared")
-            assert p.proc.poll() is None
-    finally:
-        try:
-            cluster.request("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
-                            "serviceentries.networking.istio.io")
-        except ClusterError:
-            cluster.install_serviceentry_crd()
+                                          namespace: str, no_serviceentry_crd: None) -> None:
+    with run_aliasd(["--kubeconfig", str(cluster.kubeconfig)], tmp=tmp_path) as p:
+        assert p.http("/readyz")[0] == 200  # an absent CRD does not block readiness
+        assert "ServiceEntry CRD (networking.istio.io) not installed" in p.logs()
+        cluster.install_serviceentry_crd()
+        cluster.request(
+            "POST", f"/apis/networking.istio.io/v1/namespaces/{namespace}/serviceentries",
+            {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+             "metadata": {"name": "late"},
+             "spec": {"hosts": ["late.internal"], "addresses": ["192.0.2.77"]}})
+        wait_for(lambda: a_records(p, "late.internal.") == ["192.0.2.77"], timeout=30,
+                 what="ServiceEntry alias after the CRD appeared")
+        assert p.proc.poll() is None
