@@ -381,6 +381,16 @@ def _save(state: StateFile, now: float, claims: Mapping[str, tuple[AliasClaim, .
 
 def _check(claims: Mapping[str, tuple[AliasClaim, ...]], zones: ZoneConfig,
            snapshot: Snapshot) -> list[str]:
-    scratch = registry.build_keyed(claims, config=zones, serial=snapshot.serial,
-                                   ready=snapshot.ready)
-    return differences(snapshot, scratch.snapshot)
+    # What the build allocates is garbage once compared, freed by reference
+    # counting. A collection during it would only scan it, holding the GIL
+    # against the loop the whole pass (two gen2 passes, 59 and 95 ms, during
+    # one check of 10,000 claims): the collector stays off meanwhile.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        scratch = registry.build_keyed(claims, config=zones, serial=snapshot.serial,
+                                       ready=snapshot.ready)
+        return differences(snapshot, scratch.snapshot)
+    finally:
+        if was_enabled:
+            gc.enable()
