@@ -376,7 +376,7 @@ class App:
 
 
 def _save(state: StateFile, now: float, claims: Mapping[str, tuple[AliasClaim, ...]]) -> None:
-    state.save(now=now, claims=[c for cs in claims.values() for c in cs])
+    state.save(now=now, keyed=claims)
 
 
 def _check(claims: Mapping[str, tuple[AliasClaim, ...]], zones: ZoneConfig,
