@@ -45,6 +45,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -438,7 +439,9 @@ def measure(t: Target, args: argparse.Namespace, rates: list[int]) -> None:
     cmd = [sys.executable, "-m", "aliasd", "--log-level", "warning", "run",
            "--kubeconfig", str(t.kubeconfig), "--coredns-mode", "off",
            "--zone", "internal", "--dns-listen", f"127.0.0.1:{dport}",
-           "--http-listen", f"127.0.0.1:{hport}"]
+           "--http-listen", f"127.0.0.1:{hport}",
+           # As the manifests run it: the writer is part of the cost of a change.
+           "--state-file", str(Path(tempfile.mkdtemp(prefix="aliasd-scale-")) / "state.json")]
     if args.wrap:
         cmd[1:1] = args.wrap.split()
     p = subprocess.Popen(cmd, cwd=args.source or ROOT, env=env)
