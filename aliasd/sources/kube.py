@@ -218,6 +218,7 @@ class KubeSource:
         self._derive_service(k)
 
     def _slice_changed(self, k: str, old: Obj | None, new: Obj | None) -> None:
+        touched: list[str] = []  # a slice update names its Service twice: derive it once
         for obj in (old, new):
             if obj is None:
                 continue
@@ -232,6 +233,9 @@ class KubeSource:
                 bucket.pop(k, None)
             if not bucket:
                 self._slices_of.pop(sk, None)
+            if sk not in touched:
+                touched.append(sk)
+        for sk in touched:
             self._derive_service(sk)
 
     def _se_changed(self, k: str, old: Obj | None, new: Obj | None) -> None:
