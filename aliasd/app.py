@@ -143,6 +143,13 @@ class App:
             self.counters["claim_updates"] += 1
             self._dirty.set()
 
+    def update_namespace(self, namespace: str, allowed_names: str | None) -> None:
+        """A Namespace's ``aliasd.io/allowed-names`` changed (None: absent):
+        only that namespace's claims are validated again."""
+        if self.engine.set_namespace(namespace, allowed_names):
+            self.counters["policy_updates"] += 1
+            self._dirty.set()
+
     @property
     def ready(self) -> bool:
         return all(s.synced for s in self.sources)
@@ -249,9 +256,12 @@ class App:
                 self._check_again = True
             else:
                 claims, result = self.engine.claims, self.engine.result
+                annotations = self.engine.annotations
                 snap = result.snapshot
-                diff = await asyncio.to_thread(_check, claims, self.config.zones, snap)
-                if diff and self.engine.claims is claims:
+                diff = await asyncio.to_thread(_check, claims, annotations, self.config.zones,
+                                               snap)
+                if diff and self.engine.claims is claims \
+                        and self.engine.annotations is annotations:
                     self.counters["check_failures"] += 1
                     log.error("the incremental snapshot %d differs from a build from "
                               "scratch (%d differences, first: %s); rebuilding it",
@@ -264,6 +274,8 @@ class App:
         """The safety net: a fresh engine fed every claim (should never run)."""
         old = self.engine
         self.engine = Engine(self.config.zones, serial=old.serial)
+        for namespace, allowed_names in old.annotations.items():
+            self.engine.set_namespace(namespace, allowed_names)
         for key, claims in old.claims.items():
             self.engine.set(key, claims)
         self.rebuild()
@@ -275,9 +287,10 @@ class App:
         while True:
             await self._state_dirty.wait()
             self._state_dirty.clear()
-            claims = self.engine.claims  # immutable: safe to read from a thread
+            # Immutable: safe to read from a thread.
+            claims, invalid = self.engine.claims, self.engine.result.invalid_by_key
             try:
-                await asyncio.to_thread(_save, self.state, self.clock(), claims)
+                await asyncio.to_thread(_save, self.state, self.clock(), claims, invalid)
                 failed = False
             except OSError as e:
                 if not failed:
@@ -372,15 +385,21 @@ class App:
             await self.dns.stop()
             if self.state is not None and self._state_dirty.is_set():
                 with contextlib.suppress(OSError):  # the last change, before exiting
-                    _save(self.state, self.clock(), self.engine.claims)
+                    _save(self.state, self.clock(), self.engine.claims,
+                          self.engine.result.invalid_by_key)
 
 
-def _save(state: StateFile, now: float, claims: Mapping[str, tuple[AliasClaim, ...]]) -> None:
-    state.save(now=now, keyed=claims)
+def _save(state: StateFile, now: float, claims: Mapping[str, tuple[AliasClaim, ...]],
+          invalid: Mapping[str, tuple[registry.Invalid, ...]]) -> None:
+    """The claims, but none the name policy denies: the state file is served at
+    start without the Namespaces' policies, and a denied claim is never served."""
+    denied = {k: {i.claim for i in invalid[k] if i.event == registry.NOT_ALLOWED}
+              for k in invalid}
+    state.save(now=now, keyed=claims, skip={k: d for k, d in denied.items() if d})
 
 
-def _check(claims: Mapping[str, tuple[AliasClaim, ...]], zones: ZoneConfig,
-           snapshot: Snapshot) -> list[str]:
+def _check(claims: Mapping[str, tuple[AliasClaim, ...]], annotations: Mapping[str, str],
+           zones: ZoneConfig, snapshot: Snapshot) -> list[str]:
     # What the build allocates is garbage once compared, freed by reference
     # counting. A collection during it would only scan it, holding the GIL
     # against the loop the whole pass (two gen2 passes, 59 and 95 ms, during
@@ -389,7 +408,7 @@ def _check(claims: Mapping[str, tuple[AliasClaim, ...]], zones: ZoneConfig,
     gc.disable()
     try:
         scratch = registry.build_keyed(claims, config=zones, serial=snapshot.serial,
-                                       ready=snapshot.ready)
+                                       ready=snapshot.ready, annotations=annotations)
         return differences(snapshot, scratch.snapshot)
     finally:
         if was_enabled:

@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add(run, "--allow-takeover", repeat=True,
          help="allow aliasd.io/takeover of names under this suffix (example.com) or from "
               "this namespace (namespace=NAME); both kinds given: both must match")
+    _add(run, "--default-allowed-names", repeat=True,
+         help="names a namespace without the aliasd.io/allowed-names annotation may claim: "
+              "exact names and *.suffix patterns, {namespace} replaced by the namespace "
+              "(e.g. '*.{namespace}.internal'); default: any name in the served zones")
     _coredns_flags(run)
     _add(run, "--leader-election", default="on", choices=["on", "off"],
          help="with several replicas, only the holder of a Lease patches the cluster DNS")
@@ -139,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(ls, "--overrides-configmap", default=f"{_pod_namespace()}/aliasd-overrides",
          help="NAMESPACE/NAME of the ConfigMap holding the HTTP overrides")
     _add(ls, "--allow-takeover", repeat=True, help="as for aliasd run")
+    _add(ls, "--default-allowed-names", repeat=True, help="as for aliasd run")
     _add(ls, "--output", default="table", choices=["table", "wide", "json", "yaml"],
          help="output format", short="-o")
 
@@ -208,12 +213,14 @@ async def _serve(args: argparse.Namespace) -> int:
     from aliasd.app import AppConfig
     from aliasd.dns.server import ServerConfig, parse_listen, parse_networks
     from aliasd.kubeapi import split_ref
+    from aliasd.policy import NamePolicy
     from aliasd.registry import TakeoverPolicy, ZoneConfig
 
     try:
         zones = ZoneConfig.from_names(
             _list(args, "zone"), ns_addresses=_list(args, "ns_address"),
-            takeover=TakeoverPolicy.parse(_list(args, "allow_takeover")))
+            takeover=TakeoverPolicy.parse(_list(args, "allow_takeover")),
+            names=NamePolicy.parse(_list(args, "default_allowed_names")))
         dns_host, dns_port = parse_listen(args.dns_listen, flag="--dns-listen")
         http_host, http_port = parse_listen(args.http_listen, flag="--http-listen")
         transfer = parse_networks(_list(args, "allow_transfer"), flag="--allow-transfer")
@@ -346,11 +353,13 @@ async def _list_aliases(args: argparse.Namespace) -> int:
     if args.server:
         doc = await listing.from_server(args.server)
     else:
+        from aliasd.policy import NamePolicy
         from aliasd.registry import TakeoverPolicy, ZoneConfig
 
         try:
             zones = ZoneConfig.from_names(
-                _list(args, "zone"), takeover=TakeoverPolicy.parse(_list(args, "allow_takeover")))
+                _list(args, "zone"), takeover=TakeoverPolicy.parse(_list(args, "allow_takeover")),
+                names=NamePolicy.parse(_list(args, "default_allowed_names")))
         except ValueError as e:
             raise ConfigError(str(e)) from None
         from aliasd.kubeapi import split_ref

@@ -21,6 +21,7 @@ from typing import TypeVar
 import immutables
 
 from aliasd.model import AliasClaim
+from aliasd.policy import policy_namespace
 from aliasd.registry import (
     Conflict,
     Invalid,
@@ -68,6 +69,12 @@ class Engine:
         self._touched: set[str] = set()
         self._invalid: immutables.Map[str, tuple[Invalid, ...]] = immutables.Map()
         self._invalid_dirty = False
+        # The name policy: namespace -> its aliasd.io/allowed-names value, and
+        # which objects have claims under which namespace's policy (so that a
+        # change of one namespace's policy re-validates only its objects).
+        self.annotations: immutables.Map[str, str] = immutables.Map()
+        self._ns_keys: dict[str, set[str]] = {}
+        self._key_ns: dict[str, frozenset[str]] = {}
         self._res: immutables.Map[str, Resolution] = immutables.Map()
         self._conflicted: immutables.Map[str, tuple[Conflict, ...]] = immutables.Map()
         self._overridden: immutables.Map[str, tuple[Conflict, ...]] = immutables.Map()
@@ -107,6 +114,35 @@ class Engine:
             keys = self._keys_of.get(prefix)
             if keys is not None:
                 keys.discard(key)
+        namespaces = frozenset(ns for c in new if (ns := policy_namespace(c.owner)))
+        for ns in self._key_ns.get(key, frozenset()) - namespaces:
+            ns_keys = self._ns_keys[ns]
+            ns_keys.discard(key)
+            if not ns_keys:
+                del self._ns_keys[ns]
+        for ns in namespaces:
+            self._ns_keys.setdefault(ns, set()).add(key)
+        if namespaces:
+            self._key_ns[key] = namespaces
+        else:
+            self._key_ns.pop(key, None)
+        self._validate(key, new)
+        return True
+
+    def set_namespace(self, namespace: str, annotation: str | None) -> bool:
+        """``namespace``'s ``aliasd.io/allowed-names`` is now ``annotation``
+        (None: absent, the default applies). Re-validates that namespace's
+        objects only; nothing to do (False) when the value did not change."""
+        if self.annotations.get(namespace) == annotation:
+            return False
+        self.annotations = (self.annotations.delete(namespace) if annotation is None
+                            else self.annotations.set(namespace, annotation))
+        for key in sorted(self._ns_keys.get(namespace, ())):
+            self._validate(key, self.claims.get(key, ()))
+        return True
+
+    def _validate(self, key: str, new: tuple[AliasClaim, ...]) -> None:
+        """(Re)index the valid claims of one object and record its invalid ones."""
         for name, _ in self._valid.pop(key, ()):
             self._touched.add(name)
             per = self._by_name.get(name)
@@ -114,7 +150,7 @@ class Engine:
                 per.pop(key, None)
                 if not per:
                     del self._by_name[name]
-        valid, invalid = validate(new, self.config)
+        valid, invalid = validate(new, self.config, self.annotations)
         if valid:
             self._valid[key] = valid
         for name, claim in valid:
@@ -124,7 +160,6 @@ class Engine:
             self._invalid = (self._invalid.set(key, invalid) if invalid
                              else self._invalid.delete(key))
             self._invalid_dirty = True
-        return True
 
     def replace(self, prefix: str, claims: Iterable[AliasClaim]) -> bool:
         """Every claim of a whole-state source (the aliases file, the overrides):

@@ -67,9 +67,17 @@ class StatusCollector(Collector):
                                 value=res.conflict_count)
         yield GaugeMetricFamily("aliasd_invalid_aliases", "Claims rejected as invalid",
                                 value=res.invalid_count)
+        by_reason = GaugeMetricFamily(
+            "aliasd_invalid_aliases_by_reason", "Claims rejected, by Event reason "
+            "(InvalidAlias, TakeoverNotAllowed, AliasNotAllowed = denied by the name policy)",
+            labels=["reason"])
+        for reason, n in sorted(res.invalid_by_reason().items()):
+            by_reason.add_metric([reason], n)
+        yield by_reason
         for name, help_text in (
                 ("engine_runs", "Engine commits attempted (each debounced burst of changes)"),
                 ("claim_updates", "Objects whose claims changed"),
+                ("policy_updates", "Namespaces whose aliasd.io/allowed-names changed"),
                 ("snapshots", "Snapshots swapped in (each with a new serial)"),
                 ("check_failures", "Relist checks that found the incremental snapshot "
                  "differing from a build from scratch (a bug; the engine is rebuilt)"),

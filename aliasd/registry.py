@@ -18,6 +18,7 @@ from types import MappingProxyType
 from aliasd import names
 from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner, canonical_ip
 from aliasd.names import best_zone, normalize_name, validate_fqdn
+from aliasd.policy import NamePolicy, policy_namespace
 from aliasd.zone import (
     AAAA,
     CNAME,
@@ -88,6 +89,7 @@ class ZoneConfig:
     zones: tuple[str, ...]
     ns_addresses: tuple[str, ...] = ()
     takeover: TakeoverPolicy = field(default_factory=TakeoverPolicy)
+    names: NamePolicy = field(default_factory=NamePolicy)  # who may claim which name
     soa_ttl: int = 30
     refresh: int = 60
     retry: int = 10
@@ -96,7 +98,8 @@ class ZoneConfig:
 
     @classmethod
     def from_names(cls, zones: Iterable[str], *, ns_addresses: Iterable[str] = (),
-                   takeover: TakeoverPolicy | None = None) -> ZoneConfig:
+                   takeover: TakeoverPolicy | None = None,
+                   names: NamePolicy | None = None) -> ZoneConfig:
         normalized: list[str] = []
         for z in zones:
             n = normalize_name(z)
@@ -114,7 +117,7 @@ class ZoneConfig:
             except ValueError:
                 raise ValueError(f"ns address {a!r} is not an IP address") from None
         return cls(zones=tuple(normalized), ns_addresses=tuple(addrs),
-                   takeover=takeover or TakeoverPolicy())
+                   takeover=takeover or TakeoverPolicy(), names=names or NamePolicy())
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,16 @@ class Invalid:
 
 class TakeoverRefused(ValueError):
     """A takeover the policy does not allow."""
+
+
+class NameNotAllowed(ValueError):
+    """A name the owner's namespace may not claim (the name policy, issue 16)."""
+
+
+NOT_ALLOWED = "AliasNotAllowed"
+"""The Event reason of a claim the name policy denies."""
+NO_ANNOTATIONS: Mapping[str, str] = MappingProxyType({})
+"""Namespace -> its ``aliasd.io/allowed-names`` value: none annotated."""
 
 
 @dataclass(frozen=True)
@@ -215,6 +228,15 @@ class Result:
     def invalid_count(self) -> int:
         return sum(len(i) for i in self.invalid_by_key.values())
 
+    def invalid_by_reason(self) -> dict[str, int]:
+        """Invalid claims per Event reason (InvalidAlias, TakeoverNotAllowed,
+        AliasNotAllowed)."""
+        out: dict[str, int] = {}
+        for invs in self.invalid_by_key.values():
+            for i in invs:
+                out[i.event] = out.get(i.event, 0) + 1
+        return out
+
 
 def qualify(raw: str, config: ZoneConfig) -> tuple[str, str]:
     """``names.qualify`` with the served zones of ``config``."""
@@ -242,10 +264,17 @@ def _validate_takeover(claim: AliasClaim, config: ZoneConfig) -> str:
     return name
 
 
-def _validate_claim(claim: AliasClaim, config: ZoneConfig) -> str:
+def _validate_claim(claim: AliasClaim, config: ZoneConfig,
+                    annotations: Mapping[str, str]) -> str:
     """The normalized name of a valid claim; ``ValueError`` otherwise."""
     name = (_validate_takeover(claim, config) if claim.takeover
             else qualify(claim.name, config)[0])
+    namespace = policy_namespace(claim.owner)
+    if namespace is not None:
+        allowed = config.names.allowed(namespace, annotations.get(namespace), config.zones[0])
+        why = allowed.refusal(name) if allowed is not None else None
+        if why:
+            raise NameNotAllowed(why)
     if claim.cname is not None and claim.addresses:
         raise ValueError(f"alias {claim.name!r} has both addresses and a cname")
     if claim.cname is not None:
@@ -263,16 +292,20 @@ def _validate_claim(claim: AliasClaim, config: ZoneConfig) -> str:
     return name
 
 
-def validate(claims: Iterable[AliasClaim], config: ZoneConfig
+def validate(claims: Iterable[AliasClaim], config: ZoneConfig,
+             annotations: Mapping[str, str] = NO_ANNOTATIONS
              ) -> tuple[tuple[tuple[str, AliasClaim], ...], tuple[Invalid, ...]]:
-    """The valid claims with their normalized names, and the invalid ones."""
+    """The valid claims with their normalized names, and the invalid ones
+    (``annotations``: the namespaces' allowed names, for the name policy)."""
     valid: list[tuple[str, AliasClaim]] = []
     invalid: list[Invalid] = []
     for claim in claims:
         try:
-            valid.append((_validate_claim(claim, config), claim))
+            valid.append((_validate_claim(claim, config, annotations), claim))
         except TakeoverRefused as e:
             invalid.append(Invalid(claim, str(e), "TakeoverNotAllowed"))
+        except NameNotAllowed as e:
+            invalid.append(Invalid(claim, str(e), NOT_ALLOWED))
         except ValueError as e:
             invalid.append(Invalid(claim, str(e)))
     return tuple(valid), tuple(invalid)
@@ -375,13 +408,14 @@ def zone_infos(config: ZoneConfig, serial: int, takeovers: Iterable[str]) -> tup
 
 
 def build_keyed(objects: Mapping[str, Iterable[AliasClaim]], *, config: ZoneConfig,
-                serial: int, ready: bool = True) -> Result:
+                serial: int, ready: bool = True,
+                annotations: Mapping[str, str] = NO_ANNOTATIONS) -> Result:
     """The snapshot for every object's claims (key -> claims), from scratch.
     The incremental engine must always equal this."""
     by_name: dict[str, list[AliasClaim]] = defaultdict(list)
     invalid: dict[str, tuple[Invalid, ...]] = {}
     for key, claims in objects.items():
-        valid, bad = validate(claims, config)
+        valid, bad = validate(claims, config, annotations)
         if bad:
             invalid[key] = bad
         for name, claim in valid:
@@ -417,11 +451,12 @@ def build_keyed(objects: Mapping[str, Iterable[AliasClaim]], *, config: ZoneConf
 
 
 def build(
-    claims: Iterable[AliasClaim], *, config: ZoneConfig, serial: int, ready: bool = True
+    claims: Iterable[AliasClaim], *, config: ZoneConfig, serial: int, ready: bool = True,
+    annotations: Mapping[str, str] = NO_ANNOTATIONS,
 ) -> Result:
     """Build the snapshot for ``claims``. Deterministic for a given input set."""
     return build_keyed({f"{i:09d}": (c,) for i, c in enumerate(claims)}, config=config,
-                       serial=serial, ready=ready)
+                       serial=serial, ready=ready, annotations=annotations)
 
 
 def _targets(name: str, c: AliasClaim, ttl: int, config: ZoneConfig) -> dict[int, RRset]:

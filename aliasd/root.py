@@ -100,7 +100,8 @@ def _wire_kube(app: App, api: ApiClient, config: KubeConfig) -> None:
     source = KubeSource(api, zones=app.config.zones, namespaces=list(config.namespaces),
                         on_claims=app.update_claims, on_change=app.mark_dirty,
                         on_relist=app.schedule_check, on_problems=app.problems_changed,
-                        restarts=app.watch_restarts, probes=app.counters)
+                        on_namespace=app.update_namespace, restarts=app.watch_restarts,
+                        probes=app.counters)
     recorder = EventRecorder(api)
     app.sources.append(source)
     cm_ns, cm_name = config.overrides_configmap
@@ -166,7 +167,8 @@ async def list_from_cluster(kubeconfig: str | None, *, zones: ZoneConfig, namesp
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         result = registry.build([*kube.claims, *switch.claims], config=zones,
-                                serial=registry.next_serial(0, time.time()), ready=True)
+                                serial=registry.next_serial(0, time.time()), ready=True,
+                                annotations=kube.allowed_names)
         return aliases_document(result)
     finally:
         await api.close()

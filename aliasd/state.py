@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,18 +103,21 @@ class StateFile:
 
     def save(self, *, now: float, claims: Iterable[AliasClaim] | None = None,
              keyed: Mapping[str, tuple[AliasClaim, ...]] | None = None,
+             skip: Mapping[str, Set[AliasClaim]] | None = None,
              overrides: Sequence[dict[str, Any]] | None = None) -> None:
         """Write the file atomically; ``OSError`` if that fails (the old file stays).
         ``keyed``: the claims by object (the engine's map), encoded per object
-        and only for the objects whose claims changed since the last save."""
+        and only for the objects whose claims changed since the last save;
+        ``skip``: claims of some of those objects to leave out."""
         with self._lock:
-            self._save(now, claims, keyed, overrides)
+            self._save(now, claims, keyed, skip or {}, overrides)
 
     def _save(self, now: float, claims: Iterable[AliasClaim] | None,
               keyed: Mapping[str, tuple[AliasClaim, ...]] | None,
+              skip: Mapping[str, Set[AliasClaim]],
               overrides: Sequence[dict[str, Any]] | None) -> None:
         if keyed is not None:
-            new_claims = self._encode(keyed)
+            new_claims = self._encode(keyed, skip)
         elif claims is not None:
             new_claims = _dumps([claim_to_json(c) for c in claims])
         else:
@@ -137,13 +140,20 @@ class StateFile:
             raise
         self._claims, self._overrides = new_claims, new_overrides
 
-    def _encode(self, keyed: Mapping[str, tuple[AliasClaim, ...]]) -> str:
+    def _encode(self, keyed: Mapping[str, tuple[AliasClaim, ...]],
+                skip: Mapping[str, Set[AliasClaim]]) -> str:
         """The claims array: at 10,000 claims, re-encoding all of them cost
         ~0.17 s of CPU in the writer thread (GIL held against the loop) on
         every save, i.e. every second while answers change."""
         old, new = self._encoded, {}
         parts = []
         for key, claims in keyed.items():
+            left_out = skip.get(key)
+            if left_out:  # rare (denied claims): encoded every time, not cached
+                text = _dumps([claim_to_json(c) for c in claims if c not in left_out])[1:-1]
+                if text:
+                    parts.append(text)
+                continue
             hit = old.get(key)
             if hit is None or hit[0] is not claims:
                 hit = (claims, _dumps([claim_to_json(c) for c in claims])[1:-1])

@@ -61,6 +61,12 @@ def test_migration_flags_fail_in_one_line(tmp_path: Path) -> None:
     cases = [
         (["--allow-takeover", "namespace=Bad_NS"],
          "aliasd: error: --allow-takeover 'namespace=Bad_NS': 'Bad_NS' is not a namespace name"),
+        (["--default-allowed-names", "*.{ns}.internal"],
+         "aliasd: error: --default-allowed-names '*.{ns}.internal': the only placeholder is "
+         "{namespace}"),
+        (["--default-allowed-names", "shop.internal, a*.{namespace}.internal"],
+         "aliasd: error: --default-allowed-names 'a*.{namespace}.internal': '*' is allowed "
+         "only as the whole first label ('*.shop.internal') or alone ('*')"),
         (["--api-token-file", str(tmp_path / "missing")],
          f"aliasd: error: --api-token-file {tmp_path / 'missing'}: No such file or directory"),
         (["--api-token-file", str(tmp_path / "empty")],

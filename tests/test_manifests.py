@@ -127,7 +127,8 @@ def test_rbac_grants_exactly_what_aliasd_uses(deployed: list[dict[str, Any]],
     role = cluster.request("GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles/aliasd")
     assert sorted((r["apiGroups"][0], r["resources"][0], tuple(r["verbs"]))
                   for r in role["rules"]) == [
-        ("", "events", ("create",)), ("", "services", ("get", "list", "watch")),
+        ("", "events", ("create",)), ("", "namespaces", ("list", "watch")),
+        ("", "services", ("get", "list", "watch")),
         ("authentication.k8s.io", "tokenreviews", ("create",)),
         ("authorization.k8s.io", "subjectaccessreviews", ("create",)),
         ("discovery.k8s.io", "endpointslices", ("list", "watch")),
@@ -151,12 +152,15 @@ def test_rbac_grants_exactly_what_aliasd_uses(deployed: list[dict[str, Any]],
         ("patch", "configmaps", "", "aliasd-system", "kube-root-ca.crt"),
         ("list", "configmaps", "", "aliasd-system", ""),
         ("update", "endpointslices", "discovery.k8s.io", "default", "x"),
+        ("get", "namespaces", "", "", "default"), ("patch", "namespaces", "", "", "default"),
+        ("update", "namespaces", "", "", "default"),
     ]
     assert [d for d in denied if review(cluster, *d)] == []
     allowed = [
         ("watch", "services", "", "", ""), ("get", "services", "", "aliasd-system", "aliasd"),
         ("watch", "endpointslices", "discovery.k8s.io", "", ""),
         ("watch", "serviceentries", "networking.istio.io", "", ""),
+        ("list", "namespaces", "", "", ""), ("watch", "namespaces", "", "", ""),
         ("create", "events", "", "kube-system", ""),
         ("patch", "configmaps", "", "kube-system", "coredns"),
         ("watch", "configmaps", "", "kube-system", "node-local-dns"),

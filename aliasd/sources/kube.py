@@ -1,11 +1,13 @@
-"""Kubernetes sources: Services, EndpointSlices and Istio ServiceEntries.
+"""Kubernetes sources: Services, EndpointSlices and Istio ServiceEntries, and
+the Namespaces' ``aliasd.io/allowed-names`` (the name policy).
 
 Each resource is list-watched (paged) into a cache of objects trimmed to the
 fields aliasd reads (``watch.Informer`` with a ``mapping.trim_*`` transform).
 An object's claims are derived when that object changes: a Service's when it
 or one of its slices changes, a ServiceEntry's when it or a Service one of its
 endpoints names changes (so it follows that Service live), and handed to the
-engine only when they differ.
+engine only when they differ. A Namespace event reaches the engine only when
+its ``aliasd.io/allowed-names`` value changed.
 """
 
 from __future__ import annotations
@@ -36,12 +38,17 @@ log = logging.getLogger(__name__)
 ISTIO_GROUP = "networking.istio.io"
 SE_VERSIONS = ("v1", "v1beta1", "v1alpha3")  # preference order
 CRD_POLL_SECONDS = 5.0
-API_VERSIONS = {"Service": "v1", "ConfigMap": "v1", "ServiceEntry": f"{ISTIO_GROUP}/v1"}
+API_VERSIONS = {"Service": "v1", "ConfigMap": "v1", "ServiceEntry": f"{ISTIO_GROUP}/v1",
+                "Namespace": "v1"}
 """Kinds aliasd records Events on."""
+CLUSTER_EVENTS_NAMESPACE = "default"
+"""Where Events about cluster-scoped objects (a Namespace) go, as for Nodes."""
 
 
 ClaimsSink = Callable[[str, list[AliasClaim]], None]
 """(key, claims): one object's claims changed (none: it is gone or claims nothing)."""
+PolicySink = Callable[[str, "str | None"], None]
+"""(namespace, allowed-names value): a Namespace's policy changed (None: no annotation)."""
 
 PAGE_SIZE = 500
 # The EndpointSlice controller labels the slices of headless Services; slices
@@ -69,6 +76,7 @@ class KubeSource:
                  on_claims: ClaimsSink, on_change: Callable[[], None],
                  restarts: Counter[str], on_relist: Callable[[], None] = lambda: None,
                  on_problems: Callable[[], None] = lambda: None,
+                 on_namespace: PolicySink = lambda namespace, value: None,
                  probes: Counter[str] | None = None) -> None:
         self.api = api
         self.zones = zones
@@ -77,6 +85,7 @@ class KubeSource:
         self._notify = on_change  # readiness may have changed
         self._relisted = on_relist
         self._problems_changed = on_problems  # an object's problems changed, not its claims
+        self._policy_changed = on_namespace
         self.restarts = restarts
         self.probes = probes if probes is not None else Counter()
         core, disc = CoreV1Api(api), DiscoveryV1Api(api)
@@ -91,6 +100,12 @@ class KubeSource:
                 functools.partial(_with_selector, disc.list_namespaced_endpoint_slice,
                                   selector),
                 self._slice_changed, resource="endpointslices", transform=mapping.trim_slice)]
+        # Namespaces, for the name policy: cached trimmed to name + annotation.
+        self.namespace_informers = self._informers(
+            "namespaces", core.list_namespace,
+            functools.partial(_named_namespace, core.list_namespace),
+            self._namespace_changed, transform=mapping.trim_namespace)
+        self.allowed_names: dict[str, str] = {}  # namespace -> aliasd.io/allowed-names
         self.se_informers: list[Informer] = []
         # Set once every version was tried and none is served: the source then
         # counts as synced (like an informer, it never goes back to unsynced).
@@ -129,11 +144,15 @@ class KubeSource:
     def synced(self) -> bool:
         se_synced = self.se_seen_absent or (
             bool(self.se_informers) and all(i.synced for i in self.se_informers))
-        return all(i.synced for i in self.services + self.slices) and se_synced
+        return all(i.synced for i in self._core_informers) and se_synced
+
+    @property
+    def _core_informers(self) -> list[Informer]:
+        return self.namespace_informers + self.services + self.slices
 
     @property
     def error(self) -> str | None:
-        for i in self.services + self.slices + self.se_informers:
+        for i in self._core_informers + self.se_informers:
             if i.error:
                 return f"{i.name}: {i.error}"
         return None
@@ -238,6 +257,21 @@ class KubeSource:
         for sk in touched:
             self._derive_service(sk)
 
+    def _namespace_changed(self, k: str, old: Obj | None, new: Obj | None) -> None:
+        """Only a change of ``aliasd.io/allowed-names`` costs anything: the
+        engine then re-validates that namespace's claims, and no other."""
+        value = mapping.allowed_names(new)
+        if value == mapping.allowed_names(old):
+            return
+        name = str(((new or old or {}).get("metadata") or {}).get("name", ""))
+        if value is None:
+            self.allowed_names.pop(name, None)
+        else:
+            self.allowed_names[name] = value
+        self._set(f"ns/{name}", [], mapping.namespace_problems(new, self.zones.zones[0])
+                  if new is not None else [])
+        self._policy_changed(name, value)
+
     def _se_changed(self, k: str, old: Obj | None, new: Obj | None) -> None:
         if new is None:
             self._ses.pop(k, None)
@@ -248,7 +282,7 @@ class KubeSource:
     # ---- running ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        await asyncio.gather(*(i.run() for i in self.services + self.slices),
+        await asyncio.gather(*(i.run() for i in self._core_informers),
                              self._run_serviceentries())
 
     async def _run_serviceentries(self) -> None:
@@ -305,6 +339,11 @@ def _with_selector(list_fn: Any, selector: str, namespace: str, **kw: Any) -> An
     return list_fn(namespace, label_selector=selector, **kw)
 
 
+def _named_namespace(list_fn: Any, name: str, **kw: Any) -> Any:
+    """``--namespaces``: watch just those Namespace objects."""
+    return list_fn(field_selector=f"metadata.name={name}", **kw)
+
+
 def _namespaced_custom(custom: CustomObjectsApi, version: str, namespace: str,
                        **kw: Any) -> Any:
     return custom.list_namespaced_custom_object(ISTIO_GROUP, version, namespace,
@@ -329,7 +368,8 @@ class EventRecorder:
         """Emit Events for ``reporter``'s problems not in its previous call."""
         current: dict[tuple[str, str, str, str], Problem] = {}
         for p in problems:
-            if p.owner.kind not in API_VERSIONS or not p.owner.namespace:
+            if p.owner.kind not in API_VERSIONS or not (
+                    p.owner.namespace or p.owner.kind == "Namespace"):
                 continue
             current[(p.owner.uid or p.owner.ref, p.owner.ref, p.reason, p.message)] = p
         active = self.active.get(reporter, set())
@@ -348,8 +388,9 @@ class EventRecorder:
     async def _emit(self, p: Problem) -> None:
         now = utc_timestamp(time.time())
         api_version = API_VERSIONS[p.owner.kind]
+        namespace = p.owner.namespace or CLUSTER_EVENTS_NAMESPACE
         body: Any = {
-            "metadata": {"generateName": f"{p.owner.name}.", "namespace": p.owner.namespace},
+            "metadata": {"generateName": f"{p.owner.name}.", "namespace": namespace},
             "involvedObject": {"kind": p.owner.kind, "namespace": p.owner.namespace,
                                "name": p.owner.name, "uid": p.owner.uid,
                                "apiVersion": api_version},
@@ -359,7 +400,7 @@ class EventRecorder:
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
         try:
-            await self.core.create_namespaced_event(p.owner.namespace, body)
+            await self.core.create_namespaced_event(namespace, body)
         except (TimeoutError, ApiException, OSError) as e:
             log.warning("could not record Event %s on %s: %s", p.reason, p.owner.ref, e)
 

@@ -23,6 +23,7 @@ from aliasd.model import (
     parse_ttl,
     parse_weight,
 )
+from aliasd.policy import ALLOWED_NAMES_ANNOTATION, parse_allowed
 
 ALIAS_ANNOTATION = "aliasd.io/alias"
 TTL_ANNOTATION = "aliasd.io/ttl"
@@ -381,3 +382,42 @@ def trim_serviceentry(se: Mapping[str, Any]) -> dict[str, Any]:
     if addresses:
         out["status"] = {"addresses": addresses}
     return out
+
+
+def trim_namespace(ns: Mapping[str, Any]) -> dict[str, Any]:
+    """A Namespace reduced to what the name policy reads: its name and its
+    ``aliasd.io/allowed-names`` annotation (uid for Events, resourceVersion for
+    relists)."""
+    meta = ns.get("metadata") or {}
+    out: dict[str, Any] = {k: meta[k] for k in ("name", "uid", "resourceVersion") if k in meta}
+    value = (meta.get("annotations") or {}).get(ALLOWED_NAMES_ANNOTATION)
+    if value is not None:
+        out["annotations"] = {ALLOWED_NAMES_ANNOTATION: value}
+    return {"metadata": out}
+
+
+def allowed_names(ns: Mapping[str, Any] | None) -> str | None:
+    """A (trimmed) Namespace's ``aliasd.io/allowed-names`` value; None: absent."""
+    if ns is None:
+        return None
+    value: str | None = ((ns.get("metadata") or {}).get("annotations") or {}).get(
+        ALLOWED_NAMES_ANNOTATION)
+    return value
+
+
+def namespace_problems(ns: Mapping[str, Any], default_zone: str) -> list[Problem]:
+    """A malformed ``aliasd.io/allowed-names`` pattern, as an Event on the Namespace."""
+    value = allowed_names(ns)
+    meta = ns.get("metadata") or {}
+    name = meta.get("name", "")
+    if value is None:
+        return []
+    allowed = parse_allowed(value, namespace=name, rule=ALLOWED_NAMES_ANNOTATION,
+                            default_zone=default_zone)
+    if not allowed.malformed:
+        return []
+    return [Problem(Owner(0.0, "", name, "Namespace", meta.get("uid", "")),
+                    "InvalidAllowedNames",
+                    f"{ALLOWED_NAMES_ANNOTATION} on Namespace {name}: malformed patterns match "
+                    f"nothing (fail closed): {', '.join(allowed.malformed)}; "
+                    f"the other patterns still apply")]

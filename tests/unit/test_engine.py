@@ -1,7 +1,8 @@
 """The incremental engine equals a build from scratch, answer for answer, over
 random sequences of adds, updates, deletes, conflicts, weights, overrides,
-takeovers, whole-source replacements (relists) and readiness flips; and the
-names it reports as unchanged really answer the same."""
+takeovers, whole-source replacements (relists), name policy changes on
+namespaces and readiness flips; and the names it reports as unchanged really
+answer the same."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from aliasd import registry
 from aliasd.engine import KEY_SEP, Engine, differences
 from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner, Port
+from aliasd.policy import NamePolicy
 from aliasd.registry import TakeoverPolicy, ZoneConfig
 from aliasd.zone import AAAA, ANY, CNAME, NS, SOA, SRV, A, Lookup, Snapshot
 
 CFG = ZoneConfig.from_names(["internal", "corp.example"], ns_addresses=["10.0.0.53"],
-                            takeover=TakeoverPolicy.parse(["example.com"]))
+                            takeover=TakeoverPolicy.parse(["example.com"]),
+                            names=NamePolicy.parse(["*.{namespace}.internal", "web", "b.internal",
+                                                    "db.corp.example", "legacy.example.com"]))
 NAMES = ["web", "api.internal", "db.corp.example", "a.b.internal", "b.internal",
          "legacy.example.com", "x.other.org", "bad_label.internal", "ns.internal"]
 OWNERS = [Owner(1.0, "a", "web"), Owner(1.0, "b", "web"), Owner(2.0, "a", "api"),
@@ -77,6 +81,12 @@ class EngineMachine(RuleBasedStateMachine):
     def replace_source(self, source: str, claims: list[AliasClaim]) -> None:
         self.engine.replace(source, claims)
 
+    @rule(namespace=st.sampled_from(["a", "b", "c"]),
+          annotation=st.sampled_from([None, "*", "", "*.internal", "web, a.b.internal",
+                                      "bad_label*, b.internal, *.example.com"]))
+    def set_namespace_policy(self, namespace: str, annotation: str | None) -> None:
+        self.engine.set_namespace(namespace, annotation)
+
     @rule(key=st.sampled_from(KEYS))
     def relist_same(self, key: str) -> None:
         # A resync hands over the same claims again: nothing to do.
@@ -107,6 +117,8 @@ class EngineMachine(RuleBasedStateMachine):
             return
         snap = self.engine.result.snapshot
         fresh = Engine(CFG, serial=snap.serial - 1, ready=not snap.ready)
+        for namespace, annotation in self.engine.annotations.items():
+            fresh.set_namespace(namespace, annotation)
         for key, claims in self.engine.claims.items():
             fresh.set(key, claims)
         fresh.commit(now=0.0, ready=snap.ready)
@@ -119,7 +131,7 @@ class EngineMachine(RuleBasedStateMachine):
         result = self.engine.result
         snap = result.snapshot
         scratch = registry.build_keyed(self.engine.claims, config=CFG, serial=snap.serial,
-                                       ready=snap.ready)
+                                       ready=snap.ready, annotations=self.engine.annotations)
         assert differences(snap, scratch.snapshot) == []
         for name in {*snap.names, *PROBES}:
             assert answers(snap, name) == answers(scratch.snapshot, name), name

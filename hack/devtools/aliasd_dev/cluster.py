@@ -353,12 +353,14 @@ class LocalCluster:
     # ---- REST ------------------------------------------------------------
 
     def request(self, method: str, path: str, body: Any = None, *,
-                content_type: str = "application/json", timeout: float = 10) -> Any:
-        """One admin request to the API server; JSON in and out (text for /readyz)."""
+                content_type: str = "application/json", timeout: float = 10,
+                headers: dict[str, str] | None = None) -> Any:
+        """One admin request to the API server; JSON in and out (text for /readyz).
+        ``headers`` add to them (``Impersonate-User``: a request as someone else)."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.api_url + path, data=data, method=method, headers={
             "Authorization": f"Bearer {self.token}", "Content-Type": content_type,
-            "Accept": "application/json",
+            "Accept": "application/json", **(headers or {}),
         })
         try:
             with urllib.request.urlopen(req, context=self._ssl, timeout=timeout) as r:

@@ -1,0 +1,269 @@
+"""The name policy (issue 16 part 1) against the real API server: a claim
+outside its namespace's allowed names is not served and gets its Event; the
+policy changed on the Namespace takes effect without a restart; the default
+with {namespace}; takeovers are subject to it; a malformed pattern fails
+closed; tenants cannot edit their own Namespace (the shipped RBAC example)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dns.rcode
+import pytest
+import yaml
+
+from aliasd_dev import ClusterError, LocalCluster
+from tests.helpers import (
+    ROOT,
+    AliasdProcess,
+    a_records,
+    events,
+    query,
+    run_aliasd,
+    service,
+    wait_for,
+)
+
+pytestmark = pytest.mark.cluster
+
+ANNOTATION = "aliasd.io/allowed-names"
+
+
+def set_allowed(cluster: LocalCluster, ns: str, value: str | None) -> None:
+    """Set (None: remove) the Namespace's aliasd.io/allowed-names, as an admin does."""
+    cluster.request("PATCH", f"/api/v1/namespaces/{ns}",
+                    {"metadata": {"annotations": {ANNOTATION: value}}},
+                    content_type="application/merge-patch+json")
+
+
+def rcode(p: AliasdProcess, name: str) -> str:
+    return str(dns.rcode.to_text(query(p.dns, name, "A").rcode()))
+
+
+def metric(p: AliasdProcess, line: str) -> float | None:
+    """The value of the sample ``line`` (name{labels}) on /metrics, or None."""
+    _, text = p.http("/metrics")
+    m = re.search(rf"^{re.escape(line)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def invalid_of(p: AliasdProcess, owner: str) -> list[dict[str, Any]]:
+    _, doc = p.http("/v1/aliases")
+    return [i for i in doc["invalid"] if i["owner"] == owner]
+
+
+def test_claim_outside_allowed_names_is_not_served_until_the_policy_allows_it(
+        cluster: LocalCluster, aliasd: AliasdProcess, namespace: str) -> None:
+    ns = namespace
+    set_allowed(cluster, ns, f"{ns}.internal, *.{ns}.internal")
+    own, squat = f"api.{ns}.internal", f"pay-{ns}.internal"
+    ip = service(cluster, ns, "api", alias=f"{own}, {squat}")["spec"]["clusterIP"]
+    message = (f"{squat}. is not among the names namespace {ns} may claim "
+               f"({ANNOTATION} on Namespace {ns}: '{ns}.internal, *.{ns}.internal')")
+    got = wait_for(lambda: events(cluster, ns, "api"), what="the AliasNotAllowed Event")
+    assert got == [("AliasNotAllowed", message)]
+    assert a_records(aliasd, own + ".") == [ip]
+    assert rcode(aliasd, squat + ".") == "NXDOMAIN"  # not served
+    assert invalid_of(aliasd, f"Service {ns}/api") == [
+        {"name": squat, "owner": f"Service {ns}/api", "reason": message}]
+    assert metric(aliasd, 'aliasd_invalid_aliases_by_reason{reason="AliasNotAllowed"}') == 1.0
+    updates = metric(aliasd, "aliasd_policy_updates_total")
+
+    # A Namespace change that leaves the annotation alone costs nothing ...
+    cluster.request("PATCH", f"/api/v1/namespaces/{ns}",
+                    {"metadata": {"labels": {"team": "shop"}}},
+                    content_type="application/merge-patch+json")
+    # ... and the admin allowing the name takes effect live, no restart. (One
+    # watch stream: once this change is seen, so was the label change before it.)
+    set_allowed(cluster, ns, f"*.{ns}.internal, {squat}")
+    wait_for(lambda: a_records(aliasd, squat + ".") == [ip], what="the policy change")
+    assert a_records(aliasd, own + ".") == [ip]
+    assert metric(aliasd, "aliasd_policy_updates_total") == (updates or 0) + 1
+    assert invalid_of(aliasd, f"Service {ns}/api") == []
+    assert metric(aliasd, 'aliasd_invalid_aliases_by_reason{reason="AliasNotAllowed"}') is None
+
+    # Taking a name away withdraws it just as live; removing the annotation
+    # brings back the default (here: any name in the served zones).
+    set_allowed(cluster, ns, squat)
+    wait_for(lambda: rcode(aliasd, own + ".") == "NXDOMAIN", what="the name withdrawn")
+    assert a_records(aliasd, squat + ".") == [ip]
+    set_allowed(cluster, ns, None)
+    wait_for(lambda: a_records(aliasd, own + ".") == [ip], what="the default again")
+    assert aliasd.proc.poll() is None and "Traceback" not in aliasd.logs()
+
+
+@pytest.fixture
+def strict(cluster: LocalCluster, tmp_path: Path) -> Iterator[AliasdProcess]:
+    """aliasd on a strict cluster: each namespace may claim names under its own."""
+    with run_aliasd(["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal",
+                     "--default-allowed-names", "*.{namespace}.internal",
+                     "--allow-takeover", "example.com"], tmp=tmp_path) as p:
+        yield p
+
+
+def test_default_allowed_names_with_the_namespace_placeholder(
+        cluster: LocalCluster, strict: AliasdProcess, namespace: str) -> None:
+    ns = namespace
+    ip = service(cluster, ns, "web", alias=f"web.{ns}.internal, {ns}.internal, "
+                                           f"web-{ns}.internal")["spec"]["clusterIP"]
+    wait_for(lambda: a_records(strict, f"web.{ns}.internal.") == [ip], what="the alias")
+    got = wait_for(lambda: sorted(events(cluster, ns, "web")) if len(
+        events(cluster, ns, "web")) == 2 else None, what="two AliasNotAllowed Events")
+    rule = f"(--default-allowed-names: '*.{ns}.internal')"
+    assert got == sorted([
+        ("AliasNotAllowed", f"web-{ns}.internal. is not among the names namespace {ns} "
+                            f"may claim {rule}"),
+        ("AliasNotAllowed", f"{ns}.internal. is not among the names namespace {ns} "
+                            f"may claim {rule}")])
+    # *.{namespace}.internal does not match {namespace}.internal itself (RFC 4592):
+    # not served, only an empty non-terminal above web.{namespace}.internal (NODATA).
+    msg = query(strict.dns, f"{ns}.internal.", "A")
+    assert (dns.rcode.to_text(msg.rcode()), msg.answer) == ("NOERROR", [])
+    assert rcode(strict, f"web-{ns}.internal.") == "NXDOMAIN"
+    assert metric(strict, 'aliasd_invalid_aliases_by_reason{reason="AliasNotAllowed"}') == 2.0
+    # The annotation replaces the default for that namespace.
+    set_allowed(cluster, ns, "*")
+    wait_for(lambda: a_records(strict, f"{ns}.internal.") == [ip], what="annotation wins")
+    assert a_records(strict, f"web-{ns}.internal.") == [ip]
+
+
+def test_takeover_refused_by_the_policy(cluster: LocalCluster, strict: AliasdProcess,
+                                        namespace: str) -> None:
+    ns = namespace
+    name = f"legacy-{ns}.example.com"
+    svc = cluster.request("POST", f"/api/v1/namespaces/{ns}/services", {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "grab", "annotations": {"aliasd.io/takeover": name}},
+        "spec": {"ports": [{"name": "http", "port": 80}]}})
+    ip = svc["spec"]["clusterIP"]
+    # --allow-takeover example.com allows it, the namespace's default does not.
+    got = wait_for(lambda: events(cluster, ns, "grab"), what="the AliasNotAllowed Event")
+    assert got == [("AliasNotAllowed", f"{name}. is not among the names namespace {ns} may "
+                                       f"claim (--default-allowed-names: '*.{ns}.internal')")]
+    assert rcode(strict, name + ".") == "REFUSED"  # not taken over: not aliasd's name
+    assert [i["name"] for i in invalid_of(strict, f"Service {ns}/grab")] == [name]
+    _, doc = strict.http("/v1/aliases")
+    assert name + "." not in [a["name"] for a in doc["aliases"]]
+    # Allowed by both: taken over.
+    set_allowed(cluster, ns, name)
+    wait_for(lambda: a_records(strict, name + ".") == [ip], what="the takeover")
+    _, doc = strict.http("/v1/aliases")
+    assert [a["takeover"] for a in doc["aliases"] if a["name"] == name + "."] == [True]
+
+
+def test_malformed_pattern_fails_closed_and_is_reported(
+        cluster: LocalCluster, aliasd: AliasdProcess, namespace: str) -> None:
+    ns = namespace
+    value = f"a.{ns}.internal, b*.{ns}.internal"
+    set_allowed(cluster, ns, value)
+    bad = (f"'b*.{ns}.internal' ('*' is allowed only as the whole first label "
+           "('*.shop.internal') or alone ('*'))")
+    got = wait_for(lambda: events(cluster, "default", ns), what="the Namespace Event")
+    assert got == [("InvalidAllowedNames",
+                    f"{ANNOTATION} on Namespace {ns}: malformed patterns match nothing (fail "
+                    f"closed): {bad}; the other patterns still apply")]
+    assert f"Namespace {ns} InvalidAllowedNames" in aliasd.logs()
+    ip = service(cluster, ns, "web", alias=f"a.{ns}.internal, bb.{ns}.internal"
+                 )["spec"]["clusterIP"]
+    # The tenant's own Event says why (the pattern that might look like it allows it).
+    got = wait_for(lambda: events(cluster, ns, "web"), what="the Service Event")
+    assert got == [("AliasNotAllowed",
+                    f"bb.{ns}.internal. is not among the names namespace {ns} may claim "
+                    f"({ANNOTATION} on Namespace {ns}: '{value}'); malformed, so matching "
+                    f"nothing: {bad}")]
+    assert a_records(aliasd, f"a.{ns}.internal.") == [ip]
+    assert rcode(aliasd, f"bb.{ns}.internal.") == "NXDOMAIN"
+
+
+def test_tenants_cannot_edit_their_own_namespace(cluster: LocalCluster,
+                                                 namespace: str) -> None:
+    docs = list(yaml.safe_load_all((ROOT / "examples/tenant/rbac.yaml").read_text()))
+    for doc in docs:
+        doc["metadata"]["namespace"] = namespace
+        cluster.apply(doc)
+    set_allowed(cluster, namespace, f"*.{namespace}.internal")
+    service(cluster, namespace, "web", alias=f"web.{namespace}.internal")
+
+    def status(group: str, method: str, path: str, body: dict[str, Any]) -> int:
+        """The HTTP status of a request by user alice in ``group`` (impersonated)."""
+        try:
+            cluster.request(method, path, body, content_type="application/merge-patch+json",
+                            headers={"Impersonate-User": "alice", "Impersonate-Group": group})
+        except ClusterError as e:
+            return int(re.search(r"HTTP (\d+)", str(e)).group(1))  # type: ignore[union-attr]
+        return 200
+
+    grab = {"metadata": {"annotations": {ANNOTATION: "*"}}}
+    # The tenant edits its own Services (so its aliases; polled: the API server's
+    # RBAC cache takes a moment to see a new binding) ...
+    rename = {"metadata": {"annotations": {"aliasd.io/alias": "payments.internal"}}}
+    wait_for(lambda: status("shop-team", "PATCH",
+                            f"/api/v1/namespaces/{namespace}/services/web", rename) == 200,
+             what="the RoleBinding to apply")
+    # ... but not its Namespace, nor anyone else's Services.
+    assert status("shop-team", "PATCH", f"/api/v1/namespaces/{namespace}", grab) == 403
+    assert status("shop-team", "PATCH", "/api/v1/namespaces/default/services/kubernetes",
+                  grab) == 403
+    ns = cluster.request("GET", f"/api/v1/namespaces/{namespace}")
+    assert ns["metadata"]["annotations"][ANNOTATION] == f"*.{namespace}.internal"
+    # Nor do the built-in admin/edit/view roles (the rules they aggregate) write Namespaces.
+    for role in ("admin", "edit", "view"):
+        rules = cluster.request("GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles/"
+                                f"system:aggregate-to-{role}")["rules"]
+        verbs = {v for r in rules if {"namespaces", "*"} & set(r.get("resources", []))
+                 for v in r["verbs"]}
+        assert verbs <= {"get", "list", "watch"}, (role, verbs)
+
+    # The caveat the README states: a Role in the namespace that covers the
+    # resource "namespaces" (here every resource, "*") does reach the Namespace
+    # object itself, because a request for /api/v1/namespaces/NAME is authorized
+    # as if it were inside NAME. So never give tenants such a Role.
+    cluster.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                   "metadata": {"name": "everything", "namespace": namespace},
+                   "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]})
+    cluster.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "everything", "namespace": namespace},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                               "name": "everything"},
+                   "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                                 "name": "too-broad"}]})
+    wait_for(lambda: status("too-broad", "PATCH", f"/api/v1/namespaces/{namespace}",
+                            grab) == 200, what="the broad RoleBinding to apply")
+    ns = cluster.request("GET", f"/api/v1/namespaces/{namespace}")
+    assert ns["metadata"]["annotations"][ANNOTATION] == "*"
+
+
+def test_list_computed_from_the_cluster_applies_the_policy(cluster: LocalCluster,
+                                                          namespace: str) -> None:
+    ns = namespace
+    set_allowed(cluster, ns, f"*.{ns}.internal")
+    ip = service(cluster, ns, "web", alias=f"web.{ns}.internal, pay-{ns}.internal"
+                 )["spec"]["clusterIP"]
+
+    def listed(*flags: str) -> dict[str, Any]:
+        r = subprocess.run([sys.executable, "-m", "aliasd", "list", "-o", "json",
+                            "--kubeconfig", str(cluster.kubeconfig), "--namespaces", ns, *flags],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+        assert r.returncode == 0, r.stderr
+        doc: dict[str, Any] = json.loads(r.stdout)
+        return doc
+
+    doc = listed()
+    assert [(a["name"], a["addresses"]) for a in doc["aliases"]] == [
+        (f"web.{ns}.internal.", [ip])]
+    assert doc["invalid"] == [{
+        "name": f"pay-{ns}.internal", "owner": f"Service {ns}/web",
+        "reason": f"pay-{ns}.internal. is not among the names namespace {ns} may claim "
+                  f"({ANNOTATION} on Namespace {ns}: '*.{ns}.internal')"}]
+    # Without the annotation: the default given to `aliasd list`, as to `aliasd run`.
+    set_allowed(cluster, ns, None)
+    doc = listed("--default-allowed-names", "pay-{namespace}.internal")
+    assert [a["name"] for a in doc["aliases"]] == [f"pay-{ns}.internal."]
+    assert [i["name"] for i in doc["invalid"]] == [f"web.{ns}.internal"]
+    assert listed()["invalid"] == []
