@@ -3,15 +3,19 @@ than a threshold: how long, how often, and where the time went (stacks
 sampled while the callback runs).
 
     .venv/bin/python bench/stalls.py OUT [--threshold-ms 2] -m aliasd run ...
-    .venv/bin/python bench/scale.py --attach F --wrap "bench/stalls.py /tmp/stalls.json"
+    .venv/bin/python bench/scale.py --attach F --wrap "$PWD/bench/stalls.py /tmp/stalls.json"
+    ... --wrap "$PWD/bench/stalls.py /tmp/stalls.json --uvloop"   # the real loop
 
 Runs aliasd on asyncio's own loop (uvloop's callbacks cannot be timed from
 Python; the Python work in them is the same). Writes OUT (JSON) every few
-seconds and at exit: ``stalls`` (start time since launch, wall seconds, the thread's CPU seconds
--- what the machine's other load does not inflate --, callback),
-``by_callback`` (by CPU) and ``stacks`` (sample counts per innermost frames), GC passes
-per generation. A diagnostic, not a benchmark: the sampler thread takes the
-GIL every millisecond, so everything runs a little slower.
+seconds and at exit: ``stalls`` (start time since launch, wall seconds, the
+thread's CPU seconds -- what the machine's other load does not inflate --,
+callback), ``by_callback`` (by CPU) and ``stacks`` (sample counts per
+innermost frames), GC passes per generation. With ``--uvloop`` aliasd keeps
+its loop and a stall is the loop-lag probe not running: the stacks sampled
+then say whether the main thread was in Python (ours to fix) or in uvloop
+(not scheduled: the machine). A diagnostic, not a benchmark: the sampler
+thread takes the GIL every millisecond, so everything runs a little slower.
 """
 
 from __future__ import annotations
@@ -148,15 +152,49 @@ def main() -> int:
     if args[:1] == ["--threshold-ms"]:
         threshold = float(args[1]) / 1000
         args = args[2:]
+    uv = args[:1] == ["--uvloop"]
+    if uv:
+        args = args[1:]
     if args[:2] != ["-m", "aliasd"]:
         raise SystemExit("usage: stalls.py OUT [--threshold-ms N] -m aliasd ARGS...")
     sys.setswitchinterval(0.001)  # let the sampler in while the loop holds the GIL
     rec = Recorder(out, threshold)
-    rec.install()
     sys.path[0] = os.getcwd()  # as ``python -m aliasd`` would (scale.py --source)
+    if uv:
+        # uvloop's callbacks cannot be timed from Python: a stall is the
+        # loop-lag probe (every 10 ms) not running for 2 x threshold + 10 ms;
+        # the stacks sampled then say where the main thread was.
+        from aliasd import metrics
+
+        orig_probe = metrics.LoopLag._probe
+        beat = [time.perf_counter()]
+
+        def probe(self: Any, loop: Any) -> None:
+            beat[0] = time.perf_counter()
+            orig_probe(self, loop)
+
+        metrics.LoopLag._probe = probe  # type: ignore[method-assign]
+
+        def watchdog() -> None:
+            while True:
+                time.sleep(0.001)
+                late = time.perf_counter() - beat[0]
+                if late > 0.01 + 2 * threshold:
+                    frame = sys._current_frames().get(rec.main)
+                    with rec.lock:
+                        rec.stacks[("stall", stack(frame, 12))] += 1
+                        if not rec.stalls or rec.stalls[-1][0] != round(beat[0] - T0, 4):
+                            rec.stalls.append((round(beat[0] - T0, 4), 0.0, 0.0, "stall"))
+
+        gc.callbacks.append(rec._gc)
+        threading.Thread(target=watchdog, daemon=True).start()
+        threading.Thread(target=rec._dump_loop, daemon=True).start()
+    else:
+        rec.install()
     from aliasd import cli
 
-    cli.run_async = asyncio.run  # type: ignore[assignment]  # time asyncio's callbacks
+    if not uv:
+        cli.run_async = asyncio.run  # type: ignore[assignment]  # time asyncio's callbacks
     try:
         return int(cli.main(args[2:]) or 0)
     finally:
