@@ -21,6 +21,7 @@ from typing import TypeVar
 import immutables
 
 from aliasd.model import AliasClaim
+from aliasd.names import WILDCARD, is_wildcard
 from aliasd.policy import policy_namespace
 from aliasd.registry import (
     Conflict,
@@ -53,7 +54,9 @@ class Commit:
     # Owner names whose RRsets, weighted group or unusable status differ from
     # the previous snapshot (plus names answering through a CNAME to them, and
     # the zone apexes, whose SOA serial moved); None: anything may have changed
-    # (readiness flipped, a taken-over zone came or went).
+    # (readiness flipped, a taken-over zone came or went). A name a wildcard
+    # answers is not listed (they are countless): an answer that read one lists
+    # the wildcard and the names between in Lookup.depends.
     changed: frozenset[str] | None
 
 
@@ -83,6 +86,8 @@ class Engine:
         self._cname_refs: dict[str, set[str]] = {}  # CNAME target -> names pointing at it
         self._weighted: immutables.Map[str, Weighted] = immutables.Map()
         self._unusable: immutables.Map[str, bool] = immutables.Map()
+        # Closest enclosers with a wildcard: P for every existing name *.P.
+        self._wildcards: immutables.Map[str, bool] = immutables.Map()
         self._serial = serial
         self._ready = ready
         rrsets: dict[str, Mapping[int, RRset]] = {}
@@ -234,7 +239,8 @@ class Engine:
         changed: set[str] = set()
         with self._rrsets.mutate() as rrsets, self._names.mutate() as names, \
                 self._weighted.mutate() as weighted, self._unusable.mutate() as unusable, \
-                self._takeovers.mutate() as takeovers:
+                self._takeovers.mutate() as takeovers, \
+                self._wildcards.mutate() as wildcards:
             for old, new in changes:
                 if old is not None:
                     for owner, _ in old.rrsets:
@@ -247,6 +253,8 @@ class Engine:
                         else:
                             del names[n]
                             changed.add(n)
+                            if is_wildcard(n):
+                                del wildcards[n.removeprefix(WILDCARD)]
                     _put(weighted, old.name, None)
                     _put(unusable, old.name, None)
                     _put(takeovers, old.name, None)
@@ -265,6 +273,8 @@ class Engine:
                         names[n] = count + 1
                         if not count:
                             changed.add(n)
+                            if is_wildcard(n):
+                                wildcards[n.removeprefix(WILDCARD)] = True
                     _put(weighted, new.name, new.weighted)
                     _put(unusable, new.name, True if new.unusable else None)
                     _put(takeovers, new.name, True if new.takeover else None)
@@ -279,6 +289,7 @@ class Engine:
             self._weighted = weighted.finish()
             self._unusable = unusable.finish()
             self._takeovers = takeovers.finish()
+            self._wildcards = wildcards.finish()
         changed.update(zones)
         changed.update(self._takeovers.keys())
         # A name answering through a CNAME to a changed name changes too.
@@ -294,7 +305,8 @@ class Engine:
         return Snapshot(serial=self._serial,
                         zones=zone_infos(self.config, self._serial, self._takeovers.keys()),
                         rrsets=self._rrsets, ready=self._ready, names=self._names,
-                        weighted=self._weighted, unusable=self._unusable)
+                        weighted=self._weighted, unusable=self._unusable,
+                        wildcards=self._wildcards)
 
     def _result(self, snapshot: Snapshot) -> Result:
         return Result(snapshot, resolutions=self._res, invalid=self._invalid,
@@ -335,7 +347,8 @@ def differences(incremental: Snapshot, scratch: Snapshot) -> list[str]:
         if a.get(k) != b.get(k):
             out.append(f"rrsets {k}: {a.get(k)} != {b.get(k)}")
     for what, x, y in (("names", set(incremental.names), set(scratch.names)),
-                       ("unusable", set(incremental.unusable), set(scratch.unusable))):
+                       ("unusable", set(incremental.unusable), set(scratch.unusable)),
+                       ("wildcards", set(incremental.wildcards), set(scratch.wildcards))):
         if x != y:
             out.append(f"{what}: only incremental {sorted(x - y)}, only scratch {sorted(y - x)}")
     if dict(incremental.weighted) != dict(scratch.weighted):

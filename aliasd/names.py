@@ -12,6 +12,8 @@ LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 """An RFC 1123 label, lower case."""
 NS_LABEL = "ns"
 """``ns.<zone>`` is the zone's name server, never an alias."""
+WILDCARD = "*."
+"""The prefix of a wildcard owner name (RFC 4592): ``*`` as the leftmost label only."""
 
 
 def normalize_name(name: str) -> str:
@@ -20,14 +22,21 @@ def normalize_name(name: str) -> str:
     return n.rstrip(".") + "."
 
 
-def validate_fqdn(name: str) -> str | None:
-    """Why ``name`` (normalized) is not a valid RFC 1123 host name, or None."""
+def validate_fqdn(name: str, *, wildcard: bool = False) -> str | None:
+    """Why ``name`` (normalized) is not a valid RFC 1123 host name, or None.
+    ``wildcard``: a leftmost ``*`` label is allowed (an alias's owner name)."""
     bare = name.rstrip(".")
     if not bare:
         return "name is empty"
     if len(bare) > 253:
         return f"name is {len(bare)} characters long (max 253)"
-    for label in bare.split("."):
+    labels = bare.split(".")
+    if wildcard and labels[0] == "*" and len(labels) > 1:
+        labels = labels[1:]
+    for label in labels:
+        if label == "*":
+            return ("label '*' is a wildcard, allowed only as the leftmost label of an "
+                    "alias inside a served zone")
         if len(label) > 63:
             return f"label {label[:20]!r}... is {len(label)} characters long (max 63)"
         if not LABEL.match(label):
@@ -42,7 +51,7 @@ def qualify(raw: str, zones: Sequence[str]) -> tuple[str, str]:
     if not raw.strip():
         raise ValueError("alias is empty")
     name = absolute_name(raw, zones[0])
-    err = validate_fqdn(name)
+    err = validate_fqdn(name, wildcard=True)
     if err:
         raise ValueError(f"alias {raw!r}: {err}")
     zone = best_zone(name, zones)
@@ -50,6 +59,13 @@ def qualify(raw: str, zones: Sequence[str]) -> tuple[str, str]:
         raise ValueError(
             f"alias {raw!r} is outside the served zones ({', '.join(zones)})"
         )
+    if name == WILDCARD + zone:
+        # Issue 16: no wildcard at the apex. One claim would answer every name of
+        # the shared zone that does not exist (typos, names not deployed yet,
+        # names whose owner just deleted its Service).
+        raise ValueError(f"alias {raw!r} is a wildcard at the zone apex, which would answer "
+                         f"every name of {zone} that does not exist; use one under a "
+                         f"subdomain, e.g. *.team.{zone}")
     if name == zone:
         raise ValueError(f"alias {raw!r} is the zone apex, which aliasd itself serves")
     if name == f"{NS_LABEL}.{zone}":
@@ -64,6 +80,11 @@ def absolute_name(raw: str, default_zone: str) -> str:
     if "." not in raw.strip():
         name += default_zone
     return name
+
+
+def is_wildcard(name: str) -> bool:
+    """Whether ``name`` (normalized) is a wildcard owner name (RFC 4592 2.1.1)."""
+    return name.startswith(WILDCARD)
 
 
 def best_zone(name: str, zones: Iterable[str]) -> str | None:

@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 from aliasd import names
 from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner, canonical_ip
-from aliasd.names import best_zone, normalize_name, validate_fqdn
+from aliasd.names import WILDCARD, best_zone, is_wildcard, normalize_name, validate_fqdn
 from aliasd.policy import NamePolicy, policy_namespace
 from aliasd.zone import (
     AAAA,
@@ -277,6 +277,11 @@ def _validate_claim(claim: AliasClaim, config: ZoneConfig,
             raise NameNotAllowed(why)
     if claim.cname is not None and claim.addresses:
         raise ValueError(f"alias {claim.name!r} has both addresses and a cname")
+    if claim.weight is not None and is_wildcard(name):
+        # A weighted draw per query would keep every name under the wildcard off
+        # the answer templates (issue 15); one owner per wildcard, like any name.
+        raise ValueError(f"alias {claim.name!r} is a wildcard, which cannot be shared by "
+                         "weight (aliasd.io/weight, ServiceEntry endpoint weights)")
     if claim.cname is not None:
         target = absolute_name(claim.cname, config)
         err = validate_fqdn(target)
@@ -354,7 +359,9 @@ def resolve(name: str, claims: Iterable[AliasClaim], config: ZoneConfig) -> Reso
         own.update(_targets(name, c, c.ttl, config))
     srvs: dict[str, RRset] = {}
     for c in winners:
-        if c.cname is not None:
+        # RFC 4592 4.5: _http._tcp.*.foo.internal. would not be a wildcard, only a
+        # name no client asks; a wildcard's ports give no SRV.
+        if c.cname is not None or is_wildcard(name):
             continue
         for p in sorted(set(c.ports), key=lambda p: (p.protocol, p.name, p.port)):
             srv = f"_{p.name}._{p.protocol.lower()}.{name}"
@@ -442,6 +449,7 @@ def build_keyed(objects: Mapping[str, Iterable[AliasClaim]], *, config: ZoneConf
         rrsets=MappingProxyType({k: MappingProxyType(dict(v)) for k, v in rrsets.items()}),
         ready=ready, names=frozenset(names), weighted=MappingProxyType(weighted),
         unusable=frozenset(unusable),
+        wildcards=frozenset(n.removeprefix(WILDCARD) for n in names if is_wildcard(n)),
     )
     return Result(snap, resolutions=resolutions, invalid=invalid,
                   conflicted={n: r.conflicts for n, r in resolutions.items() if r.conflicts},

@@ -15,6 +15,8 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from aliasd.names import WILDCARD
+
 # RR types by number, the ones we serve.
 A, NS, CNAME, SOA, AAAA, SRV, OPT, IXFR, AXFR, ANY = 1, 2, 5, 6, 28, 33, 41, 251, 252, 255
 RTYPE_NAMES = {A: "A", NS: "NS", CNAME: "CNAME", SOA: "SOA", AAAA: "AAAA", SRV: "SRV"}
@@ -83,6 +85,13 @@ class Lookup:
     # on no other random choice (so it may be cached per variant).
     variant: int | None = None
     cacheable: bool = True
+    # The wildcard (``*.<closest encloser>``) that synthesized the qname's own
+    # answer (RFC 4592): such an answer is one per wildcard, never one per qname.
+    wildcard: str | None = None
+    # Names an answer relied on besides the owners of its RRsets: for every name
+    # synthesized from a wildcard, that name and its ancestors below the closest
+    # encloser (they did not exist) and the wildcard itself.
+    depends: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,9 @@ class Snapshot:
     # ready endpoint): SERVFAIL, the last stage of the issue 7 fallback chain,
     # so resolvers retry instead of caching "no address".
     unusable: Collection[str] = frozenset()
+    # The closest enclosers that have a wildcard: ``foo.internal.`` when
+    # ``*.foo.internal.`` exists (RFC 4592 3.3.1). Empty: no name is synthesized.
+    wildcards: Collection[str] = frozenset()
 
     def find_zone(self, qname: str) -> ZoneInfo | None:
         """The most specific served zone containing ``qname`` (normalized)."""
@@ -151,13 +163,27 @@ class Snapshot:
         name = qname
         chosen: int | None = None
         cacheable = True
+        wildcard: str | None = None
+        depends: list[str] = []
         while True:
+            owner = name
             if name not in self.names:
-                return self._negative(Rcode.NXDOMAIN, zone, answer, chosen, cacheable)
-            if name in self.unusable:
-                return Lookup(Rcode.SERVFAIL, authoritative=False, cacheable=cacheable)
-            sets = self.rrsets.get(name, {})
-            group = self.weighted.get(name)
+                # RFC 4592 3.3.1: a name that does not exist is answered from the
+                # wildcard of its closest encloser, if that has one.
+                source = self.wildcard_source(name)
+                if source is None:
+                    return self._negative(Rcode.NXDOMAIN, zone, answer, chosen, cacheable,
+                                          wildcard, depends)
+                if name == qname:
+                    wildcard = source
+                depends += _below(name, source[2:])
+                depends.append(source)
+                owner = source
+            if owner in self.unusable:
+                return Lookup(Rcode.SERVFAIL, authoritative=False, cacheable=cacheable,
+                              wildcard=wildcard, depends=tuple(depends))
+            sets = self.rrsets.get(owner, {})
+            group = self.weighted.get(owner)
             if group is not None:
                 if name == qname:
                     chosen = variant if variant is not None else group.pick(rnd())
@@ -165,20 +191,25 @@ class Snapshot:
                 else:
                     cacheable = False
                     sets = group.variants[group.pick(rnd())]
+            if owner != name:  # synthesized: the owner is the name asked (RFC 1034 4.3.3)
+                sets = {t: RRset(name, t, rr.ttl, rr.rdata) for t, rr in sets.items()}
             if qtype == ANY:
                 for t in ANY_PREFERENCE:
                     if t in sets:
                         return Lookup(Rcode.NOERROR, True, (*answer, sets[t]),
-                                      variant=chosen, cacheable=cacheable)
-                return self._negative(Rcode.NOERROR, zone, answer, chosen, cacheable)
+                                      variant=chosen, cacheable=cacheable, wildcard=wildcard,
+                                      depends=tuple(depends))
+                return self._negative(Rcode.NOERROR, zone, answer, chosen, cacheable,
+                                      wildcard, depends)
             if qtype in sets:
                 answer.append(sets[qtype])
                 return Lookup(Rcode.NOERROR, True, tuple(answer),
                               additional=self._additional(sets[qtype]), variant=chosen,
-                              cacheable=cacheable)
+                              cacheable=cacheable, wildcard=wildcard, depends=tuple(depends))
             cname = sets.get(CNAME)
             if cname is None:
-                return self._negative(Rcode.NOERROR, zone, answer, chosen, cacheable)
+                return self._negative(Rcode.NOERROR, zone, answer, chosen, cacheable,
+                                      wildcard, depends)
             answer.append(cname)
             seen.add(name)
             target = cname.rdata[0]
@@ -188,15 +219,30 @@ class Snapshot:
             next_zone = self.find_zone(target)
             if next_zone is None or target in seen or len(answer) >= MAX_CNAME_CHAIN:
                 return Lookup(Rcode.NOERROR, True, tuple(answer), variant=chosen,
-                              cacheable=cacheable)
+                              cacheable=cacheable, wildcard=wildcard, depends=tuple(depends))
             zone, name = next_zone, target
 
+    def wildcard_source(self, name: str) -> str | None:
+        """For ``name`` that does not exist: the wildcard ``*.<closest encloser>``
+        that answers it, or None (RFC 4592 3.3.1: the closest encloser is the
+        nearest ancestor that exists, an empty non-terminal included, and only
+        its own wildcard counts)."""
+        if not self.wildcards:
+            return None
+        ce = name
+        while ce:
+            ce = _parent(ce)
+            if ce in self.names:
+                return WILDCARD + ce if ce in self.wildcards else None
+        return None
+
     def _negative(self, rcode: Rcode, zone: ZoneInfo, answer: list[RRset],
-                  variant: int | None, cacheable: bool) -> Lookup:
+                  variant: int | None, cacheable: bool, wildcard: str | None = None,
+                  depends: list[str] | None = None) -> Lookup:
         soa = zone.soa
         neg = RRset(soa.name, SOA, zone.negative_ttl, soa.rdata)
         return Lookup(rcode, True, tuple(answer), authority=(neg,), variant=variant,
-                      cacheable=cacheable)
+                      cacheable=cacheable, wildcard=wildcard, depends=tuple(depends or ()))
 
     def _additional(self, rrset: RRset) -> tuple[RRset, ...]:
         """Glue for NS, addresses of in-zone SRV targets."""
@@ -223,6 +269,29 @@ class Snapshot:
                 if rtype != SOA:
                     out.append(self.rrsets[name][rtype])
         return out
+
+
+def _parent(name: str) -> str:
+    """``name`` without its first label ("" for the root's children). The
+    first unescaped dot ends it: a qname's label may hold ``\\.``."""
+    i = name.find(".")
+    while i > 0 and name[i - 1] == "\\":
+        k = i - 1
+        while k > 0 and name[k - 1] == "\\":
+            k -= 1
+        if (i - k) % 2 == 0:
+            break
+        i = name.find(".", i + 1)
+    return name[i + 1:] if i >= 0 else ""
+
+
+def _below(name: str, ancestor: str) -> list[str]:
+    """``name`` and its ancestors strictly below ``ancestor``."""
+    out = []
+    while name != ancestor and name.endswith("." + ancestor):
+        out.append(name)
+        name = _parent(name)
+    return out
 
 
 def _canonical_key(name: str) -> tuple[str, ...]:

@@ -16,20 +16,27 @@ Two paths give byte-identical answers (a property test proves it):
     first slow answer of that shape, patched with the question; its
     compression pointers are moved by the question's length (see
     :class:`_Template`). No per-name entry: a flood of names that do not exist
-    leaves the cache alone (issue 15).
+    leaves the cache alone (issue 15);
+  - a name that does not exist but that a wildcard answers (RFC 4592): one
+    template per (wildcard, qtype, EDNS shape), learnt the same way. The
+    answer's owner is the qname, a pointer to the question (0xC00C), so the
+    bytes are the same for every such name but the question (issue 16); a
+    flood of names under a wildcard leaves the cache alone too.
 
 The slow path always builds its answer for the lower-cased question and then
 splices the question bytes as asked back in; that is what makes a cached
 answer valid for every casing of the same name.
 
 **What enters the cache, and what leaves it.** Only answers with a non-empty
-answer section for one of the types the zones serve: the qname exists, so the
-cache is bounded by the zone (names x served types x 3 EDNS shapes), whatever
-clients send. MAX_CACHE is a memory ceiling for zones larger than that
-(oldest entry out, all entries being real names, so a flood cannot use it).
+answer section, for one of the types the zones serve, to a qname that no
+wildcard answered: the qname exists, so the cache is bounded by the zone
+(names x served types x 3 EDNS shapes), whatever clients send. MAX_CACHE is
+a memory ceiling for zones larger than that (oldest entry out, all entries
+being real names, so a flood cannot use it).
 Across snapshots an entry survives unless a name it depended on changed (the
-qname, the owner of every RRset in it: CNAME chain, glue, the zone's SOA; and
-SRV/NS targets): :meth:`Answerer.evolve`.
+qname, the owner of every RRset in it: CNAME chain, glue, the zone's SOA;
+SRV/NS targets; for a name in the chain that a wildcard answered, the wildcard
+and the names between it and the closest encloser): :meth:`Answerer.evolve`.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from dataclasses import dataclass, field
 import dnslib
 from dnslib import EDNS0, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
+from aliasd.names import WILDCARD
 from aliasd.zone import (
     AAAA,
     ANY,
@@ -217,28 +225,39 @@ def wire_name(wire: bytes) -> str | None:
 
 
 class _Template:
-    """The answer with an empty answer section for one (anchor, rcode, EDNS
-    shape), learnt from a slow answer whose question ended at ``qend``.
+    """An answer that is the same for a whole class of questions except for the
+    question itself, learnt from a slow answer whose question ended at ``qend``:
 
-    What follows the question (the zone's SOA in the authority section, the
-    OPT) compresses its names against the question: dnslib points each one at
-    the longest suffix it shares with the question. The *anchor* is the
-    longest suffix of the qname shared with any name in that tail (the zone,
-    or e.g. ``ns.<zone>`` for names under it), so for every qname with the
-    same anchor the pointers land in the anchor or the tail itself, both at
-    the same distance from the end of the question: moving every pointer by
-    the difference in question length gives the slow path's bytes exactly (the
-    property test in tests/unit/test_fastpath.py holds it)."""
+    * an answer with an empty answer section for one (anchor, rcode, EDNS
+      shape): NXDOMAIN, NODATA, REFUSED, SERVFAIL;
+    * the answer synthesized from one wildcard for one (qtype, EDNS shape)
+      (RFC 4592): its owner name is the qname, which dnslib writes as a
+      pointer to the question (0xC00C), the same bytes for every qname.
 
-    __slots__ = ("_pointers", "_qend", "_tail", "headers", "rcode", "tails")
+    What follows the question compresses its names against the question: dnslib
+    points each one at the longest suffix it shares with the question. The
+    *anchor* is the longest suffix of the qname shared with any name in that tail
+    (the zone, ``ns.<zone>`` for names under it, or a wildcard's closest
+    encloser), so for every qname with the same anchor the pointers land in the
+    anchor or the tail itself, both at the same distance from the end of the
+    question: moving every pointer by the difference in question length gives the
+    slow path's bytes exactly (the property tests in tests/unit/test_fastpath.py
+    hold it). A name in a wildcard answer below the closest encloser (a CNAME
+    target there that does not exist) would share more with some qnames:
+    ``avoid`` holds the labels just below the closest encloser that such qnames
+    have, and those take the slow path."""
 
-    def __init__(self, answer: bytes, qend: int, pointers: tuple[int, ...]) -> None:
+    __slots__ = ("_pointers", "_qend", "_tail", "avoid", "headers", "rcode", "tails")
+
+    def __init__(self, answer: bytes, qend: int, pointers: tuple[int, ...],
+                 avoid: frozenset[str] = frozenset()) -> None:
         self.rcode = Rcode(answer[3] & 0xF).name
         self.headers = _entry(answer, qend, self.rcode, "")[0]
         self._qend = qend
         self._tail = answer[qend:]
         self._pointers = pointers
         self.tails: dict[int, bytes] = {qend: self._tail}
+        self.avoid = avoid
 
     def tail(self, qend: int) -> bytes:
         """The tail for a question ending at ``qend`` (at most ~250 of them)."""
@@ -251,23 +270,32 @@ class _Template:
         return tail
 
     @classmethod
-    def learn(cls, answer: bytes, qend: int, anchor_start: int) -> _Template | None:
-        """A template from a slow answer, or None if its tail is not of the
-        form the patching reproduces (then that shape stays on the slow path)."""
-        if answer[2] & _TC or answer[6:8] != b"\x00\x00":
+    def learn(cls, answer: bytes, qend: int, anchor_start: int, *, wildcard: bool = False,
+              avoid: frozenset[str] = frozenset()) -> _Template | None:
+        """A template from a slow answer, or None if it is not of the form the
+        patching reproduces (then that question takes the slow path). With
+        ``wildcard``, the answer section may hold RRsets, and an owner name
+        may point at the whole qname."""
+        if answer[2] & _TC or (not wildcard and answer[6:8] != b"\x00\x00"):
             return None
         pointers: list[int] = []
         pos = qend
+        n = len(answer)
 
-        def name() -> bool:
+        def name(owner: bool) -> bool:
             nonlocal pos
-            while pos < len(answer):
+            while pos < n:
                 length = answer[pos]
                 if length == 0:
                     pos += 1
                     return True
                 if length & 0xC0 == 0xC0:
+                    if pos + 1 >= n:
+                        return False
                     target = (length & 0x3F) << 8 | answer[pos + 1]
+                    if wildcard and owner and target == 12:
+                        pos += 2  # the qname itself, 0xC00C for every question
+                        return True
                     # Into the anchor or the tail only, never the rest of the qname.
                     if not (anchor_start <= target < qend - 4 or qend <= target < pos):
                         return False
@@ -279,22 +307,35 @@ class _Template:
                 pos += 1 + length
             return False
 
-        nscount = (answer[8] << 8) | answer[9]
-        arcount = (answer[10] << 8) | answer[11]
-        for _ in range(nscount):  # the zone's SOA
-            if not name() or answer[pos:pos + 2] != b"\x00\x06":
-                return None
+        def record() -> bool:
+            nonlocal pos
+            if not name(True) or pos + 10 > n:
+                return False
+            rtype = answer[pos] << 8 | answer[pos + 1]
+            end = pos + 10 + (answer[pos + 8] << 8 | answer[pos + 9])
             pos += 10
-            if not (name() and name()):
+            if rtype in (A, AAAA, OPT):
+                pos = end
+            elif rtype in (CNAME, NS):
+                name(False)
+            elif rtype == SRV:
+                pos += 6
+                name(False)
+            elif rtype == SOA:
+                if not (name(False) and name(False)):
+                    return False
+                pos += 20
+            else:
+                return False
+            return pos == end
+
+        count = sum((answer[i] << 8 | answer[i + 1]) for i in (6, 8, 10))
+        for _ in range(count):
+            if not record():
                 return None
-            pos += 20
-        if arcount:  # the OPT: root name, fixed fields, no options
-            if arcount != 1 or answer[pos:pos + 3] != b"\x00\x00\x29":
-                return None
-            pos += 11
-        if pos != len(answer):
+        if pos != n:
             return None
-        return cls(answer, qend, tuple(pointers))
+        return cls(answer, qend, tuple(pointers), avoid)
 
 
 @dataclass(frozen=True)
@@ -435,7 +476,8 @@ class Answerer:
                     t = self._templates.get(learn)
                     if t is not None:
                         tail = t.tails.get(qend) or t.tail(qend)
-                        if qend + len(tail) <= limit:
+                        if qend + len(tail) <= limit and not (t.avoid
+                                                              and negative[3] in t.avoid):
                             stats = self.stats
                             stats.fast_hits += 1
                             stats.template_hits += 1
@@ -445,6 +487,8 @@ class Answerer:
                         learn = None
                     elif learn in self._templates:
                         learn = None  # that shape cannot be templated: slow path
+                    if learn is not None and learn[0][:1] == "*":
+                        learn = None  # a wildcard's template is learnt in _slow
             elif isinstance(entry, _Variants):  # weighted: a fresh draw for every query
                 variant = entry.group.pick(random.random())
                 hit = entry.wires[variant]
@@ -468,10 +512,12 @@ class Answerer:
             self._templates[learn] = _Template.learn(out[0], shape[0], anchor_start)
         return out[0]
 
-    def _negative(self, key: bytes, qend: int) -> tuple[str, int, str] | None:
-        """(anchor, rcode, qtype name) when the answer to the question in ``key``
-        has an empty answer section (NXDOMAIN, NODATA, REFUSED, SERVFAIL), else
-        None. Mirrors :meth:`Snapshot.lookup` for exactly those cases."""
+    def _negative(self, key: bytes, qend: int) -> tuple[str, int, str, str] | None:
+        """(anchor, rcode, qtype name, "") when the answer to the question in
+        ``key`` has an empty answer section (NXDOMAIN, NODATA, REFUSED,
+        SERVFAIL); (wildcard, qtype, qtype name, the qname's label below the
+        closest encloser) when a wildcard answers it (RFC 4592); else None.
+        Mirrors :meth:`Snapshot.lookup` for exactly those cases."""
         qlen = qend - 16
         qtype = key[qlen] << 8 | key[qlen + 1]
         qclass = key[qlen + 2] << 8 | key[qlen + 3]
@@ -485,14 +531,32 @@ class Answerer:
             if name == zone.origin or name.endswith(zone.dotted):
                 break
         else:
-            return "", Rcode.REFUSED, qtype_name(qtype)
+            return "", Rcode.REFUSED, qtype_name(qtype), ""
         if not snap.ready:
-            return "", Rcode.SERVFAIL, qtype_name(qtype)
+            return "", Rcode.SERVFAIL, qtype_name(qtype), ""
         if name not in snap.names:
             rcode = Rcode.NXDOMAIN
+            if snap.wildcards:  # Snapshot.wildcard_source, inlined
+                ce = name
+                while ce:
+                    ce = ce[ce.find(".") + 1:]
+                    if ce in snap.names:
+                        break
+                if ce in snap.wildcards:
+                    source = WILDCARD + ce
+                    if source in snap.unusable:
+                        return "", Rcode.SERVFAIL, qtype_name(qtype), ""
+                    if source in snap.weighted:
+                        return None
+                    sets = snap.rrsets.get(source)
+                    if sets and (qtype in sets or CNAME in sets if qtype != ANY
+                                 else any(t in sets for t in ANY_PREFERENCE)):
+                        below = name[:len(name) - len(ce) - 1]
+                        return source, qtype, qtype_name(qtype), below[below.rfind(".") + 1:]
+                    rcode = Rcode.NOERROR
         else:
             if name in snap.unusable:
-                return "", Rcode.SERVFAIL, qtype_name(qtype)
+                return "", Rcode.SERVFAIL, qtype_name(qtype), ""
             if name in snap.weighted:
                 return None
             sets = snap.rrsets.get(name)
@@ -508,7 +572,7 @@ class Answerer:
             if name == candidate or name.endswith(dotted):
                 anchor = candidate
                 break
-        return anchor, rcode, qtype_name(qtype)
+        return anchor, rcode, qtype_name(qtype), ""
 
     def answer_slow(self, data: bytes, *, tcp: bool = False, client: str = "") -> bytes | None:
         """The slow path alone, bypassing and not filling the wire cache."""
@@ -572,6 +636,7 @@ class Answerer:
         do = bool(opt is not None and opt.ttl & 0x8000)
         limit = MAX_TCP if tcp else (max(512, opt.rclass) if opt is not None else 512)
         qname = DNSLabel([label.lower() for label in q.qname.label])
+        qtext = str(qname).lower()  # odd bytes escaped (\ddd, \.)
         header = DNSHeader(id=req.header.id, qr=1, rd=req.header.rd, ra=0)
         header.cd = req.header.cd
         resp = DNSRecord(header, q=DNSQuestion(qname, q.qtype, q.qclass))
@@ -597,7 +662,7 @@ class Answerer:
             else:
                 self.stats.problems["transfer_refused"] += 1
         else:
-            lookup = self.snapshot.lookup(str(qname).lower(), q.qtype, variant=variant)
+            lookup = self.snapshot.lookup(qtext, q.qtype, variant=variant)
             cacheable = cacheable and lookup.cacheable
 
         header.rcode = int(lookup.rcode)
@@ -605,7 +670,9 @@ class Answerer:
         for section, add in ((lookup.answer, resp.add_answer), (lookup.authority, resp.add_auth),
                              (lookup.additional, resp.add_ar)):
             for rrset in section:
-                for rr in to_rrs(rrset):
+                # The qname's own RRsets take its labels as they are (a name the
+                # wildcard answers may hold any byte).
+                for rr in to_rrs(rrset, qname if rrset.name == qtext else None):
                     add(rr)
         if opt is not None:
             resp.add_ar(EDNS0(udp_len=OUR_UDP_SIZE, flags="do" if do else ""))
@@ -617,6 +684,11 @@ class Answerer:
             resp.rr, resp.auth = [], []
             resp.ar = [rr for rr in resp.ar if rr.rtype == OPT]
             out = self._finish(resp, data, limit)
+        elif cacheable and shape is not None and lookup.wildcard is not None:
+            # One template per wildcard, qtype and EDNS shape, never an entry per
+            # qname; as for cached answers, only for the types the zones serve.
+            if lookup.answer and q.qtype in CACHED_QTYPES:
+                self._learn_wildcard(out, shape, qtext, q.qtype, lookup)
         elif cacheable and shape is not None and lookup.answer and q.qtype in CACHED_QTYPES:
             # Admission by existence: a non-empty answer section means the qname
             # exists, so what enters is bounded by the zone (issue 15).
@@ -626,14 +698,14 @@ class Answerer:
                 if len(self._cache) >= MAX_CACHE:  # memory ceiling only: oldest out
                     _forget(next(iter(self._cache)), self._cache, self._deps,
                             self._dependents)
-                deps = _dependencies(str(qname).lower(), lookup)
+                deps = _dependencies(qtext, lookup)
                 self._deps[key] = deps
                 for name in deps:
                     self._dependents.setdefault(name, set()).add(key)
             if lookup.variant is None:
                 self._cache[key] = entry
             else:
-                group = self.snapshot.weighted[str(qname).lower()]
+                group = self.snapshot.weighted[qtext]
                 cached = self._cache.get(key)
                 if not isinstance(cached, _Variants):
                     cached = _Variants(group, [None] * len(group.variants))
@@ -641,6 +713,24 @@ class Answerer:
                 cached.wires[lookup.variant] = entry
         self.stats.answers[(rcode_n, qtype_n)] += 1
         return [out]
+
+    def _learn_wildcard(self, out: bytes, shape: Shape, qname: str, qtype: int,
+                        lookup: Lookup) -> None:
+        """The template of the wildcard that answered ``qname``, for this qtype
+        and EDNS shape, if this answer can serve as one (RFC 4592, issue 16)."""
+        source = lookup.wildcard
+        assert source is not None
+        ce = source[len(WILDCARD):]
+        dotted = "." + ce
+        avoid = frozenset(n[:-len(dotted)].rsplit(".", 1)[-1] for n in _names_in(lookup)
+                          if n != qname and n.endswith(dotted))
+        below = qname[:-len(dotted)]
+        if below[below.rfind(".") + 1:] in avoid:
+            return  # this qname's bytes are its own; the next one may teach the template
+        t = _Template.learn(out, shape[0], shape[0] - 4 - len(ce) - 1, wildcard=True,
+                            avoid=avoid)
+        if t is not None:
+            self._templates[(source, qtype, shape[3])] = t
 
     @staticmethod
     def _finish(resp: DNSRecord, query: bytes, limit: int) -> bytes:
@@ -712,7 +802,7 @@ def _dependencies(qname: str, lookup: Lookup) -> tuple[str, ...]:
     negative), plus SRV/NS targets, whose addresses may appear as glue later.
     A CNAME target that was chased is in the chain or ended in the SOA; one
     that was not (outside the zones, a loop) was not read."""
-    names = {qname}
+    names = {qname, *lookup.depends}
     for section in (lookup.answer, lookup.authority, lookup.additional):
         for rrset in section:
             names.add(rrset.name)
@@ -721,6 +811,22 @@ def _dependencies(qname: str, lookup: Lookup) -> tuple[str, ...]:
             elif rrset.rtype == SRV:
                 names.update(rd[3] for rd in rrset.rdata if isinstance(rd, tuple))
     return tuple(names)
+
+
+def _names_in(lookup: Lookup) -> set[str]:
+    """Every name written in an answer: owners and names in RDATA."""
+    out: set[str] = set()
+    for section in (lookup.answer, lookup.authority, lookup.additional):
+        for rrset in section:
+            out.add(rrset.name)
+            for rd in rrset.rdata:
+                if isinstance(rd, str) and rrset.rtype in (CNAME, NS):
+                    out.add(rd)
+                elif isinstance(rd, tuple):
+                    out.add(rd[3])
+                elif isinstance(rd, SoaData):
+                    out.update((rd.mname, rd.rname))
+    return out
 
 
 def _question_len(data: bytes) -> int:
@@ -738,8 +844,8 @@ def _question_len(data: bytes) -> int:
     return 0
 
 
-def to_rrs(rrset: RRset) -> list[RR]:
-    """dnslib RRs for one RRset."""
+def to_rrs(rrset: RRset, owner: DNSLabel | None = None) -> list[RR]:
+    """dnslib RRs for one RRset (named ``owner`` if given)."""
     out = []
     for rd in rrset.rdata:
         if rrset.rtype == A:
@@ -759,5 +865,5 @@ def to_rrs(rrset: RRset) -> list[RR]:
                            (rd.serial, rd.refresh, rd.retry, rd.expire, rd.minimum))
         else:  # pragma: no cover - the registry builds only the types above
             raise ValueError(f"unsupported rtype {rrset.rtype}")
-        out.append(RR(rrset.name, rrset.rtype, CLASS_IN, rrset.ttl, rdata))
+        out.append(RR(owner or rrset.name, rrset.rtype, CLASS_IN, rrset.ttl, rdata))
     return out

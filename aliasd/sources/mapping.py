@@ -199,8 +199,8 @@ def serviceentry_claims(
     """Claims for every host of ``se`` inside a served zone, and for the hosts
     its ``aliasd.io/takeover`` annotation names."""
     spec = se.get("spec") or {}
-    all_hosts = [h for h in spec.get("hosts") or [] if isinstance(h, str)
-                 and not h.startswith("*")]
+    # A wildcard host (*.foo.internal) is an alias like any other (issue 16).
+    all_hosts = [h for h in spec.get("hosts") or [] if isinstance(h, str)]
     takeovers = {h.lower().rstrip(".") for h in alias_names(se, TAKEOVER_ANNOTATION)}
     hosts = [h for h in all_hosts if in_zone(h) or h.lower().rstrip(".") in takeovers]
     owner = owner_of(se, "ServiceEntry")

@@ -67,7 +67,7 @@ def test_service_mapping() -> None:
 
 def test_serviceentry_prefers_spec_then_status_then_endpoints() -> None:
     se = {"metadata": {"name": "se", "namespace": "n"},
-          "spec": {"hosts": ["x.internal", "*.internal", "out.example.com"],
+          "spec": {"hosts": ["x.internal", "*.w.internal", "out.example.com"],
                    "endpoints": [{"address": "svc.ns.svc.cluster.local"}]},
           "status": {"addresses": [{"value": "240.240.0.1"}]}}
 
@@ -78,7 +78,8 @@ def test_serviceentry_prefers_spec_then_status_then_endpoints() -> None:
         return (("10.96.1.1",), None)
 
     claims, _ = mapping.serviceentry_claims(se, in_zone=in_zone, services=services)
-    assert [(c.name, c.addresses) for c in claims] == [("x.internal", ("240.240.0.1",))]
+    assert [(c.name, c.addresses) for c in claims] == [("x.internal", ("240.240.0.1",)),
+                                                       ("*.w.internal", ("240.240.0.1",))]
     del se["status"]
     claims, _ = mapping.serviceentry_claims(se, in_zone=in_zone, services=services)
     assert claims[0].addresses == ("10.96.1.1",)
