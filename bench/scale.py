@@ -60,6 +60,8 @@ import dns.message
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "hack" / "devtools")]  # aliasd, aliasd_dev
 
+from paced import paced_rtts  # noqa: E402  (bench/, the script's directory)
+
 from aliasd_dev import (  # noqa: E402
     LocalCluster,
     ensure_binaries,
@@ -261,31 +263,8 @@ def gc_line(text: str) -> str:
 
 async def paced(port: int, names: list[str], rate: int, seconds: float) -> list[float]:
     """Send at ``rate`` q/s for ``seconds``; every RTT in ms (lost = inf)."""
-    loop = asyncio.get_running_loop()
-    sent: dict[int, float] = {}
-    rtts: list[float] = []
-
-    class P(asyncio.DatagramProtocol):
-        def datagram_received(self, data: bytes, addr: object) -> None:
-            t = sent.pop(int.from_bytes(data[:2], "big"), None)
-            if t is not None:
-                rtts.append((time.perf_counter() - t) * 1000)
-
-    transport, _ = await loop.create_datagram_endpoint(P, remote_addr=("127.0.0.1", port))
-    wires = [dns.message.make_query(n, "A").to_wire() for n in names]
-    total = int(rate * seconds)
-    start = time.perf_counter()
-    for i in range(total):
-        qid = i % 65536
-        sent[qid] = time.perf_counter()
-        transport.sendto(qid.to_bytes(2, "big") + wires[i % len(wires)][2:])
-        delay = start + (i + 1) / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-    await asyncio.sleep(1)
-    transport.close()
-    rtts += [float("inf")] * len(sent)
-    return sorted(rtts)
+    return await paced_rtts(port, [dns.message.make_query(n, "A").to_wire() for n in names],
+                            rate, seconds)
 
 
 def pct(xs: list[float], p: float) -> float:
