@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import time
 from collections.abc import Iterator
@@ -151,7 +153,63 @@ class GcPauses(Collector):
         yield m
 
 
+class LoopLag(Collector):
+    """How late a callback due every ``interval`` seconds runs on the event
+    loop. A probe lands at a random moment of whatever else the loop is doing,
+    so this is what a DNS query arriving at that moment waits before it is
+    even read: a histogram of the loop's stalls as queries see them (GC pauses
+    included). Costs one timer callback per interval."""
+
+    BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.counts = [0] * (len(self.BUCKETS) + 1)
+        self.total = 0.0
+        self.longest = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._due = 0.0
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Probe ``loop`` (the one serving DNS) from now on."""
+        if loop is self._loop:
+            return
+        self._loop = loop
+        self._due = time.monotonic() + self.interval
+        loop.call_later(self.interval, self._probe, loop)
+
+    def _probe(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop or loop.is_closed():
+            return
+        # time.monotonic, not loop.time(): uvloop's is cached per iteration, in ms.
+        now = time.monotonic()
+        lag = max(0.0, now - self._due)
+        i = 0
+        while i < len(self.BUCKETS) and lag > self.BUCKETS[i]:
+            i += 1
+        self.counts[i] += 1
+        self.total += lag
+        self.longest = max(self.longest, lag)
+        self._due = now + self.interval
+        loop.call_later(self.interval, self._probe, loop)
+
+    def collect(self) -> Iterator[HistogramMetricFamily | GaugeMetricFamily]:
+        buckets, cumulative = [], 0
+        for le, n in zip(self.BUCKETS, self.counts, strict=False):
+            cumulative += n
+            buckets.append((repr(le), cumulative))
+        buckets.append(("+Inf", sum(self.counts)))
+        yield HistogramMetricFamily(
+            "aliasd_loop_lag_seconds",
+            f"How late a probe due every {self.interval} s ran on the event loop (the wait "
+            f"a DNS query arriving then would have had before being read)",
+            buckets=buckets, sum_value=self.total)
+        yield GaugeMetricFamily("aliasd_loop_lag_max_seconds", "The longest loop-lag probe",
+                                value=self.longest)
+
+
 _GC: GcPauses | None = None
+_LAG = LoopLag()
 
 
 def build_registry(app: Status) -> CollectorRegistry:
@@ -161,4 +219,7 @@ def build_registry(app: Status) -> CollectorRegistry:
     if _GC is None:  # one per process: gc callbacks are process-wide
         _GC = GcPauses()
     reg.register(_GC)
+    with contextlib.suppress(RuntimeError):  # no running loop: nothing to probe
+        _LAG.watch(asyncio.get_running_loop())
+    reg.register(_LAG)
     return reg

@@ -7,6 +7,7 @@ through :func:`normalize_name` exactly once, at the registry.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from dataclasses import dataclass, field
@@ -129,3 +130,19 @@ def parse_weight(value: object) -> int:
     if not text.isdigit() or int(text) > MAX_WEIGHT:
         raise ValueError(f"weight {value!r} must be a whole number 0..{MAX_WEIGHT}")
     return int(text)
+
+
+def canonical_ip(text: str) -> tuple[int, str]:
+    """(version, canonical text) of an IP address; ``ValueError`` if it is not
+    one. Cached: an EndpointSlice update parsed each of its addresses three
+    times (derivation, validation, RRsets), and the addresses repeat."""
+    if type(text) is not str:  # raw JSON may hold anything; only strings are cached
+        ip = ipaddress.ip_address(text)
+        return ip.version, str(ip)
+    return _canonical_ip(text)
+
+
+@functools.lru_cache(maxsize=65536)
+def _canonical_ip(text: str) -> tuple[int, str]:
+    ip = ipaddress.ip_address(text)
+    return ip.version, str(ip)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from aliasd import names
-from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner
+from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner, canonical_ip
 from aliasd.names import WILDCARD, best_zone, is_wildcard, normalize_name, validate_fqdn
 from aliasd.policy import NamePolicy, policy_namespace
 from aliasd.zone import (
@@ -290,7 +290,7 @@ def _validate_claim(claim: AliasClaim, config: ZoneConfig,
         if target == name:
             raise ValueError(f"alias {claim.name!r} is a cname to itself")
     for a in claim.addresses:
-        ipaddress.ip_address(a)  # sources pass only valid IPs; fail loudly otherwise
+        canonical_ip(a)  # sources pass only valid IPs; fail loudly otherwise
     for p in claim.ports:
         if not _LABEL.match(p.name) or not 1 <= p.port <= 65535:
             raise ValueError(f"alias {claim.name!r}: port {p.name!r}/{p.port} is invalid")
@@ -482,10 +482,10 @@ def _add_addresses(
     v4: list[str] = []
     v6: list[str] = []
     for a in addresses:
-        ip = ipaddress.ip_address(a)
-        bucket = v4 if ip.version == 4 else v6
-        if str(ip) not in bucket:
-            bucket.append(str(ip))
+        version, text = canonical_ip(a)
+        bucket = v4 if version == 4 else v6
+        if text not in bucket:
+            bucket.append(text)
     if v4:
         rrsets[name][A] = RRset(name, A, ttl, tuple(v4))
     if v6:

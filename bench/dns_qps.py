@@ -40,6 +40,8 @@ import dns.query
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "hack" / "devtools")]  # aliasd, aliasd_dev
 
+from paced import paced_rtts  # noqa: E402  (bench/, the script's directory)
+
 from aliasd_dev import ensure_binaries, free_port, free_udp_tcp_port  # noqa: E402
 
 PINNED, WHOLE = "1", "0,1"
@@ -132,32 +134,11 @@ def wires_of(qfile: Path, n: int = 5000) -> list[bytes]:
 async def paced_latency(port: int, wires: list[bytes], rate: int,
                         seconds: float) -> tuple[float, float, int]:
     """Send at ``rate`` q/s for ``seconds``; per-query RTT p50/p99 in ms, and losses."""
-    loop = asyncio.get_running_loop()
-    sent: dict[int, float] = {}
-    rtts: list[float] = []
-
-    class P(asyncio.DatagramProtocol):
-        def datagram_received(self, data: bytes, addr: object) -> None:
-            t = sent.pop(int.from_bytes(data[:2], "big"), None)
-            if t is not None:
-                rtts.append(time.perf_counter() - t)
-
-    transport, _ = await loop.create_datagram_endpoint(P, remote_addr=("127.0.0.1", port))
-    total = int(rate * seconds)
-    start = time.perf_counter()
-    for i in range(total):
-        qid = i % 65536
-        sent[qid] = time.perf_counter()
-        transport.sendto(qid.to_bytes(2, "big") + wires[i % len(wires)][2:])
-        delay = start + (i + 1) / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-    await asyncio.sleep(1)
-    transport.close()
-    rtts.sort()
-    p50 = statistics.median(rtts) * 1000 if rtts else float("nan")
-    p99 = rtts[int(len(rtts) * 0.99) - 1] * 1000 if rtts else float("nan")
-    return p50, p99, total - len(rtts)
+    rtts = await paced_rtts(port, wires, rate, seconds)
+    got = [r for r in rtts if r != float("inf")]
+    p50 = statistics.median(got) if got else float("nan")
+    p99 = got[int(len(got) * 0.99) - 1] if got else float("nan")
+    return p50, p99, len(rtts) - len(got)
 
 
 Launcher = Callable[[Path, int, str], list[str]]
@@ -264,6 +245,10 @@ def main() -> int:
         subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
     servers = launchers(ensure_binaries(), baseline)
     if args.only:
+        unknown = sorted(set(args.only) - set(servers))
+        if unknown:
+            raise SystemExit(f"--only: no server named {', '.join(map(repr, unknown))} "
+                             f"(servers: {', '.join(map(repr, servers))})")
         servers = {k: v for k, v in servers.items() if k in args.only}
     load_before = os.getloadavg()
     results: dict[str, dict[str, float]] = {}

@@ -2,6 +2,8 @@
 ``kubernetes`` plugin on the same local API server, in one run (issue 13).
 
     .venv/bin/python bench/scale.py [--aliased 3000] [--plain 3000] [--rates 50,200]
+    .venv/bin/python bench/scale.py --hold F [sizes]   # build once, keep it up
+    .venv/bin/python bench/scale.py --attach F [--rates 100]  # measure against it
 
 Creates N aliased ClusterIP Services, N plain ones each with an EndpointSlice
 (labelled the way the EndpointSlice controller labels them), and --headless
@@ -16,25 +18,40 @@ alias renamed per second, PATCH returned → new name answering):
 * churn R/s on the slices of the plain Services, for each --rates R;
 * churn R/s on the slices of the aliased headless Services (answers change).
 
-It also prints aliasd's garbage-collector pauses (the ``aliasd_gc_*`` metrics).
-Numbers only: nothing here asserts.
+It also prints aliasd's garbage-collector pauses (the ``aliasd_gc_*`` metrics)
+and event-loop lag (``aliasd_loop_lag_seconds``). Numbers only: nothing here
+asserts.
+
+Building 10k + 10k objects takes minutes even over keep-alive connections, so
+``--hold F`` builds the control plane and the objects once, writes how to
+reach them to F and waits (Ctrl-C tears it down); ``--attach F`` runs the
+measurement against it, as often as wanted (the renamer never touches the
+names the query load and the readiness check ask for).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import http.client
 import itertools
 import json
+import os
 import random
 import re
+import signal
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +59,8 @@ import dns.message
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "hack" / "devtools")]  # aliasd, aliasd_dev
+
+from paced import paced_rtts  # noqa: E402  (bench/, the script's directory)
 
 from aliasd_dev import (  # noqa: E402
     LocalCluster,
@@ -55,30 +74,136 @@ CONTROLLER = "endpointslice-controller.k8s.io"
 TICK = 1 / 100  # os.times resolution
 
 
-def create(c: LocalCluster, args: argparse.Namespace) -> None:
+class Api:
+    """Admin requests to the API server over keep-alive HTTPS, one connection
+    per thread: a TLS handshake per request (urllib) costs the API server more
+    than the request itself, and made a 10k + 10k build take half an hour."""
+
+    def __init__(self, port: int, token: str, cafile: Path) -> None:
+        self.port, self.token = port, token
+        self.ctx = ssl.create_default_context(cafile=str(cafile))
+        self.local = threading.local()
+
+    def request(self, method: str, path: str, body: Any = None, *,
+                content_type: str = "application/json") -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": content_type,
+                   "Accept": "application/json"}
+        for attempt in range(3):
+            conn = getattr(self.local, "conn", None)
+            if conn is None:
+                conn = self.local.conn = http.client.HTTPSConnection(
+                    "127.0.0.1", self.port, context=self.ctx, timeout=30)
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self.local.conn = None
+                if attempt == 2:
+                    raise
+                continue
+            if resp.status >= 300:
+                raise RuntimeError(f"{method} {path}: HTTP {resp.status}: {raw[:300]!r}")
+            return json.loads(raw)
+        return None
+
+
+def create(api: Api, args: argparse.Namespace) -> None:
     svcs = f"/api/v1/namespaces/{NS}/services"
     slices = f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices"
 
     def aliased(i: int) -> None:
-        c.request("POST", svcs, {"metadata": {"name": f"a-{i}", "annotations": {
+        api.request("POST", svcs, {"metadata": {"name": f"a-{i}", "annotations": {
             "aliasd.io/alias": f"scale-a-{i}"}}, "spec": {"ports": [{"name": "http",
                                                                       "port": 80}]}})
 
     def plain(i: int) -> None:
-        c.request("POST", svcs, {"metadata": {"name": f"p-{i}"},
-                                 "spec": {"ports": [{"name": "http", "port": 80}]}})
-        c.request("POST", slices, slice_body(f"p-{i}", f"p-{i}-x", headless=False, n=i))
+        api.request("POST", svcs, {"metadata": {"name": f"p-{i}"},
+                                   "spec": {"ports": [{"name": "http", "port": 80}]}})
+        api.request("POST", slices, slice_body(f"p-{i}", f"p-{i}-x", headless=False, n=i))
 
     def headless(i: int) -> None:
-        c.request("POST", svcs, {"metadata": {"name": f"h-{i}", "annotations": {
+        api.request("POST", svcs, {"metadata": {"name": f"h-{i}", "annotations": {
             "aliasd.io/alias": f"scale-h-{i}"}}, "spec": {"clusterIP": "None", "ports": [
                 {"name": "http", "port": 80}]}})
-        c.request("POST", slices, slice_body(f"h-{i}", f"h-{i}-x", headless=True, n=i))
+        api.request("POST", slices, slice_body(f"h-{i}", f"h-{i}-x", headless=True, n=i))
 
-    with ThreadPoolExecutor(8) as pool:
+    with ThreadPoolExecutor(16) as pool:
         list(pool.map(aliased, range(args.aliased)))
         list(pool.map(plain, range(args.plain)))
         list(pool.map(headless, range(args.headless)))
+
+
+def create_in_etcd(etcd_port: int, args: argparse.Namespace) -> None:
+    """The same objects written straight into etcd, 128 to a transaction:
+    minutes instead of an hour at 50,000 Services. The API server reads JSON
+    from etcd as well as protobuf, and its watch cache picks the keys up like
+    any write. Cluster IPs come from 10.100.0.0/16 (inside the Service CIDR)
+    with the IPAddress objects the allocator would have created, so nothing
+    needs repairing; admission and defaulting are skipped, so every field the
+    API server would default is written out."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    puts: list[tuple[str, dict[str, Any]]] = []
+
+    def meta(name: str, **extra: Any) -> dict[str, Any]:
+        return {"name": name, "namespace": NS, "uid": str(uuid.uuid4()),
+                "creationTimestamp": now, **extra}
+
+    def service(name: str, n: int, *, alias: str | None, headless: bool) -> None:
+        ann = {"annotations": {"aliasd.io/alias": alias}} if alias else {}
+        spec: dict[str, Any] = {
+            "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 80}],
+            "type": "ClusterIP", "sessionAffinity": "None", "ipFamilies": ["IPv4"],
+            "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster"}
+        if headless:
+            spec.update(clusterIP="None", clusterIPs=["None"])
+        else:
+            ip = f"10.100.{n // 250}.{n % 250 + 1}"
+            spec.update(clusterIP=ip, clusterIPs=[ip])
+            puts.append((f"/registry/ipaddresses/{ip}", {
+                "apiVersion": "networking.k8s.io/v1", "kind": "IPAddress",
+                "metadata": {"name": ip, "uid": str(uuid.uuid4()), "creationTimestamp": now,
+                             "labels": {"ipaddress.kubernetes.io/ip-family": "IPv4",
+                                        "ipaddress.kubernetes.io/managed-by":
+                                            "ipallocator.k8s.io"}},
+                "spec": {"parentRef": {"group": "", "resource": "services",
+                                       "namespace": NS, "name": name}}}))
+        puts.append((f"/registry/services/specs/{NS}/{name}", {
+            "apiVersion": "v1", "kind": "Service", "metadata": meta(name, **ann),
+            "spec": spec, "status": {"loadBalancer": {}}}))
+
+    def endpoint_slice(svc: str, n: int, *, headless: bool) -> None:
+        body = slice_body(svc, f"{svc}-x", headless=headless, n=n)
+        body["metadata"] = meta(f"{svc}-x", labels=body["metadata"]["labels"])
+        puts.append((f"/registry/endpointslices/{NS}/{svc}-x", body))
+
+    n = 0
+    for i in range(args.aliased):
+        service(f"a-{i}", n, alias=f"scale-a-{i}", headless=False)
+        n += 1
+    for i in range(args.plain):
+        service(f"p-{i}", n, alias=None, headless=False)
+        endpoint_slice(f"p-{i}", i, headless=False)
+        n += 1
+    for i in range(args.headless):
+        service(f"h-{i}", n, alias=f"scale-h-{i}", headless=True)
+        endpoint_slice(f"h-{i}", i, headless=True)
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    def txn(batch: list[tuple[str, dict[str, Any]]]) -> None:
+        ops = [{"requestPut": {"key": b64(k), "value": b64(json.dumps(v))}} for k, v in batch]
+        req = urllib.request.Request(f"http://127.0.0.1:{etcd_port}/v3/kv/txn",
+                                     data=json.dumps({"success": ops}).encode())
+        with urllib.request.urlopen(req, timeout=60) as r:
+            if not json.load(r).get("succeeded"):
+                raise RuntimeError("etcd txn failed")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(txn, [puts[i:i + 128] for i in range(0, len(puts), 128)]))
 
 
 def slice_body(service: str, name: str, *, headless: bool, n: int) -> dict[str, Any]:
@@ -138,31 +263,8 @@ def gc_line(text: str) -> str:
 
 async def paced(port: int, names: list[str], rate: int, seconds: float) -> list[float]:
     """Send at ``rate`` q/s for ``seconds``; every RTT in ms (lost = inf)."""
-    loop = asyncio.get_running_loop()
-    sent: dict[int, float] = {}
-    rtts: list[float] = []
-
-    class P(asyncio.DatagramProtocol):
-        def datagram_received(self, data: bytes, addr: object) -> None:
-            t = sent.pop(int.from_bytes(data[:2], "big"), None)
-            if t is not None:
-                rtts.append((time.perf_counter() - t) * 1000)
-
-    transport, _ = await loop.create_datagram_endpoint(P, remote_addr=("127.0.0.1", port))
-    wires = [dns.message.make_query(n, "A").to_wire() for n in names]
-    total = int(rate * seconds)
-    start = time.perf_counter()
-    for i in range(total):
-        qid = i % 65536
-        sent[qid] = time.perf_counter()
-        transport.sendto(qid.to_bytes(2, "big") + wires[i % len(wires)][2:])
-        delay = start + (i + 1) / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-    await asyncio.sleep(1)
-    transport.close()
-    rtts += [float("inf")] * len(sent)
-    return sorted(rtts)
+    return await paced_rtts(port, [dns.message.make_query(n, "A").to_wire() for n in names],
+                            rate, seconds)
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -179,7 +281,7 @@ def fmt(xs: list[float]) -> str:
 class Churn(threading.Thread):
     """PUTs EndpointSlices at ``rate``/s, round robin over ``names``."""
 
-    def __init__(self, c: LocalCluster, names: list[str], rate: int, headless: bool) -> None:
+    def __init__(self, c: Api, names: list[str], rate: int, headless: bool) -> None:
         super().__init__(daemon=True)
         self.c, self.names, self.rate, self.headless = c, names, rate, headless
         self.stop = threading.Event()
@@ -211,7 +313,7 @@ class Churn(threading.Thread):
 class Renamer(threading.Thread):
     """Renames one alias per second; the time to the new name answering."""
 
-    def __init__(self, c: LocalCluster, dns_port: int, n: int, tag: str) -> None:
+    def __init__(self, c: Api, dns_port: int, n: int, tag: str) -> None:
         super().__init__(daemon=True)
         self.c, self.port, self.n, self.tag = c, dns_port, n, tag
         self.stop = threading.Event()
@@ -222,8 +324,11 @@ class Renamer(threading.Thread):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(0.5)
             k = 0
+            # Never a name the query load or the readiness check asks for, so
+            # --attach runs see the same names answering.
+            pool = [i for i in range(self.n - 1) if i % 7]
             while not self.stop.is_set():
-                i = rng.randrange(self.n)
+                i = rng.choice(pool)
                 k += 1
                 new = f"scale-a-{i}-{self.tag}{k}"
                 t_next = time.monotonic() + 1
@@ -239,6 +344,178 @@ class Renamer(threading.Thread):
                 self.stop.wait(max(0.0, t_next - time.monotonic()))
 
 
+@dataclass
+class Target:
+    """A control plane with the objects created: where to reach it."""
+
+    api: Api
+    kubeconfig: Path
+    dns_port: int  # CoreDNS
+    coredns_pid: int
+    aliased: int
+    plain: int
+    headless: int
+
+
+def build(c: LocalCluster, args: argparse.Namespace) -> Target:
+    api = Api(c.api_port, c.token, c.certs / "ca.crt")
+    api.request("POST", "/api/v1/namespaces", {"metadata": {"name": NS}})
+    t = time.monotonic()
+    if args.bulk:
+        create_in_etcd(c.etcd_port, args)
+    else:
+        create(api, args)
+    print(f"created {args.aliased} aliased + {args.plain} plain Services "
+          f"(+{args.plain} slices) + {args.headless} aliased headless in "
+          f"{time.monotonic() - t:.0f}s", flush=True)
+    coredns = c._procs["coredns"].popen
+    assert coredns is not None
+    return Target(api, c.kubeconfig, c.dns_port, coredns.pid, args.aliased, args.plain,
+                  args.headless)
+
+
+def hold(c: LocalCluster, target: Target, info: Path) -> None:
+    info.write_text(json.dumps({
+        "api_port": c.api_port, "token": c.token, "cafile": str(c.certs / "ca.crt"),
+        "kubeconfig": str(c.kubeconfig), "dns_port": c.dns_port,
+        "coredns_pid": target.coredns_pid, "aliased": target.aliased,
+        "plain": target.plain, "headless": target.headless}))
+    print(f"holding the control plane; measure with --attach {info}; Ctrl-C (or SIGTERM) "
+          f"tears it down", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        info.unlink(missing_ok=True)
+
+
+def attach(info: Path) -> Target:
+    d = json.loads(info.read_text())
+    return Target(Api(d["api_port"], d["token"], Path(d["cafile"])), Path(d["kubeconfig"]),
+                  d["dns_port"], d["coredns_pid"], d["aliased"], d["plain"], d["headless"])
+
+
+def loop_lag_line(text: str) -> str:
+    """Event-loop lag: how many of the periodic probes ran late, by how much."""
+    buckets = re.findall(r'^aliasd_loop_lag_seconds_bucket{le="([^"]+)"} (\S+)', text, re.M)
+    if not buckets:
+        return "(no aliasd_loop_lag_seconds)"
+    total = float(buckets[-1][1])
+    parts = [f"{total:.0f} probes"]
+    for le, n in buckets[:-1]:
+        if float(le) >= 0.002:
+            parts.append(f">{float(le) * 1000:g}ms {total - float(n):.0f}")
+    return ", ".join(parts)
+
+
+def measure(t: Target, args: argparse.Namespace, rates: list[int]) -> None:
+    dport, hport = free_udp_tcp_port(), free_port()
+    t0 = time.monotonic()
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "aliasd", "--log-level", "warning", "run",
+           "--kubeconfig", str(t.kubeconfig), "--coredns-mode", "off",
+           "--zone", "internal", "--dns-listen", f"127.0.0.1:{dport}",
+           "--http-listen", f"127.0.0.1:{hport}",
+           # As the manifests run it: the writer is part of the cost of a change.
+           "--state-file", str(Path(tempfile.mkdtemp(prefix="aliasd-scale-")) / "state.json")]
+    if args.wrap:
+        cmd[1:1] = args.wrap.split()
+    p = subprocess.Popen(cmd, cwd=args.source or ROOT, env=env)
+    try:
+        last = f"scale-a-{t.aliased - 1}.internal."
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.2)
+            while not answers(s, dport, last):
+                if p.poll() is not None:
+                    raise SystemExit("aliasd exited")
+                time.sleep(0.02)
+        ready = time.monotonic() - t0
+        # The CPU it took is what the machine's other load does not inflate.
+        print(f"aliasd ready (every alias answering) {ready:.2f}s after start "
+              f"({cpu_seconds(p.pid):.2f} s CPU); RSS {rss_mb(p.pid):.0f} MB; "
+              f"CoreDNS RSS {rss_mb(t.coredns_pid):.0f} MB", flush=True)
+        time.sleep(2)
+        text = metrics(hport)
+        print(f"GC after the initial sync: {gc_line(text)}")
+        print(f"loop lag after the initial sync: {loop_lag_line(text)}", flush=True)
+        alias_names = [f"scale-a-{i}.internal." for i in range(0, t.aliased, 7)]
+        svc_names = [f"a-{i}.{NS}.svc.cluster.local." for i in range(0, t.aliased, 7)]
+        phases: list[tuple[str, str, int]] = [("quiet", "", 0)]
+        phases += [(f"churn {r}/s plain", "plain", r) for r in rates]
+        if t.headless:
+            phases += [(f"churn {r}/s headless", "headless", r) for r in rates]
+        rows = []
+        run_tag = os.urandom(2).hex()  # --attach runs rename to fresh names
+        for label, kind, rate in phases:
+            churn = None
+            if kind == "plain":
+                churn = Churn(t.api, [f"p-{i}" for i in range(t.plain)], rate, False)
+            elif kind == "headless":
+                churn = Churn(t.api, [f"h-{i}" for i in range(t.headless)], rate, True)
+            renamer = Renamer(t.api, dport, t.aliased, f"{run_tag}{kind or 'q'}{rate}x")
+            if churn:
+                churn.start()
+            renamer.start()
+            time.sleep(1)
+            before = metrics(hport)
+            cpu_a, cpu_c, w0 = cpu_seconds(p.pid), cpu_seconds(t.coredns_pid), time.monotonic()
+
+            async def both() -> tuple[list[float], list[float]]:
+                a, b = await asyncio.gather(
+                    paced(dport, alias_names, args.qps, args.phase),
+                    paced(t.dns_port, svc_names, args.qps, args.phase))
+                return a, b
+
+            lat_a, lat_c = asyncio.run(both())
+            wall = time.monotonic() - w0
+            cores_a = (cpu_seconds(p.pid) - cpu_a) / wall
+            cores_c = (cpu_seconds(t.coredns_pid) - cpu_c) / wall
+            after = metrics(hport)
+            renamer.stop.set()
+            if churn:
+                churn.stop.set()
+                churn.join()
+            renamer.join()
+            ren = sorted(renamer.latencies)
+            landed = f" ({churn.done / (wall + 1):.0f}/s landed)" if churn else ""
+            rows.append((label + landed, fmt(lat_a), fmt(lat_c), f"{cores_a:.2f}",
+                         f"{cores_c:.2f}",
+                         f"{pct(ren, 0.5):.0f} / {pct(ren, 0.99):.0f}" if ren else "-"))
+            print(f"{label}{landed}: aliasd {fmt(lat_a)} ms, {cores_a:.2f} core; CoreDNS "
+                  f"{fmt(lat_c)} ms, {cores_c:.2f} core; rename p50/p99 "
+                  f"{rows[-1][-1]} ms; loop lag {lag_delta(before, after)}", flush=True)
+        print(f"\naliasd RSS {rss_mb(p.pid):.0f} MB, CoreDNS RSS {rss_mb(t.coredns_pid):.0f} "
+              f"MB; GC: {gc_line(metrics(hport))}")
+        print(f"\n{t.aliased} aliased + {t.plain} plain Services, {args.qps} q/s each "
+              f"server; latency p50 / p99 / p99.9 / max in ms\n")
+        print("| phase | aliasd | CoreDNS kubernetes | aliasd CPU | CoreDNS CPU | "
+              "rename p50 / p99 ms |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print("| " + " | ".join(r) + " |")
+        print(json.dumps({"ready_s": round(ready, 2)}))
+    finally:
+        p.terminate()
+        p.wait()
+
+
+def lag_delta(before: str, after: str) -> str:
+    """Loop-lag probes late by more than 2/5/10 ms during a phase."""
+    def counts(text: str) -> dict[str, float]:
+        return {le: float(n) for le, n in re.findall(
+            r'^aliasd_loop_lag_seconds_bucket{le="([^"]+)"} (\S+)', text, re.M)}
+    a, b = counts(before), counts(after)
+    if not a or not b:
+        return "-"
+    total = b["+Inf"] - a["+Inf"]
+    late = [f">{float(le) * 1000:g}ms {total - (b[le] - a[le]):.0f}" for le in b
+            if le != "+Inf" and float(le) >= 0.002]
+    return f"{total:.0f} probes, " + ", ".join(late)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
@@ -248,92 +525,27 @@ def main() -> int:
     ap.add_argument("--rates", default="50,200", help="churn rates, slice updates/s")
     ap.add_argument("--qps", type=int, default=500, help="queries/s to each server")
     ap.add_argument("--phase", type=float, default=20.0, help="seconds per phase")
+    ap.add_argument("--hold", type=Path, metavar="FILE",
+                    help="build the control plane and objects, write FILE, wait")
+    ap.add_argument("--attach", type=Path, metavar="FILE",
+                    help="measure against a control plane held by --hold FILE")
+    ap.add_argument("--bulk", action="store_true",
+                    help="write the objects straight into etcd (fast; skips admission)")
+    ap.add_argument("--source", type=Path, help="run the aliasd package found in this "
+                    "directory (e.g. `git archive BASE aliasd | tar -x -C DIR`) to compare")
+    ap.add_argument("--wrap", default="", help="python flags or a module run before aliasd, "
+                    "e.g. '-X importtime' (profiling)")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",") if r]
+    if args.attach:
+        measure(attach(args.attach), args, rates)
+        return 0
     with LocalCluster(bin_dir=ensure_binaries()) as c:
-        c.request("POST", "/api/v1/namespaces", {"metadata": {"name": NS}})
-        t = time.monotonic()
-        create(c, args)
-        print(f"created {args.aliased} aliased + {args.plain} plain Services "
-              f"(+{args.plain} slices) + {args.headless} aliased headless in "
-              f"{time.monotonic() - t:.0f}s", flush=True)
-        dport, hport = free_udp_tcp_port(), free_port()
-        t0 = time.monotonic()
-        p = subprocess.Popen([sys.executable, "-m", "aliasd", "--log-level", "warning", "run",
-                              "--kubeconfig", str(c.kubeconfig), "--coredns-mode", "off",
-                              "--zone", "internal", "--dns-listen", f"127.0.0.1:{dport}",
-                              "--http-listen", f"127.0.0.1:{hport}"], cwd=ROOT)
-        coredns = c._procs["coredns"].popen
-        assert coredns is not None
-        try:
-            last = f"scale-a-{args.aliased - 1}.internal."
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.settimeout(0.2)
-                while not answers(s, dport, last):
-                    if p.poll() is not None:
-                        raise SystemExit("aliasd exited")
-                    time.sleep(0.02)
-            ready = time.monotonic() - t0
-            print(f"aliasd ready (every alias answering) {ready:.2f}s after start; "
-                  f"RSS {rss_mb(p.pid):.0f} MB; CoreDNS RSS {rss_mb(coredns.pid):.0f} MB",
-                  flush=True)
-            time.sleep(2)
-            print(f"GC after the initial sync: {gc_line(metrics(hport))}")
-            alias_names = [f"scale-a-{i}.internal." for i in range(0, args.aliased, 7)]
-            svc_names = [f"a-{i}.{NS}.svc.cluster.local." for i in range(0, args.aliased, 7)]
-            phases: list[tuple[str, str, int]] = [("quiet", "", 0)]
-            phases += [(f"churn {r}/s plain", "plain", r) for r in rates]
-            phases += [(f"churn {r}/s headless", "headless", r) for r in rates]
-            rows = []
-            for label, target, rate in phases:
-                churn = None
-                if target == "plain":
-                    churn = Churn(c, [f"p-{i}" for i in range(args.plain)], rate, False)
-                elif target == "headless":
-                    churn = Churn(c, [f"h-{i}" for i in range(args.headless)], rate, True)
-                renamer = Renamer(c, dport, args.aliased, f"{target or 'q'}{rate}x")
-                if churn:
-                    churn.start()
-                renamer.start()
-                time.sleep(1)
-                cpu_a, cpu_c, w0 = cpu_seconds(p.pid), cpu_seconds(coredns.pid), time.monotonic()
-
-                async def both() -> tuple[list[float], list[float]]:
-                    a, b = await asyncio.gather(
-                        paced(dport, alias_names, args.qps, args.phase),
-                        paced(c.dns_port, svc_names, args.qps, args.phase))
-                    return a, b
-
-                lat_a, lat_c = asyncio.run(both())
-                wall = time.monotonic() - w0
-                cores_a = (cpu_seconds(p.pid) - cpu_a) / wall
-                cores_c = (cpu_seconds(coredns.pid) - cpu_c) / wall
-                renamer.stop.set()
-                if churn:
-                    churn.stop.set()
-                    churn.join()
-                renamer.join()
-                ren = sorted(renamer.latencies)
-                landed = f" ({churn.done / wall:.0f}/s landed)" if churn else ""
-                rows.append((label + landed, fmt(lat_a), fmt(lat_c), f"{cores_a:.2f}",
-                             f"{cores_c:.2f}",
-                             f"{pct(ren, 0.5):.0f} / {pct(ren, 0.99):.0f}" if ren else "-"))
-                print(f"{label}{landed}: aliasd {fmt(lat_a)} ms, {cores_a:.2f} core; CoreDNS "
-                      f"{fmt(lat_c)} ms, {cores_c:.2f} core; rename p50/p99 "
-                      f"{rows[-1][-1]} ms", flush=True)
-            print(f"\naliasd RSS {rss_mb(p.pid):.0f} MB, CoreDNS RSS {rss_mb(coredns.pid):.0f} MB; "
-                  f"GC: {gc_line(metrics(hport))}")
-            print(f"\n{args.aliased} aliased + {args.plain} plain Services, {args.qps} q/s each "
-                  f"server; latency p50 / p99 / p99.9 / max in ms\n")
-            print("| phase | aliasd | CoreDNS kubernetes | aliasd CPU | CoreDNS CPU | "
-                  "rename p50 / p99 ms |")
-            print("|---|---|---|---|---|---|")
-            for r in rows:
-                print("| " + " | ".join(r) + " |")
-            print(json.dumps({"ready_s": round(ready, 2)}))
-        finally:
-            p.terminate()
-            p.wait()
+        target = build(c, args)
+        if args.hold:
+            hold(c, target, args.hold)
+        else:
+            measure(target, args, rates)
     return 0
 
 

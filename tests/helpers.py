@@ -20,6 +20,7 @@ from typing import Any
 
 import dns.message
 import dns.query
+import dns.rcode
 import dns.rdatatype
 
 from aliasd_dev import LocalCluster
@@ -249,6 +250,11 @@ def events(cluster: LocalCluster, ns: str, name: str) -> list[tuple[str, str]]:
     items = cluster.request(
         "GET", f"/api/v1/namespaces/{ns}/events?fieldSelector=involvedObject.name%3D{name}")
     return [(e["reason"], e["message"]) for e in items["items"]]
+
+
+def rcode(p: AliasdProcess, name: str) -> str:
+    """The rcode of an A query, as text (``NOERROR``, ``NXDOMAIN``...)."""
+    return str(dns.rcode.to_text(query(p.dns, name, "A").rcode()))
 
 
 def a_records(p: AliasdProcess, name: str) -> list[str]:

@@ -125,12 +125,12 @@ class KubeSource:
         def restarted() -> None:
             self.restarts[resource or name] += 1
 
-        def synced() -> None:
-            self._relisted()
-            self._notify()
-
+        # The first list of each informer only builds what the engine already
+        # has (a check then costs a build from scratch, ~1 s of CPU at 10,000
+        # Services, for nothing); a relist may follow missed events: check.
         kw: dict[str, Any] = {"on_change": on_change, "on_restart": restarted,
-                              "on_sync": synced, "page_size": PAGE_SIZE}
+                              "on_sync": self._notify, "on_relist": self._relisted,
+                              "page_size": PAGE_SIZE}
         if transform is not None:
             kw["transform"] = transform
         if not self.namespaces:
@@ -237,6 +237,7 @@ class KubeSource:
         self._derive_service(k)
 
     def _slice_changed(self, k: str, old: Obj | None, new: Obj | None) -> None:
+        touched: list[str] = []  # a slice update names its Service twice: derive it once
         for obj in (old, new):
             if obj is None:
                 continue
@@ -251,6 +252,9 @@ class KubeSource:
                 bucket.pop(k, None)
             if not bucket:
                 self._slices_of.pop(sk, None)
+            if sk not in touched:
+                touched.append(sk)
+        for sk in touched:
             self._derive_service(sk)
 
     def _namespace_changed(self, k: str, old: Obj | None, new: Obj | None) -> None:

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from aliasd.model import DEFAULT_TTL, AliasClaim, Owner, Port, parse_ttl, parse_weight
+from aliasd.model import (
+    DEFAULT_TTL,
+    AliasClaim,
+    Owner,
+    Port,
+    canonical_ip,
+    parse_ttl,
+    parse_weight,
+)
 from aliasd.policy import ALLOWED_NAMES_ANNOTATION, parse_allowed
 
 ALIAS_ANNOTATION = "aliasd.io/alias"
@@ -110,7 +118,7 @@ def _valid_ips(values: Iterable[str]) -> list[str]:
     out = []
     for v in values:
         try:
-            out.append(str(ipaddress.ip_address(v)))
+            out.append(canonical_ip(v)[1])
         except ValueError:
             continue
     return out

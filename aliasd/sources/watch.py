@@ -33,6 +33,8 @@ OnChange = Callable[[str, Obj | None, Obj | None], None]
 """(key, old, new): new None = deleted, old None = added."""
 
 WATCH_TIMEOUT = 300
+SLICE = 100
+"""Listed objects handled per loop turn (a few milliseconds of work)."""
 
 
 class Gone(Exception):
@@ -121,11 +123,13 @@ class Informer:
     def __init__(self, name: str, list_fn: ListFn, *, on_change: OnChange,
                  on_restart: Callable[[], None] = lambda: None,
                  on_sync: Callable[[], None] = lambda: None,
+                 on_relist: Callable[[], None] = lambda: None,
                  transform: Transform | None = None, page_size: int = 500) -> None:
         self.name = name
         self.transform = transform
         self.page_size = page_size
         self.on_sync = on_sync
+        self.on_relist = on_relist  # a list after the first: events may have been missed
         self.list_fn = list_fn
         self.on_change = on_change
         self.on_restart = on_restart
@@ -167,43 +171,79 @@ class Informer:
                 await asyncio.sleep(delay)
 
     async def _relist(self) -> str:
-        """List in pages (``limit``/``continue``), each item transformed as it
-        arrives, then diff against the cache."""
-        items: list[Obj] = []
-        token: str | None = None
-        while True:
-            kw: dict[str, Any] = {"limit": self.page_size}
-            if token:
-                kw["_continue"] = token
-            try:
-                data = await self.list_fn(_preload_content=False, _request_timeout=60, **kw)
-            except ApiException as e:
-                if e.status == 404:
-                    raise NotFound(self.name) from e
-                if e.status == 410:  # the continue token expired: start over
-                    raise Gone(self.name) from e
-                raise
-            async with data as resp:
-                if resp.status == 404:
-                    raise NotFound(self.name)
-                if resp.status == 410:
-                    raise Gone(self.name)
-                if resp.status != 200:
-                    raise SourceError(f"list {self.name}: HTTP {resp.status}")
-                body = await resp.json(loads=json.loads, content_type=None)
-            page = body.get("items") or []
-            items += [self.transform(o) for o in page] if self.transform else page
-            meta = body.get("metadata") or {}
-            token = meta.get("continue")
-            if not token:
-                break
-        for k, old, new in diff_relist(self.items, items):
-            self.on_change(k, old, new)
+        """List in pages (``limit``/``continue``). Each page is handled as it
+        arrives (transformed, compared with the cache, handed on) while the
+        API server prepares the next one, in slices of ``SLICE`` objects so a
+        DNS query never waits behind a whole page; objects the list no longer
+        has are deleted at the end. A relist after 410 thus neither loses a
+        delete that happened while we were away nor repeats an add."""
+        relist = self.synced
+        seen: set[str] = set()
+        fetch: asyncio.Future[Obj] = asyncio.ensure_future(self._page(None))
+        try:
+            while True:
+                body = await fetch
+                meta = body.get("metadata") or {}
+                token = meta.get("continue")
+                if token:  # in flight while this page is handled
+                    fetch = asyncio.ensure_future(self._page(token))
+                page = body.get("items") or []
+                del body
+                for start in range(0, len(page), SLICE):
+                    if start or token:
+                        await asyncio.sleep(0)  # let queries (and the next page) in
+                    self._merge(page[start:start + SLICE], seen)
+                if not token:
+                    break
+        finally:
+            if not fetch.done():
+                fetch.cancel()
+        gone = [k for k in self.items if k not in seen]
+        for k in gone:
+            self.on_change(k, self.items.pop(k), None)
         self.synced = True
         self.error = None
         self.on_sync()  # readiness may have changed even when no object did
+        if relist:
+            self.on_relist()
         rv: str = meta.get("resourceVersion", "")
         return rv
+
+    async def _page(self, token: str | None) -> Obj:
+        kw: dict[str, Any] = {"limit": self.page_size}
+        if token:
+            kw["_continue"] = token
+        try:
+            data = await self.list_fn(_preload_content=False, _request_timeout=60, **kw)
+        except ApiException as e:
+            if e.status == 404:
+                raise NotFound(self.name) from e
+            if e.status == 410:  # the continue token expired: start over
+                raise Gone(self.name) from e
+            raise
+        async with data as resp:
+            if resp.status == 404:
+                raise NotFound(self.name)
+            if resp.status == 410:
+                raise Gone(self.name)
+            if resp.status != 200:
+                raise SourceError(f"list {self.name}: HTTP {resp.status}")
+            body: Obj = await resp.json(loads=json.loads, content_type=None)
+        return body
+
+    def _merge(self, items: list[Obj], seen: set[str]) -> None:
+        """Listed objects into the cache: hand on the new and the changed ones."""
+        cache, transform = self.items, self.transform
+        for o in items:
+            k = obj_key(o)
+            seen.add(k)
+            prev = cache.get(k)
+            if prev is not None and (prev.get("metadata", {}).get("resourceVersion")
+                                     == o.get("metadata", {}).get("resourceVersion")):
+                continue
+            new = transform(o) if transform else o
+            cache[k] = new
+            self.on_change(k, prev, new)
 
     async def _watch(self, rv: str) -> str:
         data = await self.list_fn(

@@ -14,8 +14,9 @@ import pytest
 
 from aliasd.coredns import corefile
 from aliasd_dev import ClusterError, LocalCluster, free_udp_tcp_port
+from tests.coredns.conftest import CM
 from tests.coredns.shapes import SHAPES, on_loopback
-from tests.coredns.test_wiring import CM, cli, corefile_now
+from tests.coredns.test_wiring import cli, corefile_now
 from tests.helpers import dig_short, events, run_aliasd, service, wait_for
 
 pytestmark = pytest.mark.cluster

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from aliasd_dev import LocalCluster, free_udp_tcp_port
-from tests.coredns.test_wiring import coredns, corefile_now, managed_zones, metric, wired
+from tests.coredns.test_wiring import corefile_now, managed_zones, metric, wired
 from tests.helpers import (
     AliasdProcess,
     a_records,
@@ -32,7 +32,6 @@ from tests.sources.test_kube import endpoint_slice
 from tests.unit.test_fastpath import CHI2_1DF_P1E9, chi2
 
 pytestmark = pytest.mark.cluster
-__all__ = ["coredns"]  # the fixture, imported for these tests
 
 DATACENTER_IP = "192.0.2.10"
 SE_PATH = "/apis/networking.istio.io/v1/namespaces/{ns}/serviceentries"

@@ -15,11 +15,11 @@ import pytest
 from aliasd_dev import LocalCluster, free_udp_tcp_port
 from tests import walkthrough
 from tests.coredns.test_migration import datacenter
-from tests.coredns.test_wiring import coredns, lease_ns, wired
+from tests.coredns.test_wiring import wired
 from tests.helpers import AliasdProcess, run_aliasd
 
 pytestmark = pytest.mark.cluster
-__all__ = ["coredns", "datacenter", "lease_ns"]  # fixtures these tests use
+__all__ = ["datacenter"]  # the fixture, imported for these tests
 
 def run(cluster: LocalCluster, prelude: str, block: str, tmp: Path) -> str:
     env = {**os.environ, "PATH": f"{cluster.bin_dir}:{os.environ['PATH']}",

@@ -6,7 +6,6 @@ not taken; a wildcard at the apex is refused with an Event."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dns.rcode
@@ -14,12 +13,12 @@ import pytest
 
 from aliasd_dev import LocalCluster, free_udp_tcp_port
 from tests.helpers import (
-    AliasdProcess,
     a_records,
     dig,
     dig_short,
     events,
     query,
+    rcode,
     run_aliasd,
     service,
     wait_for,
@@ -27,22 +26,7 @@ from tests.helpers import (
 
 pytestmark = pytest.mark.cluster
 
-CM = "/api/v1/namespaces/kube-system/configmaps"
 SE_IP = "240.0.16.1"
-
-
-@pytest.fixture
-def coredns(cluster: LocalCluster) -> Iterator[LocalCluster]:
-    """The shared CoreDNS ConfigMap, put back exactly as it was afterwards."""
-    yield cluster
-    cluster.request("PUT", f"{CM}/coredns", {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "coredns", "namespace": "kube-system"},
-        "data": {"Corefile": cluster.initial_corefile}})
-
-
-def rcode(p: AliasdProcess, name: str) -> str:
-    return str(dns.rcode.to_text(query(p.dns, name, "A").rcode()))
 
 
 def status(server: tuple[str, int], name: str) -> tuple[str, list[str]]:

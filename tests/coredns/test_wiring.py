@@ -5,7 +5,6 @@ edits, drift repair, leader election and the kube-dns / node-local-dns modes."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import signal
@@ -22,12 +21,12 @@ from kubernetes_asyncio.client import ApiClient
 from aliasd.coredns import corefile
 from aliasd.coredns.patcher import COREDNS, Patcher, PatcherConfig, Target
 from aliasd.coredns.plan import Forward
-from aliasd_dev import ClusterError, LocalCluster, free_udp_tcp_port
+from aliasd_dev import LocalCluster, free_udp_tcp_port
+from tests.coredns.conftest import CM
 from tests.helpers import ROOT, AliasdProcess, dig_short, events, run_aliasd, service, wait_for
 
 pytestmark = pytest.mark.cluster
 
-CM = "/api/v1/namespaces/kube-system/configmaps"
 
 
 def corefile_now(cluster: LocalCluster) -> str:
@@ -38,24 +37,6 @@ def corefile_now(cluster: LocalCluster) -> str:
 def set_corefile(cluster: LocalCluster, text: str) -> None:
     cluster.request("PATCH", f"{CM}/coredns", {"data": {"Corefile": text}},
                     content_type="application/merge-patch+json")
-
-
-@pytest.fixture
-def coredns(cluster: LocalCluster) -> Iterator[LocalCluster]:
-    """The shared CoreDNS ConfigMap, put back exactly as it was afterwards."""
-    yield cluster
-    cluster.request("PUT", f"{CM}/coredns", {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "coredns", "namespace": "kube-system"},
-        "data": {"Corefile": cluster.initial_corefile}})
-
-
-@pytest.fixture
-def lease_ns(cluster: LocalCluster) -> str:
-    with contextlib.suppress(ClusterError):  # exists after the first test
-        cluster.request("POST", "/api/v1/namespaces", {
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "aliasd-system"}})
-    return "aliasd-system"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -19,6 +19,7 @@ from tests.helpers import (
     answers,
     events,
     query,
+    rcode,
     run_aliasd,
     service,
     wait_for,
@@ -35,10 +36,6 @@ def set_alias(cluster: LocalCluster, ns: str, name: str, alias: str) -> None:
 
 def delete(cluster: LocalCluster, ns: str, name: str, kind: str = "services") -> None:
     cluster.request("DELETE", f"/api/v1/namespaces/{ns}/{kind}/{name}")
-
-
-def rcode(p: AliasdProcess, name: str) -> str:
-    return str(dns.rcode.to_text(query(p.dns, name, "A").rcode()))
 
 
 def test_service_alias_follows_every_step(cluster: LocalCluster, aliasd: AliasdProcess,

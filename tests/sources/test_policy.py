@@ -25,6 +25,7 @@ from tests.helpers import (
     a_records,
     events,
     query,
+    rcode,
     run_aliasd,
     service,
     wait_for,
@@ -40,10 +41,6 @@ def set_allowed(cluster: LocalCluster, ns: str, value: str | None) -> None:
     cluster.request("PATCH", f"/api/v1/namespaces/{ns}",
                     {"metadata": {"annotations": {ANNOTATION: value}}},
                     content_type="application/merge-patch+json")
-
-
-def rcode(p: AliasdProcess, name: str) -> str:
-    return str(dns.rcode.to_text(query(p.dns, name, "A").rcode()))
 
 
 def metric(p: AliasdProcess, line: str) -> float | None:

@@ -142,3 +142,25 @@ def test_state_file_round_trip_and_errors(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(ValueError, match=r"state\.json"):
         StateFile(path).load()
+
+
+def test_state_file_keyed_saves_write_what_a_full_save_writes(tmp_path: Path) -> None:
+    """The snapshot writer encodes only objects whose claims changed since the
+    last save; the file must be the one a save of every claim writes."""
+    keyed_path, full_path = tmp_path / "keyed.json", tmp_path / "full.json"
+    keyed, full = StateFile(keyed_path), StateFile(full_path)
+    a = (AliasClaim("a", SVC, addresses=("10.0.0.1",)),)
+    b = (AliasClaim("b", OLD, cname="c.example.com"), AliasClaim("b2", OLD, ttl=5))
+    c = (AliasClaim("c", SVC, addresses=("fd00::1",), ports=(Port("dns", "UDP", 53),)),)
+    for objects in ({"k/a": a, "k/b": b}, {"k/a": a, "k/b": b, "k/c": c},
+                    {"k/b": b[:1], "k/c": c}, {}):
+        keyed.save(now=1.0, keyed=objects)
+        full.save(now=1.0, claims=[x for cs in objects.values() for x in cs])
+        assert keyed_path.read_text() == full_path.read_text()
+    # Claims left out (a policy denial) are left out, and come back when allowed.
+    keyed.save(now=2.0, keyed={"k/b": b}, skip={"k/b": {b[0]}})
+    loaded = StateFile(keyed_path).load()
+    assert loaded is not None and loaded.claims == b[1:]
+    keyed.save(now=3.0, keyed={"k/b": b})
+    loaded = StateFile(keyed_path).load()
+    assert loaded is not None and loaded.claims == b

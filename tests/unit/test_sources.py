@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from aliasd.model import ConfigError
 from aliasd.registry import ZoneConfig
 from aliasd.sources import mapping
 from aliasd.sources.file import parse_aliases
-from aliasd.sources.watch import Gone, apply_event, diff_relist
+from aliasd.sources.watch import Gone, Informer, apply_event, diff_relist
 
 CFG = ZoneConfig.from_names(["internal"])
 
@@ -99,3 +102,51 @@ def test_watch_events_and_relist_diff() -> None:
     changes = diff_relist(cache, [new_b])
     assert changes == [("n/a", obj, None), ("n/b", None, new_b)]
     assert diff_relist(cache, [new_b]) == []  # nothing duplicated
+
+
+class _Resp:
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.status, self.body = 200, body
+
+    async def __aenter__(self) -> _Resp:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def json(self, *, loads: Any, content_type: Any) -> Any:
+        return loads(json.dumps(self.body))
+
+
+def _obj(name: str, rv: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "n", "resourceVersion": rv}}
+
+
+async def test_paged_relist_hands_on_what_a_diff_of_the_whole_list_does() -> None:
+    """Pages are merged as they arrive (the next one in flight, 100 objects a
+    loop turn); the changes equal diff_relist's on the whole list: new and
+    changed objects handed on, unchanged ones not, vanished ones deleted."""
+    first = [_obj(f"o{i}", "1") for i in range(250)]
+    second = ([_obj(f"o{i}", "2" if i % 3 == 0 else "1") for i in range(0, 250, 2)]
+              + [_obj(f"x{i}", "1") for i in range(120)])
+    listing: list[list[dict[str, Any]]] = []
+
+    async def list_fn(*, limit: int, _continue: str | None = None, **_: Any) -> _Resp:
+        start = int(_continue or 0)
+        items = listing[-1][start:start + limit]
+        more = start + limit < len(listing[-1])
+        return _Resp({"metadata": {"resourceVersion": "10",
+                                   "continue": str(start + limit) if more else None},
+                      "items": items})
+
+    seen: list[tuple[str, object, object]] = []
+    inf = Informer("t", list_fn, on_change=lambda k, o, n: seen.append((k, o, n)),
+                   page_size=40)
+    reference: dict[str, dict[str, Any]] = {}
+    for items in (first, second):
+        listing.append(items)
+        seen.clear()
+        assert await inf._relist() == "10"
+        expected = diff_relist(reference, items)
+        assert sorted(seen, key=lambda c: c[0]) == sorted(expected, key=lambda c: c[0])
+        assert inf.items == reference
