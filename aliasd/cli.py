@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import logging
 import os
@@ -23,6 +24,9 @@ if TYPE_CHECKING:  # the commands import their modules lazily: `aliasd --help` s
     from aliasd.coredns.patcher import PatcherConfig
 
 log = logging.getLogger("aliasd")
+
+HANDOVER_POLL = 0.5
+"""`coredns remove`: how often to look at a just-released Lease."""
 
 
 def _add(p: argparse.ArgumentParser, flag: str, *, default: Any = None, repeat: bool = False,
@@ -330,21 +334,36 @@ async def _coredns(args: argparse.Namespace) -> int:
 
 async def _refuse_while_running(api: ApiClient, lease_ref: str) -> None:
     """A running aliasd would put its blocks back within a second of `remove`
-    (issue 14): say how to stop it instead of reporting a success that lasts 0.4 s."""
-    from aliasd.coredns.lease import LeaseError, read_live_holder
+    (issue 14): say how to stop it instead of reporting a success that lasts 0.4 s.
+    A Lease just released (a rollout, a replica stopping) may be taken by
+    another replica within seconds: wait and see before going on."""
+    from aliasd.coredns.lease import LeaseError, handover_left, live_holder, read_lease
     from aliasd.kubeapi import split_ref
 
     namespace, name = split_ref(lease_ref, flag="--leader-lease")
-    try:
-        holder = await read_live_holder(api, namespace=namespace, name=name)
-    except LeaseError as e:
-        print(f"aliasd: warning: cannot tell whether aliasd is running ({e})", file=sys.stderr)
-        return
-    if holder is not None:
-        raise ConfigError(
-            f"aliasd is running (Lease {lease_ref} held by {holder}) and would put its blocks "
-            f"back; stop it first: kubectl -n {namespace} scale deployment aliasd --replicas=0 "
-            f"(or pass --force)")
+    told = False
+    while True:
+        try:
+            lease = await read_lease(api, namespace=namespace, name=name)
+        except LeaseError as e:
+            print(f"aliasd: warning: cannot tell whether aliasd is running ({e})",
+                  file=sys.stderr)
+            return
+        now = dt.datetime.now(dt.UTC)
+        holder = live_holder(lease, now=now) if lease is not None else None
+        if holder is not None:
+            raise ConfigError(
+                f"aliasd is running (Lease {lease_ref} held by {holder}) and would put its "
+                f"blocks back; stop it first: kubectl -n {namespace} scale deployment aliasd "
+                f"--replicas=0 (or pass --force)")
+        left = handover_left(lease, now=now) if lease is not None else 0.0
+        if left <= 0:
+            return
+        if not told:
+            print(f"aliasd: Lease {lease_ref} was just released; waiting up to {left:.0f} s "
+                  f"for another aliasd replica to take it", file=sys.stderr)
+            told = True
+        await asyncio.sleep(min(left, HANDOVER_POLL))
 
 
 async def _list_aliases(args: argparse.Namespace) -> int:

@@ -34,9 +34,13 @@ def _micro_time(t: dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+DEFAULT_DURATION = 15.0
+"""Seconds a Lease is held without renewal (``--leader-lease-duration``)."""
+
+
 class LeaderElector:
     def __init__(self, api: ApiClient, *, namespace: str, name: str, identity: str,
-                 duration: float = 15.0, clock: Callable[[], float] = time.monotonic,
+                 duration: float = DEFAULT_DURATION, clock: Callable[[], float] = time.monotonic,
                  on_change: Callable[[bool], None] = lambda leading: None) -> None:
         self.coord = CoordinationV1Api(api)
         self.namespace, self.name, self.identity = namespace, name, identity
@@ -161,11 +165,26 @@ def live_holder(lease: dict[str, Any], *, now: dt.datetime) -> str | None:
     return str(holder) if (now - renew).total_seconds() < 2 * duration else None
 
 
-async def read_live_holder(api: ApiClient, *, namespace: str, name: str) -> str | None:
-    """The live holder of the Lease NAMESPACE/NAME (None: no Lease, or expired)."""
+def handover_left(lease: dict[str, Any], *, now: dt.datetime,
+                  duration: float = DEFAULT_DURATION) -> float:
+    """Seconds in which another replica may still take ``lease`` after its
+    holder released it (no holder, last renewed less than ``duration`` ago:
+    the release comes at most a third of it after that renewal, and candidates
+    retry every third), else 0."""
+    spec = lease.get("spec") or {}
+    renew = spec.get("renewTime")
+    if spec.get("holderIdentity") or not renew:
+        return 0.0
+    if isinstance(renew, str):
+        renew = dt.datetime.fromisoformat(renew.replace("Z", "+00:00"))
+    return max(0.0, duration - (now - renew).total_seconds())
+
+
+async def read_lease(api: ApiClient, *, namespace: str, name: str) -> dict[str, Any] | None:
+    """The Lease NAMESPACE/NAME (None: there is none)."""
     status, lease = await call(CoordinationV1Api(api).read_namespaced_lease, name, namespace)
     if status == 404:
         return None
     if status != 200:
         raise LeaseError(f"read Lease {namespace}/{name}: {message(status, lease)}")
-    return live_holder(lease, now=dt.datetime.now(dt.UTC))
+    return dict(lease)

@@ -167,6 +167,58 @@ def test_remove_refuses_while_aliasd_holds_the_lease(coredns: LocalCluster,
                                   "aliasd-refuse")
 
 
+def test_remove_waits_out_a_just_released_lease(coredns: LocalCluster, lease_ns: str) -> None:
+    """A rollout releases the Lease and another replica takes it within seconds:
+    `remove` in between waits to see, refuses when it is taken, and goes on
+    when nobody takes it."""
+    kc = str(coredns.kubeconfig)
+    leases = f"/apis/coordination.k8s.io/v1/namespaces/{lease_ns}/leases"
+
+    def stamp(ago: float) -> str:
+        t = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=ago)
+        return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    assert cli("coredns", "apply", "--kubeconfig", kc, "--forward-to",
+               "127.0.0.1:5999").returncode == 0
+    patched = corefile_now(coredns)
+    # Released just now (as LeaderElector.release leaves it): no holder.
+    coredns.request("POST", leases, {
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "aliasd-handover"},
+        "spec": {"leaseDurationSeconds": 1, "renewTime": stamp(0)}})
+    lease = f"{lease_ns}/aliasd-handover"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(ROOT)}
+    try:
+        with subprocess.Popen([sys.executable, "-m", "aliasd", "coredns", "remove",
+                               "--kubeconfig", kc, "--leader-lease", lease],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) as proc:
+            assert proc.stderr is not None
+            first = proc.stderr.readline()
+            assert first.startswith(f"aliasd: Lease {lease} was just released; waiting up to ")
+            # Another replica takes it: remove refuses, nothing changed.
+            obj = coredns.request("GET", f"{leases}/aliasd-handover")
+            obj["spec"].update(holderIdentity="aliasd-7d9f-x2_def456", leaseDurationSeconds=15,
+                               acquireTime=stamp(0), renewTime=stamp(0))
+            coredns.request("PUT", f"{leases}/aliasd-handover", obj)
+            assert proc.wait(timeout=30) == 2
+            assert proc.stderr.read() == (
+                f"aliasd: error: aliasd is running (Lease {lease} held by aliasd-7d9f-x2_def456) "
+                f"and would put its blocks back; stop it first: kubectl -n {lease_ns} scale "
+                "deployment aliasd --replicas=0 (or pass --force)\n")
+        assert corefile_now(coredns) == patched
+        # Released 13 s ago and nobody took it: remove waits the rest, then removes.
+        obj = coredns.request("GET", f"{leases}/aliasd-handover")
+        obj["spec"].update(holderIdentity=None, leaseDurationSeconds=1, renewTime=stamp(13))
+        coredns.request("PUT", f"{leases}/aliasd-handover", obj)
+        r = cli("coredns", "remove", "--kubeconfig", kc, "--leader-lease", lease)
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.startswith(f"aliasd: Lease {lease} was just released; waiting up to ")
+        assert corefile_now(coredns) == coredns.initial_corefile
+    finally:
+        coredns.request("DELETE", f"{leases}/aliasd-handover")
+
+
 def test_forward_target_is_the_aliasd_service_cluster_ip(coredns: LocalCluster,
                                                          lease_ns: str) -> None:
     svc = coredns.request("POST", f"/api/v1/namespaces/{lease_ns}/services", {
