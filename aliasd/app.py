@@ -5,8 +5,8 @@ Sources hand each object's claims to the engine when that object changes
 the aliases file, the overrides). A short debounced loop commits the engine:
 only the touched names are re-resolved, a new snapshot (new serial) is swapped
 in only when an answer changed, and the reporters (Events, the patcher's
-takeovers, metrics) run only when something did. The state file is written
-from the engine's immutable claims map, off the loop.
+takeovers, metrics) run only when something did. The state file re-encodes
+only the objects whose claims changed, and is written off the loop.
 
 Level-triggered for correctness: after every relist (a list after the first,
 when events may have been missed) the engine's snapshot is compared, off the
@@ -22,7 +22,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 
 SWITCH_INTERVAL = 0.001
+STAGE_SLICE = 64  # objects encoded for the state file per loop turn (~1 ms)
 GC_SYNC_LIMIT = 60.0  # seconds the collector may stay off while the sources sync
 
 Reporter = Callable[[registry.Result, bool], None]
@@ -278,19 +279,26 @@ class App:
             self.engine.set_namespace(namespace, allowed_names)
         for key, claims in old.claims.items():
             self.engine.set(key, claims)
+        self.engine.changed_keys |= old.changed_keys  # gone since the last save
         self.rebuild()
 
     async def _state_loop(self) -> None:
-        """Write the last good snapshot's claims (atomically, off the loop)."""
+        """Write the claims of the last good snapshot: the objects whose claims
+        changed are encoded on the loop, a slice per turn (a change costs what
+        it changed), the file is written off the loop."""
         assert self.state is not None
         failed = False
         while True:
             await self._state_dirty.wait()
             self._state_dirty.clear()
-            # Immutable: safe to read from a thread.
-            claims, invalid = self.engine.claims, self.engine.result.invalid_by_key
+            keys = sorted(self.engine.changed_keys)
+            self.engine.changed_keys.clear()
+            self.state.stage(())  # the file's own claims give way, even to none
+            for i in range(0, len(keys), STAGE_SLICE):
+                self._stage(keys[i:i + STAGE_SLICE])
+                await asyncio.sleep(0)
             try:
-                await asyncio.to_thread(_save, self.state, self.clock(), claims, invalid)
+                await asyncio.to_thread(self.state.save, now=self.clock())
                 failed = False
             except OSError as e:
                 if not failed:
@@ -298,6 +306,12 @@ class App:
                               e.strerror or e)
                 failed = True
             await asyncio.sleep(self.config.state_interval)
+
+    def _stage(self, keys: Iterable[str]) -> None:
+        """Hand objects' claims, as the engine has them now, to the state file
+        (an object changed since is staged again in the next round)."""
+        assert self.state is not None
+        self.state.stage(stored_claims(self.engine.claims, self.engine.invalid, keys))
 
     async def _rebuild_loop(self) -> None:
         """Commit on the leading edge: the first change after a quiet spell is
@@ -385,17 +399,21 @@ class App:
             await self.dns.stop()
             if self.state is not None and self._state_dirty.is_set():
                 with contextlib.suppress(OSError):  # the last change, before exiting
-                    _save(self.state, self.clock(), self.engine.claims,
-                          self.engine.result.invalid_by_key)
+                    self._stage(self.engine.changed_keys)
+                    self.state.save(now=self.clock())
 
 
-def _save(state: StateFile, now: float, claims: Mapping[str, tuple[AliasClaim, ...]],
-          invalid: Mapping[str, tuple[registry.Invalid, ...]]) -> None:
-    """The claims, but none the name policy denies: the state file is served at
-    start without the Namespaces' policies, and a denied claim is never served."""
-    denied = {k: {i.claim for i in invalid[k] if i.event == registry.NOT_ALLOWED}
-              for k in invalid}
-    state.save(now=now, keyed=claims, skip={k: d for k, d in denied.items() if d})
+def stored_claims(claims: Mapping[str, tuple[AliasClaim, ...]],
+                  invalid: Mapping[str, tuple[registry.Invalid, ...]],
+                  keys: Iterable[str]) -> list[tuple[str, list[AliasClaim]]]:
+    """The claims of these objects to store, but none the name policy denies:
+    the state file is served at start without the Namespaces' policies, and a
+    denied claim is never served."""
+    stored = []
+    for key in keys:
+        denied = {i.claim for i in invalid.get(key, ()) if i.event == registry.NOT_ALLOWED}
+        stored.append((key, [c for c in claims.get(key, ()) if c not in denied]))
+    return stored
 
 
 def _check(claims: Mapping[str, tuple[AliasClaim, ...]], annotations: Mapping[str, str],

@@ -72,6 +72,9 @@ class Engine:
         self._touched: set[str] = set()
         self._invalid: immutables.Map[str, tuple[Invalid, ...]] = immutables.Map()
         self._invalid_dirty = False
+        # Objects whose claims, or which of them are invalid, changed since the
+        # state file writer last took this set (it re-encodes only those).
+        self.changed_keys: set[str] = set()
         # The name policy: namespace -> its aliasd.io/allowed-names value, and
         # which objects have claims under which namespace's policy (so that a
         # change of one namespace's policy re-validates only its objects).
@@ -161,6 +164,7 @@ class Engine:
         for name, claim in valid:
             self._touched.add(name)
             self._by_name.setdefault(name, {}).setdefault(key, []).append(claim)
+        self.changed_keys.add(key)
         if invalid != self._invalid.get(key, ()):
             self._invalid = (self._invalid.set(key, invalid) if invalid
                              else self._invalid.delete(key))
@@ -179,6 +183,11 @@ class Engine:
         for key, cs in grouped.items():
             changed |= self.set(key, cs)
         return changed
+
+    @property
+    def invalid(self) -> Mapping[str, tuple[Invalid, ...]]:
+        """Each object's invalid claims, as of the last ``set``."""
+        return self._invalid
 
     @property
     def pending(self) -> bool:

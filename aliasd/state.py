@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,15 +64,18 @@ def claim_from_json(d: Any) -> AliasClaim:
 
 
 class StateFile:
-    """One JSON file; ``save`` replaces the part it is given and keeps the other."""
+    """One JSON file: the claims, by object, and the overrides. The claims are
+    staged object by object as they change (``stage``), so a save costs the
+    change, not the cluster; ``save`` writes the whole document."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._claims = "[]"  # the claims part, as JSON text
+        # The claims read from the file, written back as they were until the
+        # first ``stage`` (a restart's file stays whole until the sources sync).
+        self._loaded = b""
+        # Object key -> its claims as JSON (the array's items, no brackets).
+        self._parts: dict[str, bytes] = {}
         self._overrides: list[dict[str, Any]] = []
-        # Object key -> (its claims, their JSON): a snapshot save encodes only
-        # the objects whose claims changed since the last one.
-        self._encoded: dict[str, tuple[tuple[AliasClaim, ...], str]] = {}
         # Snapshots are saved from a worker thread, overrides from the event
         # loop: one at a time, each with the other's latest part.
         self._lock = threading.Lock()
@@ -97,40 +100,53 @@ class StateFile:
             written = float(doc["written"])
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"state file {self.path}: {e}") from None
-        self._claims = _dumps([claim_to_json(c) for c in claims])
+        self._loaded = _items(claims)
+        self._parts = {}
         self._overrides = list(overrides)
         return State(claims, overrides, written)
 
-    def save(self, *, now: float, claims: Iterable[AliasClaim] | None = None,
-             keyed: Mapping[str, tuple[AliasClaim, ...]] | None = None,
-             skip: Mapping[str, Set[AliasClaim]] | None = None,
-             overrides: Sequence[dict[str, Any]] | None = None) -> None:
-        """Write the file atomically; ``OSError`` if that fails (the old file stays).
-        ``keyed``: the claims by object (the engine's map), encoded per object
-        and only for the objects whose claims changed since the last save;
-        ``skip``: claims of some of those objects to leave out."""
+    def stage(self, objects: Iterable[tuple[str, Iterable[AliasClaim]]]) -> None:
+        """The claims of some objects for the next save (none: the object is
+        gone); O(their claims). From the first call on, the file holds the
+        staged objects instead of the claims it was loaded with. Call it from
+        the thread that calls ``save`` or when no save is running."""
         with self._lock:
-            self._save(now, claims, keyed, skip or {}, overrides)
+            self._loaded = b""
+            for key, claims in objects:
+                part = _items(claims)
+                if part:
+                    self._parts[key] = part
+                else:
+                    self._parts.pop(key, None)
 
-    def _save(self, now: float, claims: Iterable[AliasClaim] | None,
-              keyed: Mapping[str, tuple[AliasClaim, ...]] | None,
-              skip: Mapping[str, Set[AliasClaim]],
-              overrides: Sequence[dict[str, Any]] | None) -> None:
-        if keyed is not None:
-            new_claims = self._encode(keyed, skip)
-        elif claims is not None:
-            new_claims = _dumps([claim_to_json(c) for c in claims])
-        else:
-            new_claims = self._claims
-        new_overrides = self._overrides if overrides is None else list(overrides)
-        # The same document json.dump wrote, assembled from encoded parts.
-        text = (f'{{"version":{VERSION},"written":{json.dumps(now)},"claims":{new_claims},'
-                f'"overrides":{_dumps(new_overrides)}}}')
+    def save(self, *, now: float, claims: Iterable[AliasClaim] | None = None,
+             overrides: Sequence[dict[str, Any]] | None = None) -> None:
+        """Write the file atomically; ``OSError`` if that fails (the old file
+        stays). ``claims``: these instead of everything staged; ``overrides``:
+        these instead of the last ones."""
+        with self._lock:
+            if claims is not None:
+                self._loaded, self._parts = _items(claims), {}
+            new_overrides = self._overrides if overrides is None else list(overrides)
+            parts = [self._loaded] if self._loaded else list(self._parts.values())
+            self._write(now, parts, new_overrides)
+            self._overrides = new_overrides
+
+    def _write(self, now: float, parts: list[bytes], overrides: list[dict[str, Any]]) -> None:
+        # The document json.dump would write, written in slices: a thread
+        # writing it holds the GIL against the event loop for one slice at a
+        # time (joining all of a 10,000-claim file at once is milliseconds).
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
+            with os.fdopen(fd, "wb") as f:
+                f.write(f'{{"version":{VERSION},"written":{json.dumps(now)},"claims":['
+                        .encode())
+                for i in range(0, len(parts), WRITE_SLICE):
+                    if i:
+                        f.write(b",")
+                    f.write(b",".join(parts[i:i + WRITE_SLICE]))
+                f.write(f'],"overrides":{_dumps(overrides)}}}'.encode())
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
@@ -138,30 +154,14 @@ class StateFile:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        self._claims, self._overrides = new_claims, new_overrides
 
-    def _encode(self, keyed: Mapping[str, tuple[AliasClaim, ...]],
-                skip: Mapping[str, Set[AliasClaim]]) -> str:
-        """The claims array: at 10,000 claims, re-encoding all of them cost
-        ~0.17 s of CPU in the writer thread (GIL held against the loop) on
-        every save, i.e. every second while answers change."""
-        old, new = self._encoded, {}
-        parts = []
-        for key, claims in keyed.items():
-            left_out = skip.get(key)
-            if left_out:  # rare (denied claims): encoded every time, not cached
-                text = _dumps([claim_to_json(c) for c in claims if c not in left_out])[1:-1]
-                if text:
-                    parts.append(text)
-                continue
-            hit = old.get(key)
-            if hit is None or hit[0] is not claims:
-                hit = (claims, _dumps([claim_to_json(c) for c in claims])[1:-1])
-            new[key] = hit
-            if hit[1]:
-                parts.append(hit[1])
-        self._encoded = new
-        return "[" + ",".join(parts) + "]"
+
+WRITE_SLICE = 256  # objects per write
+
+
+def _items(claims: Iterable[AliasClaim]) -> bytes:
+    """Claims as the items of a JSON array (no brackets)."""
+    return _dumps([claim_to_json(c) for c in claims])[1:-1].encode()
 
 
 def _dumps(value: Any) -> str:

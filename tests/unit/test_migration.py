@@ -3,6 +3,7 @@ takeovers in the registry, the state file format."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from aliasd import registry
 from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner, Port
 from aliasd.registry import TakeoverPolicy, ZoneConfig
 from aliasd.sources import overrides
-from aliasd.state import StateFile
+from aliasd.state import StateFile, claim_to_json
 from aliasd.zone import CNAME, A, Rcode
 
 ZONES = ZoneConfig.from_names(["internal"])
@@ -144,23 +145,39 @@ def test_state_file_round_trip_and_errors(tmp_path: Path) -> None:
         StateFile(path).load()
 
 
-def test_state_file_keyed_saves_write_what_a_full_save_writes(tmp_path: Path) -> None:
-    """The snapshot writer encodes only objects whose claims changed since the
-    last save; the file must be the one a save of every claim writes."""
-    keyed_path, full_path = tmp_path / "keyed.json", tmp_path / "full.json"
-    keyed, full = StateFile(keyed_path), StateFile(full_path)
+def test_state_file_staged_saves_write_what_a_full_save_writes(tmp_path: Path) -> None:
+    """The writer re-encodes only objects whose claims changed since the last
+    save (staged); the file must be the one json.dumps writes of every claim."""
+    staged_path, full_path = tmp_path / "staged.json", tmp_path / "full.json"
+    staged, full = StateFile(staged_path), StateFile(full_path)
     a = (AliasClaim("a", SVC, addresses=("10.0.0.1",)),)
     b = (AliasClaim("b", OLD, cname="c.example.com"), AliasClaim("b2", OLD, ttl=5))
     c = (AliasClaim("c", SVC, addresses=("fd00::1",), ports=(Port("dns", "UDP", 53),)),)
-    for objects in ({"k/a": a, "k/b": b}, {"k/a": a, "k/b": b, "k/c": c},
-                    {"k/b": b[:1], "k/c": c}, {}):
-        keyed.save(now=1.0, keyed=objects)
+    d = tuple(AliasClaim(f"d{i}", SVC, addresses=(f"10.1.{i // 250}.{i % 250}",))
+              for i in range(600))  # more objects than one write slice
+    objects: dict[str, tuple[AliasClaim, ...]] = {}
+    for changes in ({"k/a": a, "k/b": b}, {"k/c": c}, {"k/a": (), "k/b": b[:1]},
+                    {f"k/d{i}": (x,) for i, x in enumerate(d)}, {"k/c": (), "k/d7": ()},
+                    {k: () for k in list(objects)}):
+        staged.stage(changes.items())
+        objects.update(changes)
+        staged.save(now=1.0)
         full.save(now=1.0, claims=[x for cs in objects.values() for x in cs])
-        assert keyed_path.read_text() == full_path.read_text()
-    # Claims left out (a policy denial) are left out, and come back when allowed.
-    keyed.save(now=2.0, keyed={"k/b": b}, skip={"k/b": {b[0]}})
-    loaded = StateFile(keyed_path).load()
-    assert loaded is not None and loaded.claims == b[1:]
-    keyed.save(now=3.0, keyed={"k/b": b})
-    loaded = StateFile(keyed_path).load()
+        assert json.loads(staged_path.read_text()) == json.loads(full_path.read_text())
+        expected = {"version": 1, "written": 1.0,
+                    "claims": [claim_to_json(x) for cs in objects.values() for x in cs],
+                    "overrides": []}
+        assert staged_path.read_text() == json.dumps(expected, separators=(",", ":"))
+        objects = {k: v for k, v in objects.items() if v}
+    # A loaded file keeps its claims until the first stage, even an empty one.
+    full.save(now=2.0, claims=b)
+    reloaded = StateFile(full_path)
+    assert reloaded.load() is not None
+    reloaded.save(now=3.0, overrides=[{"name": "x.internal."}])
+    loaded = StateFile(full_path).load()
     assert loaded is not None and loaded.claims == b
+    reloaded.stage(())
+    reloaded.save(now=4.0)
+    loaded = StateFile(full_path).load()
+    assert loaded is not None and loaded.claims == ()
+    assert loaded.overrides == ({"name": "x.internal."},)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from aliasd import engine as engine_module
 from aliasd import registry
-from aliasd.app import _save as save_state
+from aliasd.app import stored_claims
 from aliasd.engine import KEY_SEP, Engine
 from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner
 from aliasd.policy import NamePolicy, Pattern, parse_allowed, parse_pattern
@@ -204,7 +204,8 @@ def test_denied_claims_are_not_written_to_the_state_file(tmp_path: Path) -> None
                                               claim("b.shop.internal", "shop")])
     eng.commit(now=0.0, ready=True)
     state = StateFile(tmp_path / "state.json")
-    save_state(state, 1.0, eng.claims, eng.result.invalid_by_key)
+    state.stage(stored_claims(eng.claims, eng.invalid, eng.claims.keys()))
+    state.save(now=1.0)
     loaded = StateFile(tmp_path / "state.json").load()
     assert loaded is not None
     assert sorted(c.name for c in loaded.claims) == ["api.shop.internal", "b.shop.internal"]
