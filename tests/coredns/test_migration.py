@@ -15,6 +15,7 @@ import dns.rcode
 import pytest
 import yaml
 
+from aliasd.state import StateFile
 from aliasd_dev import LocalCluster, free_udp_tcp_port
 from tests.coredns.test_wiring import corefile_now, managed_zones, metric, wired
 from tests.helpers import (
@@ -24,6 +25,7 @@ from tests.helpers import (
     events,
     http_json,
     query,
+    rcode,
     run_aliasd,
     service,
     wait_for,
@@ -226,6 +228,48 @@ def test_state_file_answers_while_the_apiserver_is_down(cluster: LocalCluster, n
             cluster.request("DELETE", f"/api/v1/namespaces/{namespace}/services/db")
             wait_for(lambda: query(p.dns, "stateful-db.internal.", "A").rcode()
                      == dns.rcode.NXDOMAIN, what="the deletion")
+    finally:
+        if "kube-apiserver" not in cluster._procs:
+            cluster.start_apiserver()
+
+
+def test_state_file_follows_each_change(cluster: LocalCluster, namespace: str,
+                                       tmp_path: Path) -> None:
+    """The writer re-encodes only the objects that changed: a rename, a
+    deletion and a policy denial each reach the file, the untouched objects
+    stay in it, and a restart with the API server down serves exactly that."""
+    ips = {n: service(cluster, namespace, n, alias=f"{n}-sf.internal")["spec"]["clusterIP"]
+           for n in ("keep", "rename", "gone", "denied")}
+    state = tmp_path / "state.json"
+    args = ["--kubeconfig", str(cluster.kubeconfig), "--state-file", str(state)]
+
+    def stored() -> list[str]:
+        loaded = StateFile(state).load()
+        return sorted(c.name for c in loaded.claims) if loaded else []
+
+    with run_aliasd(args, tmp=tmp_path) as p:
+        wait_for(lambda: stored() == [f"{n}-sf.internal" for n in sorted(ips)],
+                 what="every alias in the state file")
+        svc = f"/api/v1/namespaces/{namespace}/services"
+        cluster.request("PATCH", f"{svc}/rename", {"metadata": {"annotations": {
+            "aliasd.io/alias": "renamed-sf.internal"}}},
+            content_type="application/merge-patch+json")
+        cluster.request("DELETE", f"{svc}/gone")
+        cluster.request("PATCH", f"/api/v1/namespaces/{namespace}", {"metadata": {
+            "annotations": {"aliasd.io/allowed-names": "keep-sf.internal, *.sf.internal, "
+                                                       "renamed-sf.internal"}}},
+            content_type="application/merge-patch+json")
+        wait_for(lambda: rcode(p, "denied-sf.internal.") == "NXDOMAIN", what="the denial")
+        wait_for(lambda: stored() == ["keep-sf.internal", "renamed-sf.internal"],
+                 what="the changes in the state file")
+    cluster.stop_apiserver()
+    try:
+        with run_aliasd(args, tmp=tmp_path) as p:  # served from the file alone
+            assert p.http("/readyz")[1]["degraded"] is True
+            assert a_records(p, "keep-sf.internal.") == [ips["keep"]]
+            assert a_records(p, "renamed-sf.internal.") == [ips["rename"]]
+            assert [rcode(p, f"{n}-sf.internal.") for n in ("rename", "gone", "denied")] \
+                == ["NXDOMAIN"] * 3
     finally:
         if "kube-apiserver" not in cluster._procs:
             cluster.start_apiserver()
