@@ -22,6 +22,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+from prometheus_client.parser import text_string_to_metric_families
 
 from aliasd_dev import LocalCluster
 
@@ -259,3 +260,25 @@ def rcode(p: AliasdProcess, name: str) -> str:
 
 def a_records(p: AliasdProcess, name: str) -> list[str]:
     return answers(query(p.dns, name, "A"), "A")
+
+
+def metric_or_none(p: AliasdProcess, sample: str, **labels: str) -> float | None:
+    """The value of one sample on aliasd's /metrics, named as exposed (a
+    counter's ``_total`` included) with exactly ``labels``; None when there is
+    no such sample (a labelled series nothing has set yet)."""
+    status, text = p.http("/metrics")
+    assert status == 200, (status, text)
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == sample and s.labels == labels:
+                return float(s.value)
+    return None
+
+
+def metric(p: AliasdProcess, sample: str, **labels: str) -> float:
+    """Like ``metric_or_none``, but the sample must be there."""
+    value = metric_or_none(p, sample, **labels)
+    if value is None:
+        shown = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
+        raise AssertionError(f"/metrics has no sample {sample}{shown}")
+    return value

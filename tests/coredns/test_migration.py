@@ -17,13 +17,14 @@ import yaml
 
 from aliasd.state import StateFile
 from aliasd_dev import LocalCluster, free_udp_tcp_port
-from tests.coredns.test_wiring import corefile_now, managed_zones, metric, wired
+from tests.coredns.test_wiring import corefile_now, managed_zones, wired
 from tests.helpers import (
     AliasdProcess,
     a_records,
     answers,
     events,
     http_json,
+    metric,
     query,
     rcode,
     run_aliasd,

@@ -23,7 +23,17 @@ from aliasd.coredns.patcher import COREDNS, Patcher, PatcherConfig, Target
 from aliasd.coredns.plan import Forward
 from aliasd_dev import LocalCluster, free_udp_tcp_port
 from tests.coredns.conftest import CM
-from tests.helpers import ROOT, AliasdProcess, dig_short, events, run_aliasd, service, wait_for
+from tests.helpers import (
+    ROOT,
+    AliasdProcess,
+    dig_short,
+    events,
+    metric,
+    metric_or_none,
+    run_aliasd,
+    service,
+    wait_for,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -55,14 +65,6 @@ def managed_zones(text: str) -> list[str]:
     return [r.zone for r in corefile.managed_regions(text)]
 
 
-def metric(p: AliasdProcess, name: str) -> float:
-    _, body = p.http("/metrics")
-    for line in body.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
-
-
 def test_pod_path_through_coredns_restart_writes_nothing_remove_is_exact(
         coredns: LocalCluster, namespace: str, tmp_path: Path) -> None:
     ip = service(coredns, namespace, "fruits-api-service",
@@ -79,12 +81,14 @@ def test_pod_path_through_coredns_restart_writes_nothing_remove_is_exact(
         assert ready["coredns"] == {"mode": "corefile", "targets": ["kube-system/coredns"],
                                     "forward_to": f"127.0.0.1:{port}", "leader": True,
                                     "conflicts": {}, "takeovers": [], "error": None}
-        assert metric(p, 'aliasd_corefile_patches_total{result="applied"}') == 1.0
+        assert metric(p, "aliasd_corefile_patches_total", result="applied") == 1.0
     rv = coredns.request("GET", f"{CM}/coredns")["metadata"]["resourceVersion"]
     with run_aliasd(wired(coredns, port), tmp=tmp_path, dns_port=port) as p:
-        wait_for(lambda: metric(p, 'aliasd_corefile_patches_total{result="unchanged"}') >= 1,
+        wait_for(lambda: metric(p, "aliasd_corefile_patches_total", result="unchanged") >= 1,
                  what="the restarted aliasd to reconcile")
-        assert metric(p, 'aliasd_corefile_patches_total{result="attempt"}') == 0.0
+        # A result never counted has no series: absent is zero attempts.
+        assert (metric_or_none(p, "aliasd_corefile_patches_total", result="attempt")
+                or 0.0) == 0.0
     assert coredns.request("GET", f"{CM}/coredns")["metadata"]["resourceVersion"] == rv
     kc = str(coredns.kubeconfig)
     diff = cli("coredns", "diff", "--kubeconfig", kc, "--forward-to", f"127.0.0.1:{port}")
@@ -329,7 +333,8 @@ def test_two_replicas_one_writer_and_takeover(coredns: LocalCluster, lease_ns: s
         assert "became leader" in leader.logs() and holder in leader.logs()
         assert "patched kube-system/coredns" in leader.logs()
         assert "patched kube-system/coredns" not in other.logs()
-        assert metric(other, 'aliasd_corefile_patches_total{result="attempt"}') == 0.0
+        assert (metric_or_none(other, "aliasd_corefile_patches_total", result="attempt")
+                or 0.0) == 0.0  # no series: never counted
         leader.proc.send_signal(signal.SIGKILL)  # no graceful release: the Lease must expire
         leader.proc.wait()
         set_corefile(coredns, coredns.initial_corefile)

@@ -15,7 +15,7 @@ from pathlib import Path
 import dns.rcode
 import pytest
 
-from tests.helpers import AliasdProcess, answers, dig, query, run_aliasd
+from tests.helpers import AliasdProcess, answers, dig, metric, query, run_aliasd
 
 NAMES = 2000
 FLOOD = 200_000
@@ -33,13 +33,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AliasdProcess]:
         f"  svc-{i:04d}.internal: {{addresses: [{address(i)}]}}\n" for i in range(NAMES)))
     with run_aliasd(["--zone", "internal", "--aliases-file", str(f)], tmp=tmp) as p:
         yield p
-
-
-def metric(p: AliasdProcess, name: str) -> float:
-    _, text = p.http("/metrics")
-    m = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
-    assert m, name
-    return float(m.group(1))
 
 
 def rss_kib(p: AliasdProcess) -> int:

@@ -6,7 +6,6 @@ in the authority section; a flood of names under a wildcard enters no cache."""
 from __future__ import annotations
 
 import random
-import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.helpers import AliasdProcess, dig, http_json, query, run_aliasd, wait_for
+from tests.helpers import AliasdProcess, dig, http_json, metric, query, run_aliasd, wait_for
 
 # RFC 4592 2.2.1, with example. → example.internal. (a wildcard directly under
 # a zone apex is refused: issue 16), TXT/MX → A/AAAA (aliasd serves A, AAAA,
@@ -127,13 +126,6 @@ def test_table_with_dig(server: AliasdProcess) -> None:
     assert out.split() == ["MiXeD.example.internal.", "30", "IN", "A", W4]
     out = dig(server.dns, "example.internal.", "A")
     assert "status: NOERROR" in out and "ANSWER: 0, AUTHORITY: 1" in out
-
-
-def metric(p: AliasdProcess, name: str) -> float:
-    _, text = p.http("/metrics")
-    m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
-    assert m, name
-    return float(m.group(1))
 
 
 def test_flood_under_a_wildcard_fills_no_cache(server: AliasdProcess) -> None:

@@ -4,26 +4,26 @@ cluster without the ServiceEntry CRD produces no engine runs at all."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from aliasd_dev import LocalCluster
-from tests.helpers import AliasdProcess, a_records, query, run_aliasd, service, wait_for
+from tests.helpers import (
+    AliasdProcess,
+    a_records,
+    metric,
+    query,
+    run_aliasd,
+    service,
+    wait_for,
+)
 
 pytestmark = pytest.mark.cluster
 
 SLICES = "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
 CONTROLLER = {"endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}
-
-
-def metric(p: AliasdProcess, name: str) -> float:
-    _, text = p.http("/metrics")
-    m = re.search(rf"^{name}(?:_total)? (\S+)$", text, re.M)
-    assert m, f"{name} not in /metrics"
-    return float(m.group(1))
 
 
 def serial(p: AliasdProcess) -> int:
@@ -64,9 +64,9 @@ def test_unrelated_slice_updates_change_nothing(cluster: LocalCluster, aliasd: A
               put_slice(cluster, namespace, "plain-h", "plain", "10.8.0.2"),
               put_slice(cluster, namespace, "dark-h", "dark", "10.8.0.3"),
               put_slice(cluster, namespace, "shown-h", "shown", "10.8.0.4")]
-    wait_for(lambda: metric(aliasd, "aliasd_engine_runs") > 0, what="a first engine run")
+    wait_for(lambda: metric(aliasd, "aliasd_engine_runs_total") > 0, what="a first engine run")
     serial0 = serial(aliasd)
-    snapshots0 = metric(aliasd, "aliasd_snapshots")
+    snapshots0 = metric(aliasd, "aliasd_snapshots_total")
     for i in range(1000):
         s = slices[i % len(slices)]
         meta = s["metadata"]
@@ -82,11 +82,11 @@ def test_unrelated_slice_updates_change_nothing(cluster: LocalCluster, aliasd: A
     put_slice(cluster, namespace, "headed-2", "headed", "10.9.0.2")
     wait_for(lambda: a_records(aliasd, "churn-headed.internal.") == ["10.9.0.1", "10.9.0.2"],
              what="the sentinel")
-    assert metric(aliasd, "aliasd_snapshots") == snapshots0 + 1
+    assert metric(aliasd, "aliasd_snapshots_total") == snapshots0 + 1
     assert serial(aliasd) > serial0
     assert a_records(aliasd, "churn-shown.internal.") == [aliased["spec"]["clusterIP"]]
     # The relist checks (from scratch, off the loop) never disagreed with the engine.
-    assert metric(aliasd, "aliasd_check_failures") == 0
+    assert metric(aliasd, "aliasd_check_failures_total") == 0
 
 
 def test_quiet_cluster_without_the_crd_does_not_rebuild(
@@ -95,12 +95,12 @@ def test_quiet_cluster_without_the_crd_does_not_rebuild(
     with run_aliasd(["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal"],
                     tmp=tmp_path) as p:
         wait_for(lambda: p.http("/readyz")[0] == 200, what="ready")
-        probes = metric(p, "aliasd_crd_probes")
-        runs = metric(p, "aliasd_engine_runs")
+        probes = metric(p, "aliasd_crd_probes_total")
+        runs = metric(p, "aliasd_engine_runs_total")
         serial0 = serial(p)
         # Two more polls of the absent CRD (every 5 s): nothing to rebuild.
-        wait_for(lambda: metric(p, "aliasd_crd_probes") >= probes + 2, timeout=30,
+        wait_for(lambda: metric(p, "aliasd_crd_probes_total") >= probes + 2, timeout=30,
                  what="two polls of the CRD")
-        assert metric(p, "aliasd_engine_runs") == runs
+        assert metric(p, "aliasd_engine_runs_total") == runs
         assert serial(p) == serial0
         assert p.logs().count("ServiceEntry CRD (networking.istio.io) not installed") == 1
