@@ -222,14 +222,19 @@ class Informer:
                 raise Gone(self.name) from e
             raise
         async with data as resp:
-            if resp.status == 404:
-                raise NotFound(self.name)
-            if resp.status == 410:
-                raise Gone(self.name)
-            if resp.status != 200:
-                raise SourceError(f"list {self.name}: HTTP {resp.status}")
+            self._check_status(resp, "list")
             body: Obj = await resp.json(loads=json.loads, content_type=None)
         return body
+
+    def _check_status(self, resp: aiohttp.ClientResponse, verb: str) -> None:
+        """A list or watch answer's status: 404 → NotFound, 410 → Gone, any
+        other but 200 → SourceError."""
+        if resp.status == 404:
+            raise NotFound(self.name)
+        if resp.status == 410:
+            raise Gone(self.name)
+        if resp.status != 200:
+            raise SourceError(f"{verb} {self.name}: HTTP {resp.status}")
 
     def _merge(self, items: list[Obj], seen: set[str]) -> None:
         """Listed objects into the cache: hand on the new and the changed ones."""
@@ -252,12 +257,7 @@ class Informer:
             _request_timeout=aiohttp.ClientTimeout(sock_connect=10, sock_read=WATCH_TIMEOUT + 30),
         )
         async with data as resp:
-            if resp.status == 410:
-                raise Gone(self.name)
-            if resp.status == 404:
-                raise NotFound(self.name)
-            if resp.status != 200:
-                raise SourceError(f"watch {self.name}: HTTP {resp.status}")
+            self._check_status(resp, "watch")
             buf = b""
             # Split lines by hand: one watch event can exceed aiohttp's line limit.
             async for chunk in resp.content.iter_any():
