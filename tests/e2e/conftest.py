@@ -19,7 +19,7 @@ import pytest
 
 from tests.helpers import ROOT, wait_for
 
-CLUSTER = "aliasd-e2e"
+CLUSTER = os.environ.get("ALIASD_E2E_CLUSTER") or "aliasd-e2e"
 REPORT: list[str] = []
 """Measured figures, printed at the end of the run (never asserted)."""
 
