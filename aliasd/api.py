@@ -20,16 +20,12 @@ from aliasd.metrics import build_registry
 from aliasd.model import ApplyError, ConfigError, utc_timestamp
 from aliasd.registry import Result
 from aliasd.sources import overrides
-from aliasd.status import Status, aliases_document
+from aliasd.status import AliasesRenderer, Status
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 1024  # an override is a few hundred bytes
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _render_aliases(result: Result) -> bytes:
-    return json.dumps(aliases_document(result)).encode()
 
 
 _LABEL = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -85,17 +81,33 @@ def make_app(app: Status) -> web.Application:
         resp.charset = "utf-8"
         return resp
 
-    # /v1/aliases grows with the cluster: rendered once per result, in a thread
-    # (the result is immutable), never on the loop between two DNS answers.
-    rendered: list[tuple[Result, asyncio.Future[bytes]]] = []
+    # /v1/aliases grows with the cluster: rendered once per result, on the
+    # loop a slice at a time and only the names whose resolution changed
+    # (AliasesRenderer), and written a piece at a time, so a DNS query waits
+    # behind at most one piece of it, however hard the endpoint is polled.
+    renderer = AliasesRenderer()
+    rendered: list[tuple[Result, asyncio.Future[tuple[list[bytes], int]]]] = []
 
-    async def aliases(_: web.Request) -> web.Response:
+    async def render(result: Result) -> tuple[list[bytes], int]:
+        pieces = []
+        for piece in renderer.pieces(result):
+            pieces.append(piece)
+            await asyncio.sleep(0)
+        return pieces, sum(map(len, pieces))
+
+    async def aliases(request: web.Request) -> web.StreamResponse:
         result = app.result
         if not rendered or rendered[0][0] is not result:
-            task = asyncio.ensure_future(asyncio.to_thread(_render_aliases, result))
-            rendered[:] = [(result, task)]
-        body = await asyncio.shield(rendered[0][1])
-        return web.Response(body=body, content_type="application/json")
+            rendered[:] = [(result, asyncio.ensure_future(render(result)))]
+        pieces, length = await asyncio.shield(rendered[0][1])
+        resp = web.StreamResponse()
+        resp.content_type = "application/json"
+        resp.content_length = length
+        await resp.prepare(request)
+        for piece in pieces:
+            await resp.write(piece)
+        await resp.write_eof()
+        return resp
 
     openapi_text = resources.files("aliasd").joinpath("openapi.yaml").read_text().replace(
         "@NAME_PATTERN@", name_pattern(app.zones.zones))

@@ -290,13 +290,15 @@ class App:
         failed = False
         while True:
             await self._state_dirty.wait()
-            self._state_dirty.clear()
             keys = sorted(self.engine.changed_keys)
-            self.engine.changed_keys.clear()
             self.state.stage(())  # the file's own claims give way, even to none
             for i in range(0, len(keys), STAGE_SLICE):
                 self._stage(keys[i:i + STAGE_SLICE])
                 await asyncio.sleep(0)
+            # Cleared only now: stopped while staging, the exit saves the rest.
+            self._state_dirty.clear()
+            if self.engine.changed_keys:  # changed while staging: the next round
+                self._state_dirty.set()
             try:
                 await asyncio.to_thread(self.state.save, now=self.clock())
                 failed = False
@@ -309,9 +311,11 @@ class App:
 
     def _stage(self, keys: Iterable[str]) -> None:
         """Hand objects' claims, as the engine has them now, to the state file
-        (an object changed since is staged again in the next round)."""
+        (an object that changes again is marked again)."""
         assert self.state is not None
+        keys = list(keys)
         self.state.stage(stored_claims(self.engine.claims, self.engine.invalid, keys))
+        self.engine.changed_keys.difference_update(keys)
 
     async def _rebuild_loop(self) -> None:
         """Commit on the leading edge: the first change after a quiet spell is
@@ -399,7 +403,7 @@ class App:
             await self.dns.stop()
             if self.state is not None and self._state_dirty.is_set():
                 with contextlib.suppress(OSError):  # the last change, before exiting
-                    self._stage(self.engine.changed_keys)
+                    self._stage(sorted(self.engine.changed_keys))
                     self.state.save(now=self.clock())
 
 

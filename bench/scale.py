@@ -344,6 +344,36 @@ class Renamer(threading.Thread):
                 self.stop.wait(max(0.0, t_next - time.monotonic()))
 
 
+POLL_CODE = """
+import signal, sys, urllib.request
+n = 0
+def done(*_):
+    print(n, flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, done)
+while True:
+    with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
+        r.read()
+    n += 1
+"""
+
+
+class Poller:
+    """A dashboard: GET /v1/aliases back to back (the endpoint needs no token),
+    from its own process, so that it does not disturb the probe's timing."""
+
+    def __init__(self, http_port: int) -> None:
+        self.p = subprocess.Popen([sys.executable, "-c", POLL_CODE,
+                                   f"http://127.0.0.1:{http_port}/v1/aliases"],
+                                  stdout=subprocess.PIPE, text=True)
+
+    def stop(self) -> int:
+        """Stop; how many documents it fetched."""
+        self.p.terminate()
+        out, _ = self.p.communicate(timeout=30)
+        return int(out.strip() or 0)
+
+
 @dataclass
 class Target:
     """A control plane with the objects created: where to reach it."""
@@ -459,6 +489,7 @@ def measure(t: Target, args: argparse.Namespace, rates: list[int]) -> None:
             if churn:
                 churn.start()
             renamer.start()
+            pollers = [Poller(hport) for _ in range(args.poll)]
             time.sleep(1)
             before = metrics(hport)
             cpu_a, cpu_c, w0 = cpu_seconds(p.pid), cpu_seconds(t.coredns_pid), time.monotonic()
@@ -474,6 +505,7 @@ def measure(t: Target, args: argparse.Namespace, rates: list[int]) -> None:
             cores_a = (cpu_seconds(p.pid) - cpu_a) / wall
             cores_c = (cpu_seconds(t.coredns_pid) - cpu_c) / wall
             after = metrics(hport)
+            fetched = sum(q.stop() for q in pollers)
             renamer.stop.set()
             if churn:
                 churn.stop.set()
@@ -481,6 +513,8 @@ def measure(t: Target, args: argparse.Namespace, rates: list[int]) -> None:
             renamer.join()
             ren = sorted(renamer.latencies)
             landed = f" ({churn.done / (wall + 1):.0f}/s landed)" if churn else ""
+            if pollers:
+                landed += f" ({fetched / (wall + 1):.0f} GET/s)"
             rows.append((label + landed, fmt(lat_a), fmt(lat_c), f"{cores_a:.2f}",
                          f"{cores_c:.2f}",
                          f"{pct(ren, 0.5):.0f} / {pct(ren, 0.99):.0f}" if ren else "-"))
@@ -524,6 +558,8 @@ def main() -> int:
     ap.add_argument("--headless", type=int, default=200)
     ap.add_argument("--rates", default="50,200", help="churn rates, slice updates/s")
     ap.add_argument("--qps", type=int, default=500, help="queries/s to each server")
+    ap.add_argument("--poll", type=int, default=0,
+                    help="clients polling GET /v1/aliases back to back in every phase")
     ap.add_argument("--phase", type=float, default=20.0, help="seconds per phase")
     ap.add_argument("--hold", type=Path, metavar="FILE",
                     help="build the control plane and objects, write FILE, wait")

@@ -6,17 +6,23 @@ answer the same."""
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from aliasd import registry
+from aliasd.app import stored_claims
 from aliasd.engine import KEY_SEP, Engine, differences
 from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner, Port
 from aliasd.policy import NamePolicy
 from aliasd.registry import TakeoverPolicy, ZoneConfig
+from aliasd.state import StateFile
+from aliasd.status import AliasesRenderer, aliases_document
 from aliasd.zone import AAAA, ANY, CNAME, NS, SOA, SRV, A, Lookup, Snapshot
 
 CFG = ZoneConfig.from_names(["internal", "corp.example"], ns_addresses=["10.0.0.53"],
@@ -79,6 +85,15 @@ class EngineMachine(RuleBasedStateMachine):
         self.engine = Engine(CFG, serial=100)
         self.now = 0.0
         self.ready = False
+        self.renderer = AliasesRenderer()
+        self.renderer.SLICE = 2  # many slices of the few names
+        self.dir = Path(tempfile.mkdtemp(prefix="aliasd-engine-"))
+        self.state = StateFile(self.dir / "staged.json")
+
+    def teardown(self) -> None:
+        for f in self.dir.iterdir():
+            f.unlink()
+        self.dir.rmdir()
 
     @rule(key=st.sampled_from(KEYS), claims=st.lists(claims_st, max_size=3))
     def set_object(self, key: str, claims: list[AliasClaim]) -> None:
@@ -140,6 +155,21 @@ class EngineMachine(RuleBasedStateMachine):
         fresh.commit(now=0.0, ready=snap.ready)
         assert differences(fresh.result.snapshot, snap) == []
 
+    @rule()
+    def state_file_staged_equals_whole(self) -> None:
+        # The writer stages only the objects the engine marked as changed; the
+        # file must hold what storing every object afresh holds.
+        keys = sorted(self.engine.changed_keys)
+        self.engine.changed_keys.clear()
+        self.state.stage(stored_claims(self.engine.claims, self.engine.invalid, keys))
+        self.state.save(now=1.0)
+        whole = StateFile(self.dir / "whole.json")
+        whole.save(now=1.0, claims=[c for _, cs in stored_claims(
+            self.engine.claims, self.engine.invalid, self.engine.claims.keys()) for c in cs])
+        staged, fresh = (StateFile(self.dir / f).load() for f in ("staged.json", "whole.json"))
+        assert staged is not None and fresh is not None
+        assert sorted(staged.claims, key=repr) == sorted(fresh.claims, key=repr)
+
     @invariant()
     def equals_build_from_scratch(self) -> None:
         if self.engine.pending:
@@ -157,6 +187,10 @@ class EngineMachine(RuleBasedStateMachine):
         assert result.invalid == scratch.invalid
         assert result.takeovers == scratch.takeovers
         assert result.entry_count == len(scratch.entries)
+        # /v1/aliases, re-rendering only the names whose resolution changed,
+        # is the document of a build from scratch, byte for byte.
+        assert b"".join(self.renderer.pieces(result)) == json.dumps(
+            aliases_document(scratch)).encode()
 
 
 EngineMachine.TestCase.settings = settings(
