@@ -128,7 +128,8 @@ def dnsperf(port: int, qfile: Path, duration: float, cpus: str) -> dict[str, flo
 
 def wires_of(qfile: Path, n: int = 5000) -> list[bytes]:
     lines = qfile.read_text().split("\n")[:n]
-    return [dns.message.make_query(*line.split()).to_wire() for line in lines if line]
+    pairs = (line.split() for line in lines if line)  # dnsperf's "name type"
+    return [dns.message.make_query(name, qtype).to_wire() for name, qtype in pairs]
 
 
 async def paced_latency(port: int, wires: list[bytes], rate: int,

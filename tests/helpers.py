@@ -201,9 +201,9 @@ def replace_file(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def query(server: tuple[str, int], name: str, rdtype: str | int = "A", *, tcp: bool = False,
-          use_edns: int | bool = False, payload: int = 1232, timeout: float = 3.0,
-          **kw: Any) -> dns.message.Message:
+def query(server: tuple[str, int], name: str, rdtype: dns.rdatatype.RdataType | str = "A", *,
+          tcp: bool = False, use_edns: int | bool = False, payload: int = 1232,
+          timeout: float = 3.0, **kw: Any) -> dns.message.Message:
     """One query with dnspython (RD set, as a stub resolver sends it); no retries."""
     q = dns.message.make_query(name, rdtype, use_edns=use_edns, payload=payload, **kw)
     if tcp:

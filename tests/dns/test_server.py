@@ -219,8 +219,9 @@ def test_unknown_edns_version_is_badvers(server: AliasdProcess) -> None:
 
 
 def test_unknown_options_and_cookies_tolerated(server: AliasdProcess) -> None:
-    opts = [dns.edns.GenericOption(65001, b"\x01\x02\x03"),
-            dns.edns.GenericOption(dns.edns.COOKIE, bytes(range(1, 9)))]
+    opts: list[dns.edns.Option] = [
+        dns.edns.GenericOption(dns.edns.OptionType(65001), b"\x01\x02\x03"),
+        dns.edns.GenericOption(dns.edns.COOKIE, bytes(range(1, 9)))]
     r = query(server.dns, "my-fruits.internal.", "A", use_edns=0, options=opts)
     assert r.rcode() == dns.rcode.NOERROR
     assert answers(r, "A") == ["10.96.0.10"]

@@ -179,11 +179,12 @@ def endpoint_slice(cluster: LocalCluster, ns: str, service_name: str,
         if r is not None:
             ep["conditions"] = {"ready": r}
         eps.append(ep)
-    body = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": f"{service_name}-abc",
-                         "labels": {"kubernetes.io/service-name": service_name}},
-            "addressType": "IPv4", "endpoints": eps,
-            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}
+    body: dict[str, Any] = {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": f"{service_name}-abc",
+                     "labels": {"kubernetes.io/service-name": service_name}},
+        "addressType": "IPv4", "endpoints": eps,
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}
     path = f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
     try:
         existing = cluster.request("GET", f"{path}/{service_name}-abc")

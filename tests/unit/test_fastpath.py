@@ -10,6 +10,7 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdatatype
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -65,9 +66,10 @@ def queries(draw: st.DrawFn) -> bytes:
     edns = draw(st.sampled_from([None, 0]))
     payload = draw(st.integers(min_value=0, max_value=4096))
     flags = dns.flags.DO if draw(st.booleans()) else 0
-    opts = []
+    opts: list[dns.edns.Option] = []
     if edns is not None and draw(st.booleans()):
-        opts.append(dns.edns.GenericOption(10, draw(st.binary(min_size=8, max_size=40))))
+        opts.append(dns.edns.GenericOption(dns.edns.OptionType.COOKIE,
+                                           draw(st.binary(min_size=8, max_size=40))))
     q = dns.message.make_query(name, draw(st.sampled_from(QTYPES)),
                                use_edns=edns if edns is not None else False, payload=payload,
                                ednsflags=flags, options=opts)
@@ -204,7 +206,8 @@ def test_random_names_leave_the_cache_alone() -> None:
 def test_random_qtypes_at_an_existing_name_are_nodata_templates() -> None:
     a = Answerer(SNAP, stats=Stats())
     for qtype in range(1000, 3000):
-        out = a.respond(dns.message.make_query("my-fruits.internal.", qtype).to_wire())
+        q = dns.message.make_query("my-fruits.internal.", dns.rdatatype.RdataType(qtype))
+        out = a.respond(q.to_wire())
         assert out is not None
         msg = dns.message.from_wire(out)
         assert msg.rcode() == dns.rcode.NOERROR and not msg.answer

@@ -4,6 +4,7 @@ re-validating only the namespace whose policy changed."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -170,11 +171,12 @@ def test_namespace_change_revalidates_only_that_namespace(
     eng.commit(now=0.0, ready=True)
     assert len(eng.result.entries) == 3  # namespace shop's own
     validated: list[str] = []
-    real = engine_module.validate
+    real = registry.validate
 
-    def counting(claims: tuple[AliasClaim, ...], *args: object) -> object:
+    def counting(claims: tuple[AliasClaim, ...], config: ZoneConfig,
+                 annotations: Mapping[str, str]) -> object:
         validated.extend(c.owner.namespace for c in claims)
-        return real(claims, *args)  # type: ignore[arg-type]
+        return real(claims, config, annotations)
 
     monkeypatch.setattr(engine_module, "validate", counting)
     # The same value again, or a namespace with no claims: nothing at all.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,6 +19,11 @@ def claim(name: str, *, created: float = 1.0, ns: str = "a", owner: str = "svc",
           **kw: object) -> AliasClaim:
     kw.setdefault("addresses", ("10.0.0.1",))
     return AliasClaim(name, Owner(created, ns, owner), **kw)  # type: ignore[arg-type]
+
+
+def draws(r: float) -> Callable[[], float]:
+    """A ``rnd`` for ``Snapshot.lookup`` that always draws ``r``."""
+    return lambda: r
 
 
 @pytest.mark.parametrize(("raw", "want"), [
@@ -110,7 +117,7 @@ def test_weighted_group_only_when_every_claimant_has_a_weight() -> None:
     # The draw: [0, 0.1) → blue, [0.1, 1) → green; both answer with the group's smallest TTL.
     for rnd, want in ((0.0, "10.0.0.1"), (0.0999, "10.0.0.1"), (0.1, "10.0.0.2"),
                       (0.9999, "10.0.0.2")):
-        got = res.snapshot.lookup("shop.internal.", A, rnd=lambda r=rnd: r)
+        got = res.snapshot.lookup("shop.internal.", A, rnd=draws(rnd))
         assert (got.answer[0].rdata, got.answer[0].ttl) == ((want,), 5)
     assert res.snapshot.lookup("shop.internal.", A, variant=0).answer[0].rdata == ("10.0.0.1",)
     # One claimant without a weight: the usual conflict rule (oldest wins).
@@ -124,10 +131,10 @@ def test_drained_variant_is_never_drawn_and_all_drained_spreads_evenly() -> None
     old = claim("lb", owner="old", cname="legacy.example.com", addresses=(), weight=0)
     new = claim("lb", created=2, owner="new", addresses=("10.0.0.2",), weight=100)
     snap = registry.build([old, new], config=CFG, serial=1).snapshot
-    assert {snap.lookup("lb.internal.", A, rnd=lambda r=r / 100: r).answer[0].rdata
+    assert {snap.lookup("lb.internal.", A, rnd=draws(r / 100)).answer[0].rdata
             for r in range(100)} == {("10.0.0.2",)}
     drained = [claim("lb", owner="old", weight=0),
                claim("lb", created=2, owner="new", addresses=("10.0.0.2",), weight=0)]
     snap = registry.build(drained, config=CFG, serial=1).snapshot
-    assert [snap.lookup("lb.internal.", A, rnd=lambda r=r: r).answer[0].rdata
+    assert [snap.lookup("lb.internal.", A, rnd=draws(r)).answer[0].rdata
             for r in (0.2, 0.7)] == [("10.0.0.1",), ("10.0.0.2",)]
