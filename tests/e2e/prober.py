@@ -66,3 +66,8 @@ while not os.path.exists("/tmp/stop"):
 print("RESULT " + json.dumps({"total": total, "failed": failed, "kinds": kinds,
                               "first_try_failed": retried,
                               "seconds": round(time.monotonic() - start, 1)}), flush=True)
+# Stay up until the pod is deleted: exiting here ends the container, which
+# kills the `kubectl exec` that created /tmp/stop if it has not returned yet
+# (seen once: exit 137 in Prober.stop).
+while True:
+    time.sleep(3600)
