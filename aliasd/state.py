@@ -119,14 +119,10 @@ class StateFile:
                 else:
                     self._parts.pop(key, None)
 
-    def save(self, *, now: float, claims: Iterable[AliasClaim] | None = None,
-             overrides: Sequence[dict[str, Any]] | None = None) -> None:
+    def save(self, *, now: float, overrides: Sequence[dict[str, Any]] | None = None) -> None:
         """Write the file atomically; ``OSError`` if that fails (the old file
-        stays). ``claims``: these instead of everything staged; ``overrides``:
-        these instead of the last ones."""
+        stays). ``overrides``: these instead of the last ones."""
         with self._lock:
-            if claims is not None:
-                self._loaded, self._parts = _items(claims), {}
             new_overrides = self._overrides if overrides is None else list(overrides)
             parts = [self._loaded] if self._loaded else list(self._parts.values())
             self._write(now, parts, new_overrides)

@@ -164,8 +164,9 @@ class EngineMachine(RuleBasedStateMachine):
         self.state.stage(stored_claims(self.engine.claims, self.engine.invalid, keys))
         self.state.save(now=1.0)
         whole = StateFile(self.dir / "whole.json")
-        whole.save(now=1.0, claims=[c for _, cs in stored_claims(
-            self.engine.claims, self.engine.invalid, self.engine.claims.keys()) for c in cs])
+        whole.stage(stored_claims(self.engine.claims, self.engine.invalid,
+                                  self.engine.claims.keys()))
+        whole.save(now=1.0)
         staged, fresh = (StateFile(self.dir / f).load() for f in ("staged.json", "whole.json"))
         assert staged is not None and fresh is not None
         assert sorted(staged.claims, key=repr) == sorted(fresh.claims, key=repr)

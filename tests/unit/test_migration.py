@@ -129,7 +129,8 @@ def test_state_file_round_trip_and_errors(tmp_path: Path) -> None:
                          ports=(Port("http", "TCP", 80),), weight=3, takeover=True,
                          fallback=True),
               AliasClaim("b", OLD, cname="c.example.com")]
-    sf.save(now=123.0, claims=claims)
+    sf.stage([("k/ab", claims)])
+    sf.save(now=123.0)
     sf.save(now=124.0, overrides=[{"name": "x.internal.", "addresses": ["10.0.0.2"]}])
     state = StateFile(path).load()
     assert state is not None
@@ -149,7 +150,7 @@ def test_state_file_staged_saves_write_what_a_full_save_writes(tmp_path: Path) -
     """The writer re-encodes only objects whose claims changed since the last
     save (staged); the file must be the one json.dumps writes of every claim."""
     staged_path, full_path = tmp_path / "staged.json", tmp_path / "full.json"
-    staged, full = StateFile(staged_path), StateFile(full_path)
+    staged = StateFile(staged_path)
     a = (AliasClaim("a", SVC, addresses=("10.0.0.1",)),)
     b = (AliasClaim("b", OLD, cname="c.example.com"), AliasClaim("b2", OLD, ttl=5))
     c = (AliasClaim("c", SVC, addresses=("fd00::1",), ports=(Port("dns", "UDP", 53),)),)
@@ -162,7 +163,9 @@ def test_state_file_staged_saves_write_what_a_full_save_writes(tmp_path: Path) -
         staged.stage(changes.items())
         objects.update(changes)
         staged.save(now=1.0)
-        full.save(now=1.0, claims=[x for cs in objects.values() for x in cs])
+        full = StateFile(full_path)  # every object staged afresh
+        full.stage(objects.items())
+        full.save(now=1.0)
         assert json.loads(staged_path.read_text()) == json.loads(full_path.read_text())
         expected = {"version": 1, "written": 1.0,
                     "claims": [claim_to_json(x) for cs in objects.values() for x in cs],
@@ -170,7 +173,9 @@ def test_state_file_staged_saves_write_what_a_full_save_writes(tmp_path: Path) -
         assert staged_path.read_text() == json.dumps(expected, separators=(",", ":"))
         objects = {k: v for k, v in objects.items() if v}
     # A loaded file keeps its claims until the first stage, even an empty one.
-    full.save(now=2.0, claims=b)
+    full = StateFile(full_path)
+    full.stage([("k/b", b)])
+    full.save(now=2.0)
     reloaded = StateFile(full_path)
     assert reloaded.load() is not None
     reloaded.save(now=3.0, overrides=[{"name": "x.internal."}])
