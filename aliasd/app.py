@@ -75,7 +75,8 @@ class App:
         self.components: list[Component] = []
         self.reporters: list[Reporter] = []
         self.stats = Stats()
-        self.engine = Engine(config.zones, serial=registry.next_serial(0, clock()))
+        self.engine = Engine(config.zones, serial=registry.next_serial(0, clock()),
+                             track_changes=config.state_file is not None)
         self.result = self.engine.result
         self.serial = self.result.snapshot.serial
         self.dns = DnsServer(self.result.snapshot, config.dns, stats=self.stats)
@@ -274,7 +275,8 @@ class App:
     def _reset_engine(self) -> None:
         """The safety net: a fresh engine fed every claim (should never run)."""
         old = self.engine
-        self.engine = Engine(self.config.zones, serial=old.serial)
+        self.engine = Engine(self.config.zones, serial=old.serial,
+                             track_changes=old.track_changes)
         for namespace, allowed_names in old.annotations.items():
             self.engine.set_namespace(namespace, allowed_names)
         for key, claims in old.claims.items():

@@ -63,7 +63,8 @@ class Commit:
 class Engine:
     """The claims of every object, the index name → claims, and the current result."""
 
-    def __init__(self, config: ZoneConfig, *, serial: int, ready: bool = False) -> None:
+    def __init__(self, config: ZoneConfig, *, serial: int, ready: bool = False,
+                 track_changes: bool = False) -> None:
         self.config = config
         self.claims: immutables.Map[str, tuple[AliasClaim, ...]] = immutables.Map()
         self._valid: dict[str, tuple[tuple[str, AliasClaim], ...]] = {}
@@ -72,8 +73,11 @@ class Engine:
         self._touched: set[str] = set()
         self._invalid: immutables.Map[str, tuple[Invalid, ...]] = immutables.Map()
         self._invalid_dirty = False
-        # Objects whose claims, or which of them are invalid, changed since the
-        # state file writer last took this set (it re-encodes only those).
+        # With ``track_changes`` (a state file is written): objects whose
+        # claims, or which of them are invalid, changed since the writer last
+        # took them (it re-encodes only those). Off, nothing takes them, and
+        # the set would grow with every object ever seen.
+        self.track_changes = track_changes
         self.changed_keys: set[str] = set()
         # The name policy: namespace -> its aliasd.io/allowed-names value, and
         # which objects have claims under which namespace's policy (so that a
@@ -164,7 +168,8 @@ class Engine:
         for name, claim in valid:
             self._touched.add(name)
             self._by_name.setdefault(name, {}).setdefault(key, []).append(claim)
-        self.changed_keys.add(key)
+        if self.track_changes:
+            self.changed_keys.add(key)
         if invalid != self._invalid.get(key, ()):
             self._invalid = (self._invalid.set(key, invalid) if invalid
                              else self._invalid.delete(key))

@@ -82,7 +82,7 @@ def synthesis(snap: Snapshot, name: str) -> set[str]:
 class EngineMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.engine = Engine(CFG, serial=100)
+        self.engine = Engine(CFG, serial=100, track_changes=True)
         self.now = 0.0
         self.ready = False
         self.renderer = AliasesRenderer()
@@ -199,3 +199,12 @@ EngineMachine.TestCase.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestEngine = EngineMachine.TestCase
+
+
+def test_changed_objects_are_tracked_only_for_a_state_file() -> None:
+    # Nothing takes the marks without a state file: they must not pile up.
+    claim = AliasClaim("api.internal", OWNERS[0], addresses=("10.0.0.1",))
+    for track, expected in ((False, set()), (True, {"k\0a"})):
+        engine = Engine(CFG, serial=1, track_changes=track)
+        engine.set("k\0a", [claim])
+        assert engine.changed_keys == expected
