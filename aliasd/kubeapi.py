@@ -1,17 +1,21 @@
 """The Kubernetes client edge shared by the sources and the CoreDNS patcher:
-building the client, and calls that return raw JSON with the HTTP status."""
+building the client, counting its responses, and calls that return raw JSON
+with the HTTP status."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import config as kconfig
-from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from aliasd.model import ConfigError
 
@@ -19,16 +23,58 @@ TRANSIENT = (aiohttp.ClientError, ApiException, OSError, TimeoutError)
 """Errors worth a retry: the API server is unreachable or failed the request."""
 
 
+class ApiResponses(Collector):
+    """Every answer of the API server, by HTTP method and status code (like
+    client-go's ``rest_client_requests_total``): a refused call (403: a Role
+    missing a verb) shows here whichever part of aliasd made it, and whether
+    or not that part logs it."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str]] = Counter()
+
+    def count(self, method: str, status: int) -> None:
+        self.counts[method, str(status)] += 1
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "aliasd_kube_api_responses",
+            "Kubernetes API server responses, by HTTP method and status code",
+            labels=["method", "code"])
+        for (method, code), n in sorted(self.counts.items()):
+            family.add_metric([method, code], n)
+        yield family
+
+
+RESPONSES = ApiResponses()
+"""One per process, like the clients it counts."""
+
+
+class _CountingClient(ApiClient):
+    """An ``ApiClient`` that counts each response's status in ``RESPONSES``."""
+
+    async def request(self, method: str, url: str, *args: Any, **kw: Any) -> Any:
+        try:
+            resp = await super().request(method, url, *args, **kw)
+        except ApiException as e:
+            RESPONSES.count(method, e.status or 0)
+            raise
+        RESPONSES.count(method, resp.status)
+        return resp
+
+
 async def make_client(kubeconfig: str | None) -> ApiClient:
     """From ``kubeconfig``, else $KUBECONFIG, else the in-cluster config inside a
     pod, else ~/.kube/config (like kubectl)."""
     in_pod = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
     _check_exists(kubeconfig or os.environ.get("KUBECONFIG"))
+    config = Configuration()
     try:
         if kubeconfig or os.environ.get("KUBECONFIG") or not in_pod:
-            return await kconfig.new_client_from_config(config_file=kubeconfig)
-        kconfig.load_incluster_config()  # type: ignore[no-untyped-call]
-        return ApiClient()
+            await kconfig.load_kube_config(config_file=kubeconfig, client_configuration=config)
+        else:
+            kconfig.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=config)
+        return _CountingClient(configuration=config)
     except (kconfig.ConfigException, OSError, ValueError, TypeError) as e:
         where = (kubeconfig or os.environ.get("KUBECONFIG")
                  or ("in-cluster config" if in_pod else "~/.kube/config"))

@@ -18,6 +18,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from aliasd.dns.answer import LATENCY_BUCKETS, LATENCY_SAMPLE
+from aliasd.kubeapi import RESPONSES
 from aliasd.status import Status
 
 
@@ -222,4 +223,5 @@ def build_registry(app: Status) -> CollectorRegistry:
     with contextlib.suppress(RuntimeError):  # no running loop: nothing to probe
         _LAG.watch(asyncio.get_running_loop())
     reg.register(_LAG)
+    reg.register(RESPONSES)
     return reg

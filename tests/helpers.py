@@ -275,6 +275,20 @@ def metric_or_none(p: AliasdProcess, sample: str, **labels: str) -> float | None
     return None
 
 
+def api_refusals(metrics_text: str) -> dict[tuple[str, str], float]:
+    """The Kubernetes API server's 401 and 403 answers to aliasd, by (method,
+    code), read from the ``aliasd_kube_api_responses_total`` samples of a
+    /metrics page: a structured fact, never a search of free text (a log
+    timestamp's milliseconds can read ",403")."""
+    refused: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for s in family.samples:
+            if (s.name == "aliasd_kube_api_responses_total" and s.labels["code"] in ("401", "403")
+                    and s.value):
+                refused[s.labels["method"], s.labels["code"]] = float(s.value)
+    return refused
+
+
 def metric(p: AliasdProcess, sample: str, **labels: str) -> float:
     """Like ``metric_or_none``, but the sample must be there."""
     value = metric_or_none(p, sample, **labels)

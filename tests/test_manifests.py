@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from aliasd.coredns import corefile
 from aliasd_dev import ClusterError, LocalCluster, ensure_binaries
@@ -22,6 +23,7 @@ from tests.helpers import (
     ALIASD_SCRIPT,
     ROOT,
     a_records,
+    api_refusals,
     events,
     http_json,
     run_aliasd,
@@ -266,7 +268,13 @@ def test_the_image_command_works_under_the_service_account(
         status, ready = p.http("/readyz")
         assert status == 200 and ready["coredns"]["error"] is None
         assert ready["coredns"]["targets"] == ["kube-system/coredns"]
-        assert not re.search(r"\b403\b|[Ff]orbidden", p.logs()), p.logs()
+        # Nothing the ServiceAccount did was refused: the API server's answers
+        # as aliasd counted them, not a search of the logs.
+        status, text = p.http("/metrics")
+        assert status == 200
+        assert any(s.name == "aliasd_kube_api_responses_total" and s.labels["code"] == "200"
+                   for f in text_string_to_metric_families(text) for s in f.samples)
+        assert api_refusals(text) == {}, p.logs()
     remove = subprocess.run([*ALIASD_SCRIPT, "coredns", "remove"], env=env,
                             capture_output=True, text=True, timeout=60, check=False)
     assert remove.returncode == 0, remove.stderr
@@ -290,3 +298,33 @@ def test_overrides_api_overlay_mounts_the_token(deployed: list[dict[str, Any]],
             "readOnly": True} in c["volumeMounts"]
     assert {"name": "api-token", "secret": {"secretName": "aliasd-api-token"}} in spec["volumes"]
     assert c["imagePullPolicy"] == "Never"  # still the kind overlay underneath
+
+
+def test_a_refused_call_shows_in_the_refusals_check(cluster: LocalCluster, namespace: str,
+                                                    tmp_path: Path) -> None:
+    """The check above fails when aliasd really is refused: a ServiceAccount
+    that may list Services but not watch them (one verb missing) gets 403s,
+    and ``api_refusals`` reports them by method and code."""
+    sa = "aliasd-no-watch"
+    cluster.apply({"apiVersion": "v1", "kind": "ServiceAccount",
+                   "metadata": {"name": sa, "namespace": namespace}})
+    cluster.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                   "metadata": {"name": sa, "namespace": namespace},
+                   "rules": [{"apiGroups": [""], "resources": ["services"], "verbs": ["list"]}]})
+    cluster.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": sa, "namespace": namespace},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                               "name": sa},
+                   "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}]})
+    token = cluster.request(
+        "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+         "spec": {"expirationSeconds": 3600}})["status"]["token"]
+    kc = cluster.write_kubeconfig(tmp_path / "kubeconfig", user=sa, token=token)
+    with run_aliasd(["--kubeconfig", str(kc), "--namespaces", namespace], tmp=tmp_path,
+                    wait_ready=False) as p:
+        def refused() -> dict[tuple[str, str], float]:
+            return api_refusals(p.http("/metrics")[1])
+        got = wait_for(refused, what="a 403 counted")
+        assert ("GET", "403") in got, got
+

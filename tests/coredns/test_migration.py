@@ -109,7 +109,8 @@ def test_takeover_migration_with_shifting_weights_then_release(
             "internal", "legacy-lb.example.com"], what="the takeover block")
         text = corefile_now(cluster)
         assert f"legacy-lb.example.com:{cluster.coredns_ports.dns} {{" in text
-        assert f"forward . 127.0.0.1:{port}" in text.split("legacy-lb.example.com:")[1]
+        # The whole line: a bare "127.0.0.1:{port}" is also a prefix of a longer port.
+        assert f"    forward . 127.0.0.1:{port}\n" in text.split("legacy-lb.example.com:")[1]
         wait_for(lambda: p.http("/v1/aliases")[1]["aliases"][0]["takeover"], what="takeover")
         # CoreDNS reloads the Corefile, then answers from aliasd (TTL 5 from the
         # ServiceEntry; the datacenter says 30).
