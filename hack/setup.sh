@@ -11,7 +11,7 @@ log() { echo "setup: $*" >&2; }
 need_apt=()
 command -v dig >/dev/null 2>&1 || need_apt+=(bind9-dnsutils)
 command -v dnsperf >/dev/null 2>&1 || need_apt+=(dnsperf)
-command -v curl >/dev/null 2>&1 || need_apt+=(curl)  # the README walkthroughs (tests run them)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)  # the docs' walkthroughs (tests run them)
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 command -v nsd >/dev/null 2>&1 || need_apt+=(nsd)  # bench/dns_qps.py: the C reference
 if ((${#need_apt[@]})); then

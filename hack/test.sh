@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing
-# (apt tools, .venv, Go-built control plane), then lint, types and pytest.
+# (apt tools, .venv, Go-built control plane), then lint, types, layers, the
+# docs build and pytest.
 #
 # Test order: pytest-randomly shuffles the tests (modules, then the tests in
 # each) and re-seeds Python's `random` before each test, from one seed.
@@ -18,6 +19,13 @@ echo "== mypy" >&2
 .venv/bin/mypy
 echo "== import-linter" >&2
 .venv/bin/lint-imports
+echo "== mkdocs build --strict" >&2
+# The docs site, built to catch broken links and pages missing from the nav;
+# built into a temporary directory, nothing is left in the work tree.
+site="$(mktemp -d)"
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$site" \
+  || { rm -rf "$site"; exit 1; }
+rm -rf "$site"
 seed="${ALIASD_TEST_SEED:-1}"
 if [[ $seed == random ]]; then
   seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')

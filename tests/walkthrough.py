@@ -1,11 +1,12 @@
-"""The README walkthroughs as scripts, shared by the runs against the local
-control plane (tests/coredns/test_walkthroughs.py) and against kind
-(tests/e2e/test_walkthroughs.py). A README section holds a ``walkthrough:
-setup`` block (what a user does once) and a ``walkthrough: steps`` block; a
-line ``CMD  # => EXPECTED`` must print EXPECTED, retried until
-``$CHECK_SECONDS`` (default 20) have passed: DNS follows the API server within
-moments, not instantly, and in kind CoreDNS serves a new server block only
-after its reload (up to ~75 s)."""
+"""The walkthroughs of the docs as scripts, run from the pages they live on,
+shared by the runs against the local control plane
+(tests/coredns/test_walkthroughs.py) and against kind
+(tests/e2e/test_walkthroughs.py). A page holds a ``walkthrough: setup`` block
+(what a user does once) and a ``walkthrough: steps`` block, each an HTML
+comment on the line before a ``sh`` code block; a line ``CMD  # => EXPECTED``
+must print EXPECTED, retried until ``$CHECK_SECONDS`` (default 20) have
+passed: DNS follows the API server within moments, not instantly, and in kind
+CoreDNS serves a new server block only after its reload (up to ~75 s)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ import subprocess
 from pathlib import Path
 
 from tests.helpers import ROOT
+
+DOCS = ROOT / "docs"
+# The pages the tests run, relative to docs/.
+MIGRATION = "guides/migrating-a-service.md"
+FAILOVER = "guides/failover.md"
+# The Role that lets a failover hook's ServiceAccount switch exactly one name.
+HOOK_ROLE = "reference/overrides.md"
 
 CHECK = r'''
 check() {  # check CMD EXPECTED: retry until CMD prints EXPECTED (${CHECK_SECONDS:-20} s)
@@ -34,15 +42,24 @@ check() {  # check CMD EXPECTED: retry until CMD prints EXPECTED (${CHECK_SECOND
 '''
 
 
-def blocks(title: str, kind: str = "steps") -> list[str]:
-    """The ``walkthrough: KIND`` blocks (setup or steps) of README section ``## title``."""
-    text = (ROOT / "README.md").read_text()
-    start = text.index(f"\n## {title}\n")
-    end = text.find("\n## ", start + 1)
-    section = text[start:end if end != -1 else len(text)]
-    found = re.findall(rf"<!-- walkthrough: {kind} -->\n```sh\n(.*?)\n```", section, re.S)
-    assert found, f"no {kind} in README section {title!r}"
+def page(path: str) -> str:
+    """The text of docs page ``path`` (relative to docs/)."""
+    return (DOCS / path).read_text()
+
+
+def blocks(path: str, kind: str = "steps") -> list[str]:
+    """The ``walkthrough: KIND`` blocks (setup or steps) of docs page ``path``."""
+    found = re.findall(rf"<!-- walkthrough: {kind} -->\n```sh\n(.*?)\n```", page(path), re.S)
+    assert found, f"no walkthrough: {kind} block in docs/{path}"
     return list(found)
+
+
+def hook_role(path: str = HOOK_ROLE) -> str:
+    """The Role (and its RoleBinding) for the failover hook on docs page ``path``."""
+    found = re.search(r"```yaml\n(apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\n.*?)```",
+                      page(path), re.S)
+    assert found, f"no Role for the failover hook in docs/{path}"
+    return found.group(1)
 
 
 def script(block: str) -> str:

@@ -236,7 +236,8 @@ def test_zero_failed_lookups_during_a_node_drain(kind: Kind, fruits_ip: str) -> 
 
 
 def test_scale_to_zero_and_back(kind: Kind, client: str, fruits_ip: str) -> None:
-    """What pods get while no aliasd runs (documented in the README), and recovery."""
+    """What pods get while no aliasd runs (docs/operations/availability.md), and
+    recovery."""
     via_coredns = start_prober(kind, "probe-coredns", server=kind.cluster_ip(
         "kube-system", "kube-dns"), want=fruits_ip)
     kind.kubectl("-n", "aliasd-system", "scale", "deployment/aliasd", "--replicas=0")
@@ -254,7 +255,7 @@ def test_scale_to_zero_and_back(kind: Kind, client: str, fruits_ip: str) -> None
     r = via_coredns.stop()
     report("scale to 0 and back", via_coredns=r)
     # Printed, not asserted: which failures pods see is CoreDNS's and kube-proxy's
-    # business (timeouts, SERVFAIL; NXDOMAIN was seen too, see the README).
+    # business (timeouts, SERVFAIL; NXDOMAIN was seen too: docs/operations/availability.md).
     assert r["failed"] > 0
 
 
@@ -265,7 +266,8 @@ def aliasd_cli(kind: Kind, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.uninstall
 def test_coredns_diff_and_remove(kind: Kind) -> None:
-    """Last: uninstall the way the README says, the Corefile byte for byte back."""
+    """Last: uninstall the way docs/operations/uninstall.md says, the Corefile byte
+    for byte back."""
     kind.wait_settled()
     # `remove` refuses while a live aliasd holds the Lease: not in the second
     # between a stopping leader's release and the next one's acquisition.

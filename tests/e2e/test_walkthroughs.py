@@ -1,10 +1,12 @@
-"""The README walkthroughs "Migrating a service" and "Failover with an HTTP
-switch" in kind, as written (tests/walkthrough.py): the setup blocks too (the
+"""The walkthroughs of docs/guides/migrating-a-service.md and
+docs/guides/failover.md in kind, run from those pages as written
+(tests/walkthrough.py): the setup blocks too (the
 agnhost pod for ``ask``, ``set env``, the token Secret, the overrides-api
 overlay, the port-forward; only the port-forward's local port is a free one
 instead of 8080), every ``# =>`` answer asserted from a pod through CoreDNS;
-the 50/50 split measured from that pod; and the Kubernetes-token path of "Who
-may switch an answer" from a pod with the README's Role."""
+the 50/50 split measured from that pod; and the Kubernetes-token path ("Who
+may switch an answer", docs/reference/overrides.md) from a pod with that
+page's Role."""
 
 from __future__ import annotations
 
@@ -21,12 +23,12 @@ import pytest
 from tests import walkthrough
 from tests.e2e.conftest import Kind, say
 from tests.e2e.test_kind import lease_holder
-from tests.helpers import ROOT, wait_for
+from tests.helpers import wait_for
 from tests.unit.test_fastpath import CHI2_1DF_P1E9, chi2
 
 pytestmark = pytest.mark.e2e
-MIGRATION = "Migrating a service"
-FAILOVER = "Failover with an HTTP switch"
+MIGRATION = walkthrough.MIGRATION
+FAILOVER = walkthrough.FAILOVER
 DATACENTER_IP = "192.0.2.10"
 # The datacenter's DNS, which the story assumes: CoreDNS's upstream is the
 # host's resolver here, so a user-owned block answers legacy-lb.example.com
@@ -59,13 +61,13 @@ def bash_env(kind: Kind) -> dict[str, str]:
     return {**kind.env, "CHECK_SECONDS": "180"}
 
 
-def setup_lines(title: str, prefix: str) -> str:
-    (setup,) = walkthrough.blocks(title, "setup")
+def setup_lines(page: str, prefix: str) -> str:
+    (setup,) = walkthrough.blocks(page, "setup")
     return "\n".join(ln for ln in setup.splitlines() if ln.startswith(prefix))
 
 
 @pytest.fixture(scope="module")
-def readme_cluster(kind: Kind, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def walkthrough_cluster(kind: Kind, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The migration's setup block run as written (it is the once-per-cluster
     setup of both walkthroughs); yields the ``ask`` function it defines."""
     (setup,) = walkthrough.blocks(MIGRATION, "setup")
@@ -114,25 +116,26 @@ def every_coredns_answers_from_aliasd(kind: Kind, name: str) -> bool:
     return True
 
 
-def test_readme_migrating_a_service(kind: Kind, readme_cluster: str, tmp_path: Path) -> None:
+def test_walkthrough_migrating_a_service(kind: Kind, walkthrough_cluster: str,
+                                         tmp_path: Path) -> None:
     (block,) = walkthrough.blocks(MIGRATION)
-    # Run as two scripts, split where the README leaves 50/50 for 0/100, so the
+    # Run as two scripts, split where the page leaves 50/50 for 0/100, so the
     # split can be measured in between.
     cut = block.index("\n# all on Kubernetes")
     first, rest = block[:cut], block[cut + 1:]
-    out = walkthrough.run(readme_cluster, first, env=bash_env(kind), tmp=tmp_path)
+    out = walkthrough.run(walkthrough_cluster, first, env=bash_env(kind), tmp=tmp_path)
     new_ip = kind.cluster_ip("shop", "fruits-v2")
-    # The README's check passes once one CoreDNS replica has reloaded; until
+    # The page's check passes once one CoreDNS replica has reloaded; until
     # the other has too, it answers from the datacenter alone (a 75/25 mix).
     wait_for(lambda: every_coredns_answers_from_aliasd(kind, "legacy-lb.example.com"),
              timeout=180, interval=2, what="every CoreDNS replica to serve the takeover")
     got = sample(kind, "legacy-lb.example.com", SAMPLES)
-    say(f"e2e: README migration at 50/50: {dict(got)} in {SAMPLES} lookups from a pod "
+    say(f"e2e: walkthrough migration at 50/50: {dict(got)} in {SAMPLES} lookups from a pod "
         f"through CoreDNS (chi-square {chi2(dict(got), {DATACENTER_IP: 0.5, new_ip: 0.5}):.2f})")
     assert set(got) == {DATACENTER_IP, new_ip} and sum(got.values()) == SAMPLES, got
     # p < 1e-9 of failing by chance with a fair 50/50 draw per query.
     assert chi2(dict(got), {DATACENTER_IP: 0.5, new_ip: 0.5}) < CHI2_1DF_P1E9, got
-    out += walkthrough.run(readme_cluster, rest, env=bash_env(kind), tmp=tmp_path)
+    out += walkthrough.run(walkthrough_cluster, rest, env=bash_env(kind), tmp=tmp_path)
     assert out.count("ok: ") == block.count("# => ") == 6
     assert "legacy-lb.example.com" not in kind.corefile().replace(DATACENTER_BLOCK, "")
 
@@ -148,13 +151,13 @@ def override_events(kind: Kind, reason: str) -> list[str]:
                                             "--field-selector", f"reason={reason}")["items"]]
 
 
-def test_readme_failover_with_an_http_switch(kind: Kind, readme_cluster: str,
-                                             tmp_path: Path) -> None:
+def test_walkthrough_failover_with_an_http_switch(kind: Kind, walkthrough_cluster: str,
+                                                  tmp_path: Path) -> None:
     port = free_port()  # never assume 8080 is free on a shared machine
     (setup,) = walkthrough.blocks(FAILOVER, "setup")
     setup = setup.replace("8080:8080", f"{port}:8080").replace("127.0.0.1:8080",
                                                                 f"127.0.0.1:{port}")
-    prelude = (f"{readme_cluster}\n{setup}\n"
+    prelude = (f"{walkthrough_cluster}\n{setup}\n"
                'for _ in $(seq 150); do curl -sf "$ALIASD/healthz" >/dev/null && break; '
                "sleep 0.2; done")
     (block,) = walkthrough.blocks(FAILOVER)
@@ -180,18 +183,14 @@ print(call(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 
 """
 
 
-def test_readme_kubernetes_token_switches_exactly_one_name(kind: Kind, readme_cluster: str
-                                                           ) -> None:
-    """"Who may switch an answer": the README's Role for the hook's
-    ServiceAccount, the hook's own token from a pod."""
-    text = (ROOT / "README.md").read_text()
-    rbac = re.search(r"```yaml\n(apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\n.*?)```",
-                     text, re.S)
-    assert rbac, "the README's Role for the Valkey hook"
+def test_kubernetes_token_switches_exactly_one_name(kind: Kind, walkthrough_cluster: str
+                                                    ) -> None:
+    """"Who may switch an answer" (docs/reference/overrides.md): that page's
+    Role for the hook's ServiceAccount, the hook's own token from a pod."""
     kind.kubectl("apply", "-f", "-", input=kind.kubectl(
         "create", "namespace", "cache", "--dry-run=client", "-o", "yaml"))
     kind.kubectl("-n", "cache", "create", "serviceaccount", "sentinel-hook")
-    kind.kubectl("apply", "-f", "-", input=rbac.group(1))
+    kind.kubectl("apply", "-f", "-", input=walkthrough.hook_role())
     kind.pod("sentinel-hook", "aliasd:dev", ["python", "-c", "import time; time.sleep(86400)"],
              namespace="cache", service_account="sentinel-hook")
 

@@ -213,7 +213,7 @@ def test_tenants_cannot_edit_their_own_namespace(cluster: LocalCluster,
                  for v in r["verbs"]}
         assert verbs <= {"get", "list", "watch"}, (role, verbs)
 
-    # The caveat the README states: a Role in the namespace that covers the
+    # The caveat docs/guides/name-policy.md states: a Role in the namespace that covers the
     # resource "namespaces" (here every resource, "*") does reach the Namespace
     # object itself, because a request for /api/v1/namespaces/NAME is authorized
     # as if it were inside NAME. So never give tenants such a Role.
