@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -15,6 +15,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aliasd.coredns.wiring import ACTIONS, Action
 from aliasd.model import AliasdError, ConfigError
 
 if TYPE_CHECKING:  # the commands import their modules lazily: `aliasd --help` stays fast
@@ -24,10 +25,6 @@ if TYPE_CHECKING:  # the commands import their modules lazily: `aliasd --help` s
     from aliasd.coredns.patcher import PatcherConfig
 
 log = logging.getLogger("aliasd")
-
-HANDOVER_POLL = 0.5
-"""`coredns remove`: how often to look at a just-released Lease."""
-
 
 def _add(p: argparse.ArgumentParser, flag: str, *, default: Any = None, repeat: bool = False,
          help: str, short: str | None = None, **kw: Any) -> None:
@@ -120,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(or its keys in coredns-custom, or its kube-dns stubDomains entries). "
                     "remove restores the Corefile byte for byte to what it would be "
                     "without aliasd, and deletes only aliasd's coredns-custom keys.")
-    cdns.add_argument("action", choices=["diff", "apply", "remove"],
+    cdns.add_argument("action", choices=list(ACTIONS),
                       help="diff: print the pending change; exit 0 if there is none, 1 if "
                            "there is one, 2 on error (like diff(1))")
     cdns.add_argument("--force", action="store_true",
@@ -292,8 +289,8 @@ def _patcher_config(args: argparse.Namespace, zones: Sequence[str]) -> PatcherCo
 
 
 async def _coredns(args: argparse.Namespace) -> int:
-    from aliasd.coredns.patcher import Patcher
-    from aliasd.kubeapi import TRANSIENT, make_client
+    from aliasd.coredns.wiring import wire
+    from aliasd.kubeapi import make_client
     from aliasd.registry import ZoneConfig
 
     try:
@@ -303,67 +300,51 @@ async def _coredns(args: argparse.Namespace) -> int:
     config = _patcher_config(args, zones)
     if config.mode == "off":
         raise ConfigError("--coredns-mode off: nothing to do")
+    action: Action = args.action
     api = await make_client(args.kubeconfig)
     try:
-        patcher = Patcher(api, config)
-        remove = args.action == "remove"
-        try:
-            if remove and not args.force:
-                await _refuse_while_running(api, args.leader_lease)
-            targets = await patcher.resolve_targets()
-            if not remove:
-                patcher.forward = await patcher.resolve_forward()
-            pending = False
-            for target in targets:
-                change = await patcher.apply(target, remove=remove, write=args.action != "diff")
-                sys.stdout.write(change.diff())
-                for zone in change.conflicts:
-                    print(f"aliasd: warning: {target.ref} already has a server block for "
-                          f"zone {zone} that aliasd does not own; left alone", file=sys.stderr)
-                pending |= change.changed
-                if args.action != "diff":
-                    verb = "removed aliasd's part" if remove else "patched"
-                    print(f"{target.ref}: {verb if change.changed else 'unchanged'}",
-                          file=sys.stderr)
-        except TRANSIENT as e:
-            raise ConfigError(f"Kubernetes API: {str(e).splitlines()[0]}") from None
-        return 1 if pending and args.action == "diff" else 0
+        if action == "remove" and not args.force:
+            await _refuse_while_running(api, args.leader_lease)
+        pending = False
+        async for change in wire(api, config, action=action):
+            ref = change.target.ref
+            sys.stdout.write(change.diff())
+            for zone in change.conflicts:
+                print(f"aliasd: warning: {ref} already has a server block for zone {zone} "
+                      "that aliasd does not own; left alone", file=sys.stderr)
+            pending |= change.changed
+            if action != "diff":
+                verb = "removed aliasd's part" if action == "remove" else "patched"
+                print(f"{ref}: {verb if change.changed else 'unchanged'}", file=sys.stderr)
+        return 1 if pending and action == "diff" else 0
     finally:
         await api.close()
 
 
 async def _refuse_while_running(api: ApiClient, lease_ref: str) -> None:
-    """A running aliasd would put its blocks back within a second of `remove`
-    (issue 14): say how to stop it instead of reporting a success that lasts 0.4 s.
-    A Lease just released (a rollout, a replica stopping) may be taken by
-    another replica within seconds: wait and see before going on."""
-    from aliasd.coredns.lease import LeaseError, handover_left, live_holder, read_lease
+    """A running aliasd would put its blocks back within a second of ``remove``:
+    say how to stop it instead of reporting a success that lasts 0.4 s."""
+    from aliasd.coredns.lease import LeaseError, read_lease, settled_holder
     from aliasd.kubeapi import split_ref
 
     namespace, name = split_ref(lease_ref, flag="--leader-lease")
-    told = False
-    while True:
-        try:
-            lease = await read_lease(api, namespace=namespace, name=name)
-        except LeaseError as e:
-            print(f"aliasd: warning: cannot tell whether aliasd is running ({e})",
-                  file=sys.stderr)
-            return
-        now = dt.datetime.now(dt.UTC)
-        holder = live_holder(lease, now=now) if lease is not None else None
-        if holder is not None:
-            raise ConfigError(
-                f"aliasd is running (Lease {lease_ref} held by {holder}) and would put its "
-                f"blocks back; stop it first: kubectl -n {namespace} scale deployment aliasd "
-                f"--replicas=0 (or pass --force)")
-        left = handover_left(lease, now=now) if lease is not None else 0.0
-        if left <= 0:
-            return
-        if not told:
-            print(f"aliasd: Lease {lease_ref} was just released; waiting up to {left:.0f} s "
-                  f"for another aliasd replica to take it", file=sys.stderr)
-            told = True
-        await asyncio.sleep(min(left, HANDOVER_POLL))
+
+    def waiting(left: float) -> None:
+        print(f"aliasd: Lease {lease_ref} was just released; waiting up to {left:.0f} s for "
+              "another aliasd replica to take it", file=sys.stderr)
+
+    try:
+        holder = await settled_holder(
+            functools.partial(read_lease, api, namespace=namespace, name=name),
+            on_wait=waiting)
+    except LeaseError as e:
+        print(f"aliasd: warning: cannot tell whether aliasd is running ({e})", file=sys.stderr)
+        return
+    if holder is not None:
+        raise ConfigError(
+            f"aliasd is running (Lease {lease_ref} held by {holder}) and would put its blocks "
+            f"back; stop it first: kubectl -n {namespace} scale deployment aliasd "
+            "--replicas=0 (or pass --force)")
 
 
 async def _list_aliases(args: argparse.Namespace) -> int:
