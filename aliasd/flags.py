@@ -43,21 +43,29 @@ def pod_namespace() -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Flag(Generic[T_co]):
-    """A flag with one value: ``parse(text, flag_name)`` turns the text into
-    its value or raises ``ValueError``/``ConfigError`` naming the flag."""
-
-    name: str
+class _Declared:
+    name: str  # --dns-listen
     help: str
-    commands: tuple[str, ...]
-    parse: Callable[[str, str], T_co]
-    default: str | None = None  # may contain POD_NAMESPACE
-    choices: tuple[str, ...] = ()
-    short: str | None = None
+    commands: tuple[str, ...]  # the commands that take it
 
     @property
     def dest(self) -> str:
         return self.name.lstrip("-").replace("-", "_")
+
+    @property
+    def env(self) -> str | None:
+        return ENV_PREFIX + self.dest.upper()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Flag(_Declared, Generic[T_co]):
+    """A flag with one value: ``parse(text, flag_name)`` turns the text into
+    its value or raises ``ValueError``/``ConfigError`` naming the flag."""
+
+    parse: Callable[[str, str], T_co]
+    default: str | None = None  # may contain POD_NAMESPACE
+    choices: tuple[str, ...] = ()
+    short: str | None = None
 
     @property
     def env(self) -> str:
@@ -69,19 +77,12 @@ class Flag(Generic[T_co]):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ListFlag(Generic[T_co]):
+class ListFlag(_Declared, Generic[T_co]):
     """A repeatable flag: every value may also be a comma-separated list;
     ``parse(items, flag_name)`` turns all the items into its value."""
 
-    name: str
-    help: str
-    commands: tuple[str, ...]
     parse: Callable[[list[str], str], T_co]
     default: tuple[str, ...] = ()
-
-    @property
-    def dest(self) -> str:
-        return self.name.lstrip("-").replace("-", "_")
 
     @property
     def env(self) -> str:
@@ -89,20 +90,12 @@ class ListFlag(Generic[T_co]):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Switch:
+class Switch(_Declared):
     """A flag without a value and without an environment variable: an operator's
     decision for one invocation, never a setting left in a pod's environment."""
 
-    name: str
-    help: str
-    commands: tuple[str, ...]
-
     @property
-    def dest(self) -> str:
-        return self.name.lstrip("-").replace("-", "_")
-
-    @property
-    def env(self) -> str | None:
+    def env(self) -> None:
         return None
 
 
@@ -344,11 +337,10 @@ def _split(values: Sequence[str]) -> list[str]:
 
 
 class Options:
-    """The parsed value of every flag for one command. A flag the command does
-    not take is unset (a repeatable one has its default)."""
+    """The parsed value of every flag of one command. A flag the command does not
+    take has its default, whatever the environment says."""
 
-    def __init__(self, command: str, values: Mapping[str, object]) -> None:
-        self.command = command
+    def __init__(self, values: Mapping[str, object]) -> None:
         self._values = dict(values)
 
     @overload
@@ -359,7 +351,9 @@ class Options:
     def get(self, flag: Switch) -> bool: ...
 
     def get(self, flag: AnyFlag) -> object:
-        return self._values[flag.name]
+        if flag.name in self._values:
+            return self._values[flag.name]
+        return _value(flag, None, {})  # not this command's: parsed on demand, from the default
 
     def value(self, flag: Flag[T]) -> T:
         """The value of a flag that has a default."""
@@ -371,22 +365,18 @@ class Options:
 
 def parse(command: str, given: argparse.Namespace,
           environ: Mapping[str, str] | None = None) -> Options:
-    """Every flag's value from the command line, else its environment variable,
-    else its default, parsed in declaration order. Raises ``ConfigError``
-    naming the flag (or the variable) that is wrong."""
+    """The value of every flag of ``command``: from the command line, else its
+    environment variable, else its default, parsed in declaration order.
+    ``ConfigError`` names the flag (or the variable) that is wrong."""
     env = os.environ if environ is None else environ
     values: dict[str, object] = {}
     for flag in FLAGS:
-        try:
-            if command in flag.commands:
+        if command in flag.commands:
+            try:
                 values[flag.name] = _value(flag, getattr(given, flag.dest, None), env)
-            elif isinstance(flag, ListFlag):  # shared builders read these: empty, say
-                values[flag.name] = flag.parse(list(flag.default), flag.name)
-            else:
-                values[flag.name] = False if isinstance(flag, Switch) else None
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    return Options(command, values)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+    return Options(values)
 
 
 def _value(flag: AnyFlag, raw: Any, env: Mapping[str, str]) -> object:

@@ -88,7 +88,7 @@ def test_a_flag_of_another_command_ignores_its_variable() -> None:
     opts = parse(["coredns", "diff"], {"ALIASD_NS_ADDRESS": "192.0.2.1",
                                        "ALIASD_DNS_LISTEN": "bogus"})
     assert opts.get(flags.NS_ADDRESS) == []
-    assert opts.get(flags.DNS_LISTEN) is None
+    assert opts.get(flags.DNS_LISTEN) == ("0.0.0.0", 5353)
 
 
 @pytest.mark.parametrize(("argv", "env", "message"), [
