@@ -264,7 +264,7 @@ DNS_SERVICE = Flag(name="--dns-service", commands=WIRING, parse=_ref_text,
                    default=f"{POD_NAMESPACE}/aliasd",
                    help="NAMESPACE/NAME of aliasd's Service, whose cluster IP CoreDNS "
                         "forwards to")
-COREDNS_CONFIGMAP = Flag(name="--coredns-configmap", commands=WIRING, parse=_text,
+COREDNS_CONFIGMAP = Flag(name="--coredns-configmap", commands=WIRING, parse=_ref_text,
                          default="kube-system/coredns",
                          help="NAMESPACE/NAME of the CoreDNS ConfigMap")
 LEADER_ELECTION = Flag(name="--leader-election", commands=(RUN,), parse=_text, default="on",
@@ -329,6 +329,8 @@ def _help(flag: AnyFlag) -> str:
     if isinstance(flag, ListFlag):
         return f"{flag.help} (repeatable; env {flag.env}, comma-separated)"
     default = flag.default_text()
+    if default is None:
+        return f"{flag.help} (env {flag.env})"
     return f"{flag.help} (env {flag.env}; default: {default})"
 
 

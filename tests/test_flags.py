@@ -106,6 +106,8 @@ def test_a_flag_of_another_command_ignores_its_variable() -> None:
     (["list", "--overrides-configmap", "a/b/c"], {},
      "--overrides-configmap 'a/b/c': expected NAMESPACE/NAME"),
     (["coredns", "diff", "--dns-service", "x"], {}, "--dns-service 'x': expected NAMESPACE/NAME"),
+    (["coredns", "diff"], {"ALIASD_COREDNS_CONFIGMAP": "coredns"},
+     "--coredns-configmap 'coredns': expected NAMESPACE/NAME"),
     (["coredns", "diff", "--forward-to", "10.0.0.1:0"], {},
      "--forward-to '10.0.0.1:0': port must be 1..65535"),
     (["run"], {"ALIASD_COREDNS_MODE": "coredns"},
