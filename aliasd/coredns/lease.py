@@ -14,7 +14,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient, CoordinationV1Api
@@ -188,3 +188,39 @@ async def read_lease(api: ApiClient, *, namespace: str, name: str) -> dict[str, 
     if status != 200:
         raise LeaseError(f"read Lease {namespace}/{name}: {message(status, lease)}")
     return dict(lease)
+
+
+HANDOVER_POLL = 0.5
+"""Seconds between two reads of a just-released Lease in :func:`settled_holder`."""
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def settled_holder(
+        read: Callable[[], Awaitable[dict[str, Any] | None]], *,
+        on_wait: Callable[[float], None] = lambda left: None,
+        clock: Callable[[], dt.datetime] = _utcnow,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> str | None:
+    """The identity of the live holder of the Lease that ``read`` returns, None
+    when nobody holds it. A Lease just released (a rollout, a replica stopping)
+    may be taken by another replica within :data:`DEFAULT_DURATION`: this waits
+    to see, calling ``on_wait(seconds_left)`` once when it starts waiting.
+    :class:`LeaseError` when the Lease cannot be read."""
+    waiting = False
+    while True:
+        lease = await read()
+        if lease is None:
+            return None
+        now = clock()
+        holder = live_holder(lease, now=now)
+        if holder is not None:
+            return holder
+        left = handover_left(lease, now=now)
+        if left <= 0:
+            return None
+        if not waiting:
+            on_wait(left)
+            waiting = True
+        await sleep(min(left, HANDOVER_POLL))

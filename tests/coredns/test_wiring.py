@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import json
 import signal
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -16,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client import ApiClient, Configuration
 
 from aliasd.coredns import corefile
-from aliasd.coredns.patcher import COREDNS, Patcher, PatcherConfig, Target
+from aliasd.coredns.patcher import COREDNS, Change, Patcher, PatcherConfig, Target
 from aliasd.coredns.plan import Forward
+from aliasd.coredns.wiring import Action, wire
+from aliasd.model import ApplyError
 from aliasd_dev import LocalCluster, free_udp_tcp_port
 from tests.coredns.conftest import CM
 from tests.helpers import (
@@ -400,3 +403,39 @@ def test_auto_mode_wires_node_local_dns_too(coredns: LocalCluster,
     assert cli("coredns", "remove", "--kubeconfig", kc).returncode == 0
     assert coredns.request("GET", f"{CM}/node-local-dns")["data"]["Corefile"] == NODE_LOCAL
     assert corefile_now(coredns) == coredns.initial_corefile
+
+
+async def test_wire_is_the_pass_behind_the_cli(coredns: LocalCluster, kube: ApiClient) -> None:
+    """``aliasd coredns`` prints what ``wire`` yields: one Change per target,
+    written only by apply and remove; what the HTTP API can call too."""
+    config = PatcherConfig(zones=("internal.",), mode="corefile",
+                           forward_to=Forward("127.0.0.1", 5999))
+
+    async def changes(action: Action) -> list[Change]:
+        return [c async for c in wire(kube, config, action=action)]
+
+    [diff] = await changes("diff")
+    assert (diff.target, diff.changed) == (COREDNS, True)
+    assert await asyncio.to_thread(corefile_now, coredns) == coredns.initial_corefile
+    [applied] = await changes("apply")
+    assert applied.new_value == diff.new_value
+    assert await asyncio.to_thread(corefile_now, coredns) == diff.new_value
+    [again] = await changes("apply")
+    assert not again.changed
+    [removed] = await changes("remove")
+    assert removed.changed and removed.new_value == coredns.initial_corefile
+    assert await asyncio.to_thread(corefile_now, coredns) == coredns.initial_corefile
+
+
+async def test_wire_reports_an_unreachable_api_server_as_apply_error() -> None:
+    with socket.socket() as held:  # bound, never listening: connections are refused
+        held.bind(("127.0.0.1", 0))
+        api = ApiClient(Configuration(host=f"http://127.0.0.1:{held.getsockname()[1]}"))
+        config = PatcherConfig(zones=("internal.",), mode="corefile",
+                               forward_to=Forward("127.0.0.1", 5999))
+        try:
+            with pytest.raises(ApplyError) as e:
+                [c async for c in wire(api, config, action="diff")]
+        finally:
+            await api.close()
+    assert str(e.value).startswith("Kubernetes API: ")

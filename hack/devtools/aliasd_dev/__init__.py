@@ -1,6 +1,7 @@
 """Repository tools, not shipped in the aliasd package: the local control plane
 (etcd, kube-apiserver and CoreDNS on loopback, built by hack/local-cluster/) that
-the tests, the benchmarks and the demo (``hack/demo.sh``) run against."""
+the tests, the benchmarks and the demo (``hack/demo.sh``) run against, and the
+generator of the reference pages (``python -m aliasd_dev.reference``)."""
 
 from aliasd_dev.cluster import (
     ClusterError,

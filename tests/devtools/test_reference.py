@@ -1,0 +1,63 @@
+"""The generated reference pages match the code they are generated from."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aliasd_dev import reference
+from tests.helpers import ROOT
+
+
+def test_flags_page_is_up_to_date() -> None:
+    page = ROOT / "docs" / "reference" / "flags.md"
+    assert page.read_text() == reference.flags_markdown(), (
+        "docs/reference/flags.md is stale: run "
+        "PYTHONPATH=hack/devtools .venv/bin/python -m aliasd_dev.reference flags")
+
+
+def test_flags_page_names_every_flag_and_variable() -> None:
+    from aliasd import flags
+
+    page = reference.flags_markdown()
+    for flag in flags.FLAGS:
+        assert f"`{flag.name}`" in page
+        if flag.env:
+            assert f"`{flag.env}`" in page
+
+
+def test_check_fails_in_one_line_when_stale(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reference, "ROOT", tmp_path)
+    assert reference.main(["flags"]) == 0
+    written = tmp_path / "docs" / "reference" / "flags.md"
+    assert written.read_text() == reference.flags_markdown()
+    assert reference.main(["flags", "--check"]) == 0
+    written.write_text(written.read_text().replace("| `--zone` |", "| `--zones` |"))
+    assert reference.main(["flags", "--check"]) == 1
+    written.unlink()
+    assert reference.main(["flags", "--check"]) == 1
+
+
+def test_check_from_the_command_line(tmp_path: Path) -> None:
+    """As CI runs it: exit 0 when up to date; 1 and one line on stderr when stale."""
+    tree = tmp_path / "repo"
+    shutil.copytree(ROOT / "hack" / "devtools", tree / "hack" / "devtools",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    command = [sys.executable, "-m", "aliasd_dev.reference", "flags", "--check"]
+    env = {"PYTHONPATH": str(tree / "hack" / "devtools"), "PATH": "/usr/bin:/bin"}
+    stale = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60,
+                           check=False, cwd=tmp_path)
+    assert (stale.returncode, stale.stdout) == (1, "")
+    assert stale.stderr == ("docs/reference/flags.md is stale: run "
+                            "python -m aliasd_dev.reference flags\n")
+    page = tree / "docs" / "reference" / "flags.md"
+    page.parent.mkdir(parents=True)
+    shutil.copy(ROOT / "docs" / "reference" / "flags.md", page)
+    fresh = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60,
+                           check=False, cwd=tmp_path)
+    assert (fresh.returncode, fresh.stdout, fresh.stderr) == (0, "", "")
