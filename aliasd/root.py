@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -22,13 +23,14 @@ from aliasd import registry
 from aliasd.access import AnyOf, EventTrail, KubernetesAuth
 from aliasd.api import start_http
 from aliasd.app import App, AppConfig
-from aliasd.coredns.lease import LeaderElector, default_identity
+from aliasd.coredns.lease import LeaderElector
 from aliasd.coredns.patcher import Patcher, PatcherConfig
+from aliasd.events import EventRecorder, EventSink, instance, registry_problems
 from aliasd.kubeapi import make_client
 from aliasd.model import ConfigError
 from aliasd.registry import Result, ZoneConfig
 from aliasd.sources.file import FileSource
-from aliasd.sources.kube import EventRecorder, KubeSource, registry_problems
+from aliasd.sources.kube import KubeSource
 from aliasd.sources.overrides import ConfigMapOverrides, FileOverrides
 from aliasd.status import aliases_document
 
@@ -102,7 +104,9 @@ def _wire_kube(app: App, api: ApiClient, config: KubeConfig) -> None:
                         on_relist=app.schedule_check, on_problems=app.problems_changed,
                         on_namespace=app.update_namespace, restarts=app.watch_restarts,
                         probes=app.counters)
-    recorder = EventRecorder(api)
+    me = instance()  # the Events' reportingInstance and the lease holder's name
+    events = EventSink(api, instance=me)
+    recorder = EventRecorder(events.send)
     app.sources.append(source)
     cm_ns, cm_name = config.overrides_configmap
     app.overrides = ConfigMapOverrides(api, app.config.zones, app.notifier("overrides"),
@@ -113,7 +117,7 @@ def _wire_kube(app: App, api: ApiClient, config: KubeConfig) -> None:
     # overrides ConfigMap's namespace) and leave Events on that ConfigMap.
     static = [app.authenticator] if app.authenticator is not None else []
     app.authenticator = AnyOf([*static, KubernetesAuth(api, namespace=cm_ns)])
-    app.trail = EventTrail(api, namespace=cm_ns, name=cm_name)
+    app.trail = EventTrail(api, send=events.send, namespace=cm_ns, name=cm_name)
 
     def report(result: Result, changed: bool) -> None:
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to report to
@@ -126,7 +130,10 @@ def _wire_kube(app: App, api: ApiClient, config: KubeConfig) -> None:
                       report=recorder.reporter("corefile"))
     if config.leader_lease is not None:
         ns, name = config.leader_lease
-        patcher.elector = LeaderElector(api, namespace=ns, name=name, identity=default_identity(),
+        # A random suffix: a restarted process is a new candidate, never
+        # mistaken for the old holder.
+        patcher.elector = LeaderElector(api, namespace=ns, name=name,
+                                        identity=f"{me}_{secrets.token_hex(3)}",
                                         duration=config.lease_duration,
                                         on_change=lambda leading: patcher.mark_dirty())
     app.components.append(patcher)
