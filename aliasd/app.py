@@ -36,6 +36,7 @@ from aliasd.registry import ZoneConfig
 from aliasd.sources.overrides import OverridesSource
 from aliasd.state import State, StateFile
 from aliasd.status import Component, Source
+from aliasd.supervisor import supervise
 from aliasd.zone import Snapshot
 
 log = logging.getLogger(__name__)
@@ -352,6 +353,11 @@ class App:
         log.info("stopping: not ready, still answering DNS for %.1f s", self.config.lame_duck)
         await asyncio.sleep(self.config.lame_duck)
 
+    async def _stopped(self, stop: asyncio.Event) -> None:
+        """Until ``stop``, then the lame duck (the sources keep running meanwhile)."""
+        await stop.wait()
+        await self._lame_duck()
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve DNS until ``stop`` is set (or forever). Listen errors raise ConfigError."""
         await self.dns.start()
@@ -376,28 +382,12 @@ class App:
             self._whole.update(s.name for s in self.sources
                                if not getattr(s, "incremental", False))
             self.rebuild()
-            tasks = [asyncio.create_task(self._rebuild_loop(), name="rebuild")]
+            tasks = {"rebuild": self._rebuild_loop()}
             if self.state is not None:
-                tasks.append(asyncio.create_task(self._state_loop(), name="state-file"))
-            tasks += [asyncio.create_task(s.run(), name=f"source-{s.name}") for s in self.sources]
-            tasks += [asyncio.create_task(c.run(), name=c.name) for c in self.components]
-            try:
-                if stop is None:
-                    await asyncio.gather(*tasks)
-                else:
-                    waiter = asyncio.create_task(stop.wait())
-                    await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
-                    for t in tasks:
-                        if t.done() and not t.cancelled() and t.exception() is not None:
-                            raise t.exception()  # type: ignore[misc]
-                    await self._lame_duck()
-            finally:
-                for t in tasks:
-                    t.cancel()
-                for t in tasks:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await t
+                tasks["state-file"] = self._state_loop()
+            tasks.update({f"source-{s.name}": s.run() for s in self.sources})
+            tasks.update({c.name: c.run() for c in self.components})
+            await supervise(tasks, until=self._stopped(stop) if stop is not None else None)
         finally:
             if gc_timer is not None:
                 gc_timer.cancel()

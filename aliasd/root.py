@@ -14,6 +14,7 @@ import logging
 import secrets
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from aliasd.sources.file import FileSource
 from aliasd.sources.kube import KubeSource
 from aliasd.sources.overrides import ConfigMapOverrides, FileOverrides
 from aliasd.status import aliases_document
+from aliasd.supervisor import supervise
 
 log = logging.getLogger(__name__)
 
@@ -126,16 +128,20 @@ def _wire_kube(app: App, api: ApiClient, config: KubeConfig) -> None:
     app.reporters.append(report)
     if config.patcher is None:
         return
-    patcher = Patcher(api, config.patcher, results=app.patch_results,
-                      report=recorder.reporter("corefile"))
+    elect: Callable[[Callable[[bool], None]], LeaderElector] | None = None
     if config.leader_lease is not None:
         ns, name = config.leader_lease
-        # A random suffix: a restarted process is a new candidate, never
-        # mistaken for the old holder.
-        patcher.elector = LeaderElector(api, namespace=ns, name=name,
-                                        identity=f"{me}_{secrets.token_hex(3)}",
-                                        duration=config.lease_duration,
-                                        on_change=lambda leading: patcher.mark_dirty())
+        duration = config.lease_duration
+
+        def elect(on_change: Callable[[bool], None]) -> LeaderElector:
+            # A random suffix: a restarted process is a new candidate, never
+            # mistaken for the old holder.
+            return LeaderElector(api, namespace=ns, name=name,
+                                 identity=f"{me}_{secrets.token_hex(3)}", duration=duration,
+                                 on_change=on_change)
+
+    patcher = Patcher(api, config.patcher, results=app.patch_results,
+                      report=recorder.reporter("corefile"), elect=elect)
     app.components.append(patcher)
 
     def wire_takeovers(result: Result, changed: bool) -> None:
@@ -157,22 +163,17 @@ async def list_from_cluster(kubeconfig: str | None, *, zones: ZoneConfig, namesp
                           restarts=restarts)
         switch = ConfigMapOverrides(api, zones, lambda: None, namespace=cm_ns, name=cm_name,
                                     restarts=restarts)
-        tasks = [asyncio.create_task(kube.run()), asyncio.create_task(switch.run())]
-        deadline = time.monotonic() + SYNC_TIMEOUT
-        try:
+
+        async def synced() -> None:
+            deadline = time.monotonic() + SYNC_TIMEOUT
             while not (kube.synced and switch.synced):
-                for task in tasks:
-                    if task.done():
-                        task.result()
                 if time.monotonic() > deadline:
                     raise ConfigError(f"could not read the cluster within {SYNC_TIMEOUT:.0f}s: "
                                       f"{kube.error or switch.error or 'not synced'}")
                 await asyncio.sleep(0.05)
-        finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+
+        await supervise({"source-kubernetes": kube.run(), "source-overrides": switch.run()},
+                        until=synced())
         result = registry.build([*kube.claims, *switch.claims], config=zones,
                                 serial=registry.next_serial(0, time.time()), ready=True,
                                 annotations=kube.allowed_names)
