@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
+from prometheus_client import CollectorRegistry
 
 from aliasd import registry
 from aliasd.access import (
@@ -146,9 +147,22 @@ async def serve(config: RunConfig, stop: asyncio.Event) -> None:
             await api.close()
 
 
-async def _run(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callable[[], float],
-               writer: StateWriter | None, state: State | None, stop: asyncio.Event) -> None:
-    """The parts that follow the sources, then serving until ``stop``."""
+@dataclass(frozen=True)
+class _Process:
+    """The parts that follow the sources, built whole."""
+
+    dns: DnsServer
+    tuning: ProcessTuning
+    lame_duck: LameDuck
+    committer: Committer
+    checker: RelistChecker
+    service: OverridesService
+    read: ReadModel
+    registry: CollectorRegistry
+
+
+def _assemble(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callable[[], float],
+              writer: StateWriter | None, state: State | None) -> _Process:
     zones = config.zones
     stats = Stats()
     dns = DnsServer(inbox.engine.result.snapshot, config.dns, stats=stats)
@@ -162,26 +176,42 @@ async def _run(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callabl
                                trail=parts.trail, clock=clock, committed=committer.committed)
     read = ReadModel(served=committer, sources=parts.sources, components=parts.components,
                      lame_duck=lame_duck)
-    registry_ = build_registry([
+    metrics = build_registry([
         DnsMetrics(stats, cache_entries=lambda: dns.answerer.cache_size), read, inbox,
         committer, checker, service, parts.restarts, parts.probes, parts.patches])
-    log.info("serving zones %s; sources: %s", ", ".join(zones.zones),
+    return _Process(dns, tuning, lame_duck, committer, checker, service, read, metrics)
+
+
+def metrics_registry(config: AppConfig) -> CollectorRegistry:
+    """The registry a process serving ``config`` serves at /metrics (nothing
+    started: for the docs' metrics reference)."""
+    inbox = Inbox(Engine(config.zones, serial=1))
+    return _assemble(_Parts(), inbox, config=config, clock=time.time, writer=None,
+                     state=None).registry
+
+
+async def _run(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callable[[], float],
+               writer: StateWriter | None, state: State | None, stop: asyncio.Event) -> None:
+    """The parts that follow the sources, then serving until ``stop``."""
+    p = _assemble(parts, inbox, config=config, clock=clock, writer=writer, state=state)
+    log.info("serving zones %s; sources: %s", ", ".join(config.zones.zones),
              ", ".join(s.name for s in parts.sources))
-    runner = await start_http(make_app(read, service, zones=zones, registry=registry_),
+    runner = await start_http(make_app(p.read, p.service, zones=config.zones,
+                                       registry=p.registry),
                               config.http_host, config.http_port)
     try:
-        await dns.start()
-        tuning.start()
+        await p.dns.start()
+        p.tuning.start()
         try:
-            tasks = {"commit": committer.run(), "relist-check": checker.run()}
+            tasks = {"commit": p.committer.run(), "relist-check": p.checker.run()}
             if writer is not None:
                 tasks["state-file"] = writer.run()
             tasks.update({f"source-{s.name}": s.run() for s in parts.sources})
             tasks.update({c.name: c.run() for c in parts.components})
-            await supervise(tasks, until=lame_duck.until(stop))
+            await supervise(tasks, until=p.lame_duck.until(stop))
         finally:
-            tuning.stop()
-            await dns.stop()
+            p.tuning.stop()
+            await p.dns.stop()
             if writer is not None:
                 writer.flush()
     finally:

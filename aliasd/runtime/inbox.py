@@ -24,8 +24,8 @@ class Inbox:
         self._whole: set[str] = set()  # sources whose whole state changed
         self._report = False  # problems changed, not claims: run the reporters
         self._relisted = asyncio.Event()
-        self.claim_updates = 0
-        self.policy_updates = 0
+        self._claim_updates = 0
+        self._policy_updates = 0
 
     @property
     def engine(self) -> Engine:
@@ -36,14 +36,14 @@ class Inbox:
     def update_claims(self, key: str, claims: list[AliasClaim]) -> None:
         """One object's claims changed (``source\\0key``)."""
         if self._engine.set(key, claims):
-            self.claim_updates += 1
+            self._claim_updates += 1
             self._dirty.set()
 
     def update_namespace(self, namespace: str, allowed_names: str | None) -> None:
         """A Namespace's ``aliasd.io/allowed-names`` changed (None: absent):
         only that namespace's claims are validated again."""
         if self._engine.set_namespace(namespace, allowed_names):
-            self.policy_updates += 1
+            self._policy_updates += 1
             self._dirty.set()
 
     def notifier(self, source: str) -> Callable[[], None]:
@@ -104,7 +104,7 @@ class Inbox:
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily("aliasd_claim_updates", "Objects whose claims changed",
-                                  value=self.claim_updates)
+                                  value=self._claim_updates)
         yield CounterMetricFamily("aliasd_policy_updates",
                                   "Namespaces whose aliasd.io/allowed-names changed",
-                                  value=self.policy_updates)
+                                  value=self._policy_updates)
