@@ -1,4 +1,4 @@
-"""Who may switch an override, and the trail of who did (issue 16, part 4).
+"""Who may switch an override, and the trail of who did.
 
 An :class:`Authenticator` turns a bearer token into the caller's name for one
 write (``update`` or ``delete`` of one alias) or refuses it with a status:

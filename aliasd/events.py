@@ -86,11 +86,6 @@ class EventSink:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def drain(self) -> None:
-        """Wait for the Events already sent."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
     async def _send(self, event: Event) -> None:
         body = event_body(event, now=self._clock(), instance=self._instance)
         ref = event.owner.ref
