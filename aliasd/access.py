@@ -1,4 +1,4 @@
-"""Who may switch an override, and the trail of who did (issue 16, part 4).
+"""Who may switch an override, and the trail of who did.
 
 An :class:`Authenticator` turns a bearer token into the caller's name for one
 write (``update`` or ``delete`` of one alias) or refuses it with a status:
@@ -26,8 +26,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,8 +38,9 @@ from kubernetes_asyncio.client import (
     CoreV1Api,
 )
 
+from aliasd.events import Event, Send
 from aliasd.kubeapi import TRANSIENT, call, message
-from aliasd.model import utc_timestamp
+from aliasd.model import Owner
 
 log = logging.getLogger(__name__)
 
@@ -254,15 +253,15 @@ class LogTrail:
 
 
 class EventTrail(LogTrail):
-    """In a cluster: the log, and an Event on the overrides ConfigMap (created
-    in the background: the answer to the write does not wait for it)."""
+    """In a cluster: the log, and an Event on the overrides ConfigMap (sent in
+    the background: the answer to the write does not wait for it)."""
 
-    def __init__(self, api: ApiClient, *, namespace: str, name: str,
+    def __init__(self, api: ApiClient, *, send: Send, namespace: str, name: str,
                  budget: Budget | None = None) -> None:
         super().__init__(budget=budget)
         self.core = CoreV1Api(api)
+        self.send = send
         self.namespace, self.name = namespace, name
-        self.instance = os.environ.get("POD_NAME") or socket.gethostname()
         self.tasks: set[asyncio.Task[None]] = set()
 
     def emit(self, write: Write, text: str) -> None:
@@ -271,25 +270,14 @@ class EventTrail(LogTrail):
         task.add_done_callback(self.tasks.discard)
 
     async def _event(self, write: Write, text: str) -> None:
-        ref = f"{self.namespace}/{self.name}"
+        # The uid ties the Event to the object (kubectl describe matches on it).
+        uid = ""
         try:
-            # The uid ties the Event to the object (kubectl describe matches on it).
             status, cm = await call(self.core.read_namespaced_config_map, self.name,
                                     self.namespace)
             uid = (cm.get("metadata") or {}).get("uid", "") if status < 300 else ""
-            now = utc_timestamp(time.time())
-            status, body = await call(self.core.create_namespaced_event, self.namespace, {
-                "metadata": {"generateName": f"{self.name}.", "namespace": self.namespace},
-                "involvedObject": {"kind": "ConfigMap", "namespace": self.namespace,
-                                   "name": self.name, "uid": uid, "apiVersion": "v1"},
-                "reason": write.reason, "message": text[:1024],
-                "type": "Warning" if write.refused is not None else "Normal",
-                "source": {"component": "aliasd"}, "reportingComponent": "aliasd",
-                "reportingInstance": self.instance,
-                "firstTimestamp": now, "lastTimestamp": now, "count": 1})
-            if status >= 300:
-                log.warning("could not record Event %s on ConfigMap %s: %s", write.reason, ref,
-                            message(status, body))
         except TRANSIENT as e:
-            log.warning("could not record Event %s on ConfigMap %s: %s", write.reason, ref,
-                        str(e).splitlines()[0])
+            log.warning("could not read ConfigMap %s/%s for its Event: %s", self.namespace,
+                        self.name, str(e).splitlines()[0])
+        self.send(Event(Owner(0.0, self.namespace, self.name, "ConfigMap", uid), write.reason,
+                        text, warning=write.refused is not None))

@@ -1,26 +1,25 @@
 """HTTP endpoints: /healthz, /readyz, /metrics, /v1/aliases, and the
-overrides API (/v1/overrides, issue 7), described in ``openapi.yaml``."""
+overrides API (/v1/overrides), described in ``openapi.yaml``. HTTP reads a
+read model (``aliasd.status.ReadModel``) and writes only through the
+overrides service (``aliasd.runtime.overrides``)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from importlib import resources
-from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from aliasd.access import Authenticator, Refused, Trail, Write
-from aliasd.kubeapi import TRANSIENT
-from aliasd.metrics import build_registry
-from aliasd.model import ApplyError, ConfigError, utc_timestamp
-from aliasd.registry import Result
-from aliasd.sources import overrides
-from aliasd.status import AliasesRenderer, Status
+from aliasd.access import Refused
+from aliasd.model import ConfigError
+from aliasd.registry import Result, ZoneConfig
+from aliasd.runtime.overrides import OverrideError, OverridesService
+from aliasd.status import AliasesRenderer, ReadModel
 
 log = logging.getLogger(__name__)
 
@@ -56,23 +55,13 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             k: v for k, v in e.headers.items() if k.lower() in ("allow", "www-authenticate")})
 
 
-def make_app(app: Status) -> web.Application:
-    registry = build_registry(app)
-
+def make_app(read: ReadModel, service: OverridesService, *, zones: ZoneConfig,
+             registry: CollectorRegistry) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        sources = {s.name: {"synced": s.synced, "error": s.error} for s in app.sources}
-        # Degraded (answering from the state file) is still ready: taking the
-        # pod out of its Service would leave clients with no answer at all.
-        ready = ((app.ready and app.result.snapshot.ready) or app.degraded) and not app.draining
-        not_ready = [n for n, s in sources.items() if not s["synced"]]
-        body: dict[str, Any] = {"ready": ready, "degraded": app.degraded,
-                                "draining": app.draining, "sources": sources,
-                                "not_synced": not_ready}
-        # Components (CoreDNS wiring) are detail, not readiness: DNS answers either way.
-        body.update({c.name: c.status() for c in app.components})
+        ready, body = read.readiness()
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics(_: web.Request) -> web.Response:
@@ -96,7 +85,7 @@ def make_app(app: Status) -> web.Application:
         return pieces, sum(map(len, pieces))
 
     async def aliases(request: web.Request) -> web.StreamResponse:
-        result = app.result
+        result = read.result
         if not rendered or rendered[0][0] is not result:
             rendered[:] = [(result, asyncio.ensure_future(render(result)))]
         pieces, length = await asyncio.shield(rendered[0][1])
@@ -110,7 +99,7 @@ def make_app(app: Status) -> web.Application:
         return resp
 
     openapi_text = resources.files("aliasd").joinpath("openapi.yaml").read_text().replace(
-        "@NAME_PATTERN@", name_pattern(app.zones.zones))
+        "@NAME_PATTERN@", name_pattern(zones.zones))
 
     async def openapi(_: web.Request) -> web.Response:
         return web.Response(text=openapi_text, content_type="application/yaml")
@@ -121,37 +110,26 @@ def make_app(app: Status) -> web.Application:
     web_app.router.add_get("/metrics", metrics)
     web_app.router.add_get("/v1/aliases", aliases)
     web_app.router.add_get("/openapi.yaml", openapi)
-    OverridesApi(app, authenticator=app.authenticator, trail=app.trail).add_routes(web_app)
+    OverridesApi(service).add_routes(web_app)
     return web_app
 
 
 _REFUSALS: dict[int, type[web.HTTPException]] = {
-    401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 429: web.HTTPTooManyRequests,
-    503: web.HTTPServiceUnavailable}
+    400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden,
+    404: web.HTTPNotFound, 429: web.HTTPTooManyRequests, 503: web.HTTPServiceUnavailable}
 
 
-def _asked(raw: bytes) -> str:
-    """A refused PUT's body for the trail: what the caller wanted, trimmed."""
-    text = raw.decode(errors="replace")
-    return " ".join(text.split())[:200] or "(empty body)"
-
-
-def describe(o: overrides.Override | None) -> str:
-    """An override in a trail message: ``10.0.0.7 (ttl 5)``, or ``none``."""
-    if o is None:
-        return "none"
-    return f"{o.cname or ', '.join(o.addresses)} (ttl {o.ttl})"
+def _token(request: web.Request) -> str | None:
+    """The bearer token of ``Authorization: Bearer <token>``, if any."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return given.strip() if scheme.lower() == "bearer" and given.strip() else None
 
 
 class OverridesApi:
-    """``/v1/overrides``: reads for everyone; each write authorized by the
-    ``authenticator`` (None: the write API is off) and recorded in the ``trail``,
-    allowed or refused."""
+    """``/v1/overrides``: the overrides service over HTTP."""
 
-    def __init__(self, app: Status, *, authenticator: Authenticator | None, trail: Trail) -> None:
-        self.app = app
-        self.authenticator = authenticator
-        self.trail = trail
+    def __init__(self, service: OverridesService) -> None:
+        self.service = service
 
     def add_routes(self, web_app: web.Application) -> None:
         web_app.router.add_get("/v1/overrides", self.list)
@@ -159,99 +137,49 @@ class OverridesApi:
         web_app.router.add_put("/v1/overrides/{name}", self.put)
         web_app.router.add_delete("/v1/overrides/{name}", self.delete)
 
-    def _source(self) -> overrides.OverridesSource:
-        if self.app.overrides is None:
-            raise web.HTTPServiceUnavailable(text="overrides are off: aliasd has no "
-                                             "place to store them")
-        return self.app.overrides
-
-    def _name(self, request: web.Request) -> str:
-        try:
-            return overrides.parse_name(request.match_info["name"], self.app.zones)
-        except ValueError as e:
-            raise web.HTTPBadRequest(text=str(e)) from None
-
-    async def _authorize(self, request: web.Request, *, verb: str, name: str,
-                         before: overrides.Override | None, asked: str) -> str:
-        """The caller's name (the trail's "who"), or the refusal, recorded."""
-        remote = request.remote or ""
-        if self.authenticator is None:
-            raise web.HTTPForbidden(text="the write API is off: start aliasd with "
-                                    "--api-token-file, or in a cluster")
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        try:
-            if scheme.lower() != "bearer" or not given.strip():
-                raise Refused(401, "missing bearer token (Authorization: Bearer <token>)")
-            return await self.authenticator.authorize(given.strip(), verb=verb,
-                                                      name=name.rstrip("."), remote=remote)
-        except Refused as e:
-            who = e.who or f"an unauthenticated caller at {remote}"
-            self.trail.record(Write(who, verb, name, describe(before), asked, refused=e))
-            headers = ({"WWW-Authenticate": 'Bearer realm="aliasd"'} if e.status == 401
-                       else {"Retry-After": "1"} if e.status == 429 else {})
-            raise _REFUSALS[e.status](text=e.text, headers=headers) from None
-
     async def list(self, _: web.Request) -> web.Response:
-        items = self.app.overrides.items.values() if self.app.overrides else []
-        return web.json_response(
-            {"overrides": [o.document() for o in sorted(items, key=lambda o: o.name)]})
+        return web.json_response({"overrides": [o.document() for o in self.service.list()]})
 
     async def get(self, request: web.Request) -> web.Response:
-        name = self._name(request)
-        found = self._source().get(name)
-        if found is None:
-            raise web.HTTPNotFound(text=f"no override for {name}")
+        with _answers():
+            name = self.service.name(request.match_info["name"])
+            found = self.service.get(name)
+            if found is None:
+                raise OverrideError(404, f"no override for {name}")
         return web.json_response(found.document())
 
     async def put(self, request: web.Request) -> web.Response:
-        name = self._name(request)
-        raw = await request.read()
-        before = self.app.overrides.get(name) if self.app.overrides else None
-        who = await self._authorize(request, verb="update", name=name, before=before,
-                                    asked=_asked(raw))
-        source = self._source()
-        try:
-            body = json.loads(raw)
-        except ValueError as e:
-            raise web.HTTPBadRequest(text=f"the body is not valid JSON: {e}") from None
-        now = utc_timestamp(self.app.now())
-        try:
-            if isinstance(body, dict) and ({"updated", "by", "name"} & set(body)):
-                raise ValueError("name, updated and by are set by aliasd, not the caller")
-            o = overrides.parse(request.match_info["name"], body, zones=self.app.zones,
-                                updated=now, by=who)
-        except ValueError as e:
-            raise web.HTTPBadRequest(text=str(e)) from None
-        await self._store(source.put(o))
-        self.trail.record(Write(who, "update", o.name, describe(before), describe(o)))
-        self.app.rebuild()  # answer with it before replying
-        return web.json_response(o.document(), status=201 if before is None else 200)
+        with _answers():
+            self.service.name(request.match_info["name"])  # a bad name: 400 before the body
+            raw = await request.read()
+            o, created = await self.service.put(request.match_info["name"], raw,
+                                                token=_token(request),
+                                                remote=request.remote or "")
+        return web.json_response(o.document(), status=201 if created else 200)
 
     async def delete(self, request: web.Request) -> web.Response:
-        name = self._name(request)
-        found = self.app.overrides.get(name) if self.app.overrides else None
-        who = await self._authorize(request, verb="delete", name=name, before=found,
-                                    asked="none")
-        source = self._source()
-        if found is None:
-            raise web.HTTPNotFound(text=f"no override for {name}")
-        await self._store(source.delete(found))
-        self.trail.record(Write(who, "delete", name, describe(found), "none"))
-        self.app.rebuild()
+        with _answers():
+            found = await self.service.delete(request.match_info["name"],
+                                              token=_token(request),
+                                              remote=request.remote or "")
         return web.json_response(found.document())
 
-    @staticmethod
-    async def _store(write: Awaitable[None]) -> None:
-        try:
-            await write
-        except (ApplyError, *TRANSIENT) as e:
-            log.error("storing an override failed: %s", str(e).splitlines()[0])
-            raise web.HTTPServiceUnavailable(
-                text=f"could not store the override: {str(e).splitlines()[0][:300]}") from None
+
+@contextlib.contextmanager
+def _answers() -> Iterator[None]:
+    """The service's refusals and errors as HTTP errors."""
+    try:
+        yield
+    except Refused as e:
+        headers = ({"WWW-Authenticate": 'Bearer realm="aliasd"'} if e.status == 401
+                   else {"Retry-After": "1"} if e.status == 429 else {})
+        raise _REFUSALS[e.status](text=e.text, headers=headers) from None
+    except OverrideError as e:
+        raise _REFUSALS[e.status](text=e.text) from None
 
 
-async def start_http(app: Status, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(make_app(app), access_log=None)
+async def start_http(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

@@ -1,5 +1,9 @@
-"""Prometheus metrics, collected at scrape time from the app's plain counters
-(the query path increments ints, never a locked metric)."""
+"""Prometheus metrics: the registry, and the collectors of what has no part
+of its own to declare it (the DNS server's counters, counters kept in a plain
+``Counter`` by the watches and the patcher, garbage-collector pauses, loop
+lag). Every part that counts something declares its metrics in its own
+``collect`` (``aliasd.runtime``, ``aliasd.status``); everything is read at
+scrape time from plain ints (the query path never takes a lock)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -17,30 +22,32 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from aliasd.dns.answer import LATENCY_BUCKETS, LATENCY_SAMPLE
+from aliasd.dns.answer import LATENCY_BUCKETS, LATENCY_SAMPLE, Stats
 from aliasd.kubeapi import RESPONSES
-from aliasd.status import Status
 
 
-class StatusCollector(Collector):
-    def __init__(self, app: Status) -> None:
-        self.app = app
+class DnsMetrics(Collector):
+    """What the DNS server counts (``aliasd.dns.answer.Stats``, plain ints on
+    the query path) and its cache size, read at scrape time."""
+
+    def __init__(self, stats: Stats, *, cache_entries: Callable[[], int]) -> None:
+        self.stats = stats
+        self.cache_entries = cache_entries
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily
                                   | HistogramMetricFamily]:
-        app = self.app
+        st = self.stats
         q = CounterMetricFamily("aliasd_dns_queries", "DNS answers sent, by rcode and qtype",
                                 labels=["rcode", "qtype"])
-        for (rcode, qtype), n in sorted(app.stats.answers.items()):
+        for (rcode, qtype), n in sorted(st.answers.items()):
             q.add_metric([rcode, qtype], n)
         yield q
         p = CounterMetricFamily("aliasd_dns_bad_queries",
                                 "Malformed, refused or dropped DNS inputs, by kind",
                                 labels=["kind"])
-        for kind, n in sorted(app.stats.problems.items()):
+        for kind, n in sorted(st.problems.items()):
             p.add_metric([kind], n)
         yield p
-        st = app.stats
         buckets, cumulative = [], 0
         for le, n in zip(LATENCY_BUCKETS, st.latency_buckets, strict=True):
             cumulative += n
@@ -53,66 +60,50 @@ class StatusCollector(Collector):
         fp = CounterMetricFamily("aliasd_dns_fast_path_hits",
                                  "Queries answered without the slow path (wire cache or "
                                  "negative template)")
-        fp.add_metric([], app.stats.fast_hits)
+        fp.add_metric([], st.fast_hits)
         yield fp
         tp = CounterMetricFamily("aliasd_dns_template_hits",
                                  "Of those, answers from an NXDOMAIN/NODATA/REFUSED/SERVFAIL "
                                  "template")
-        tp.add_metric([], app.stats.template_hits)
+        tp.add_metric([], st.template_hits)
         yield tp
         yield GaugeMetricFamily("aliasd_dns_cache_entries", "Answers in the wire cache "
-                                "(names that exist only)", value=app.dns_cache_entries)
-        res = app.result
-        yield GaugeMetricFamily("aliasd_aliases", "Aliases served", value=res.entry_count)
-        yield GaugeMetricFamily("aliasd_alias_conflicts", "Claims that lost a name conflict",
-                                value=res.conflict_count)
-        yield GaugeMetricFamily("aliasd_invalid_aliases", "Claims rejected as invalid",
-                                value=res.invalid_count)
-        by_reason = GaugeMetricFamily(
-            "aliasd_invalid_aliases_by_reason", "Claims rejected, by Event reason "
-            "(InvalidAlias, TakeoverNotAllowed, AliasNotAllowed = denied by the name policy)",
-            labels=["reason"])
-        for reason, n in sorted(res.invalid_by_reason().items()):
-            by_reason.add_metric([reason], n)
-        yield by_reason
-        for name, help_text in (
-                ("engine_runs", "Engine commits attempted (each debounced burst of changes)"),
-                ("claim_updates", "Objects whose claims changed"),
-                ("policy_updates", "Namespaces whose aliasd.io/allowed-names changed"),
-                ("snapshots", "Snapshots swapped in (each with a new serial)"),
-                ("check_failures", "Relist checks that found the incremental snapshot "
-                 "differing from a build from scratch (a bug; the engine is rebuilt)"),
-                ("crd_probes", "Attempts to watch the ServiceEntry CRD (polled while "
-                 "absent)")):
-            c = CounterMetricFamily(f"aliasd_{name}", help_text)
-            c.add_metric([], app.counters[name])
-            yield c
-        yield GaugeMetricFamily("aliasd_snapshot_serial", "SOA serial of the served snapshot",
-                                value=res.snapshot.serial)
-        yield GaugeMetricFamily("aliasd_ready", "1 when every source has synced",
-                                value=1 if app.ready else 0)
-        yield GaugeMetricFamily("aliasd_degraded", "1 while answering from the state file "
-                                "because the sources have not synced",
-                                value=1 if app.degraded else 0)
-        yield GaugeMetricFamily("aliasd_overrides", "HTTP overrides in effect",
-                                value=len(app.overrides.items) if app.overrides else 0)
-        synced = GaugeMetricFamily("aliasd_source_synced", "1 when the source has synced",
-                                   labels=["source"])
-        for s in app.sources:
-            synced.add_metric([s.name], 1 if s.synced else 0)
-        yield synced
-        restarts = CounterMetricFamily("aliasd_watch_restarts", "Watch reconnects by resource",
-                                       labels=["resource"])
-        for name, n in sorted(app.watch_restarts.items()):
-            restarts.add_metric([name], n)
-        yield restarts
-        patches = CounterMetricFamily(
-            "aliasd_corefile_patches", "Cluster DNS ConfigMap reconciles by result (attempt, "
-            "applied, unchanged, conflict = concurrent edit then retried, error)",
-            labels=["result"])
-        for result, n in sorted(app.patch_results.items()):
-            patches.add_metric([result], n)
-        yield patches
+                                "(names that exist only)", value=self.cache_entries())
+
+
+class CountsBy(Collector):
+    """A counter by one label, kept as a plain ``Counter`` that its owner
+    increments (a watch, the patcher) and read at scrape time."""
+
+    def __init__(self, name: str, help_text: str, *, label: str | None = None) -> None:
+        self.name = name
+        self.help = help_text
+        self.label = label
+        self.counts: Counter[str] = Counter()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        if self.label is None:
+            yield CounterMetricFamily(self.name, self.help, value=sum(self.counts.values()))
+            return
+        family = CounterMetricFamily(self.name, self.help, labels=[self.label])
+        for value, n in sorted(self.counts.items()):
+            family.add_metric([value], n)
+        yield family
+
+
+def watch_restarts() -> CountsBy:
+    return CountsBy("aliasd_watch_restarts", "Watch reconnects by resource", label="resource")
+
+
+def crd_probes() -> CountsBy:
+    return CountsBy("aliasd_crd_probes", "Attempts to watch the ServiceEntry CRD (polled "
+                    "while absent)")
+
+
+def corefile_patches() -> CountsBy:
+    return CountsBy("aliasd_corefile_patches", "Cluster DNS ConfigMap reconciles by result "
+                    "(attempt, applied, unchanged, conflict = concurrent edit then retried, "
+                    "error)", label="result")
 
 
 class GcPauses(Collector):
@@ -213,10 +204,14 @@ _GC: GcPauses | None = None
 _LAG = LoopLag()
 
 
-def build_registry(app: Status) -> CollectorRegistry:
+def build_registry(collectors: Iterable[Collector]) -> CollectorRegistry:
+    """The registry /metrics serves: the parts' collectors, the process-wide
+    garbage-collector pauses, the loop lag of the running loop, and the
+    Kubernetes API responses of every client this process made."""
     global _GC
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(StatusCollector(app))
+    for collector in collectors:
+        reg.register(collector)
     if _GC is None:  # one per process: gc callbacks are process-wide
         _GC = GcPauses()
     reg.register(_GC)

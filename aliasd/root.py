@@ -1,36 +1,67 @@
-"""The composition root: builds and wires every part from a parsed config.
+"""The composition root: builds every part whole from a parsed config.
 
-Sources (file, Kubernetes, overrides) → engine (``App``) → DNS server; after
-each commit one effects step runs the reporters (Events, the patcher's
-takeovers); HTTP and metrics read the app through ``aliasd.status.Status``.
-Flags are the CLI's business: everything here takes typed values.
+Sources (file, Kubernetes, overrides) → inbox → committer (engine commit, the
+DNS server's snapshot swap, then the effects: Events, the patcher's
+takeovers, the state file) ; HTTP and metrics read ``aliasd.status.ReadModel``
+and write through ``aliasd.runtime.overrides.OverridesService``. Flags are the
+CLI's business: everything here takes typed values.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import secrets
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
+from prometheus_client import CollectorRegistry
 
 from aliasd import registry
-from aliasd.access import AnyOf, EventTrail, KubernetesAuth
-from aliasd.api import start_http
-from aliasd.app import App, AppConfig
-from aliasd.coredns.lease import LeaderElector, default_identity
+from aliasd.access import (
+    AnyOf,
+    Authenticator,
+    EventTrail,
+    KubernetesAuth,
+    LogTrail,
+    StaticToken,
+    Trail,
+)
+from aliasd.api import make_app, start_http
+from aliasd.app import AppConfig
+from aliasd.coredns.lease import LeaderElector
 from aliasd.coredns.patcher import Patcher, PatcherConfig
+from aliasd.dns.answer import Stats
+from aliasd.dns.server import DnsServer
+from aliasd.engine import Engine
+from aliasd.events import EventRecorder, EventSink, instance, registry_problems
 from aliasd.kubeapi import make_client
+from aliasd.metrics import (
+    CountsBy,
+    DnsMetrics,
+    build_registry,
+    corefile_patches,
+    crd_probes,
+    watch_restarts,
+)
 from aliasd.model import ConfigError
 from aliasd.registry import Result, ZoneConfig
+from aliasd.runtime.checker import RelistChecker
+from aliasd.runtime.committer import Committer, Reporter, Source
+from aliasd.runtime.inbox import Inbox
+from aliasd.runtime.overrides import OverridesService
+from aliasd.runtime.process import LameDuck, ProcessTuning
+from aliasd.runtime.statewriter import StateWriter
 from aliasd.sources.file import FileSource
-from aliasd.sources.kube import EventRecorder, KubeSource, registry_problems
-from aliasd.sources.overrides import ConfigMapOverrides, FileOverrides
-from aliasd.status import aliases_document
+from aliasd.sources.kube import KubeSource
+from aliasd.sources.overrides import ConfigMapOverrides, FileOverrides, OverridesSource
+from aliasd.state import State, StateFile
+from aliasd.status import Component, ReadModel, aliases_document
+from aliasd.supervisor import supervise
 
 log = logging.getLogger(__name__)
 
@@ -55,87 +86,191 @@ class RunConfig:
     kube: KubeConfig | None = None
 
 
+@dataclass
+class _Parts:
+    """What ``serve`` collects while building, before the committer exists."""
+
+    sources: list[Source] = field(default_factory=list)
+    components: list[Component] = field(default_factory=list)
+    reporters: list[Reporter] = field(default_factory=list)
+    # Counted by the watches and the patcher; served (at zero) without them too.
+    restarts: CountsBy = field(default_factory=watch_restarts)
+    probes: CountsBy = field(default_factory=crd_probes)
+    patches: CountsBy = field(default_factory=corefile_patches)
+    overrides: OverridesSource | None = None
+    authenticator: Authenticator | None = None
+    trail: Trail = field(default_factory=LogTrail)
+
+
 async def serve(config: RunConfig, stop: asyncio.Event) -> None:
-    """Build every part from ``config`` and serve until ``stop`` is set."""
-    app = App(config.app)
-    state = app.load_state()
-    zones = config.app.zones
-    if config.app.aliases_file is not None:
-        fs = FileSource(config.app.aliases_file, config=zones,
-                        on_change=app.notifier(FileSource.name))
+    """Build every part from ``config`` and serve until ``stop`` is set.
+
+    Sources write into the inbox; the committer turns it into the snapshot the
+    DNS server answers from and runs the reporters (Events, the patcher's
+    takeovers) and the state writer; HTTP reads the read model and writes
+    through the overrides service."""
+    app = config.app
+    zones = app.zones
+    clock = time.time
+    file = StateFile(app.state_file) if app.state_file is not None else None
+    writer = (StateWriter(file, clock=clock, interval=app.state_interval)
+              if file is not None else None)
+    state = writer.load() if writer is not None else None
+    inbox = Inbox(Engine(zones, serial=registry.next_serial(0, clock()),
+                         track_changes=file is not None))
+    parts = _Parts(authenticator=StaticToken(app.api_token) if app.api_token else None)
+    if app.aliases_file is not None:
+        fs = FileSource(app.aliases_file, config=zones, on_change=inbox.notifier(FileSource.name))
         fs.load()  # a bad file at start is fatal: there is no last good zone yet
-        app.sources.append(fs)
+        parts.sources.append(fs)
     api: ApiClient | None = None
-    if config.kube is not None:
-        api = await make_client(config.kube.kubeconfig)
-        _wire_kube(app, api, config.kube)
-    elif app.state is not None:
-        overrides = FileOverrides(zones, app.notifier(FileOverrides.name), state=app.state,
-                                  clock=app.clock)
-        overrides.load(state.overrides if state else ())
-        app.overrides = overrides
-        app.sources.append(overrides)
-    elif config.app.api_token is not None:
-        raise ConfigError("--api-token-file without Kubernetes needs --state-file: that is "
-                          "where overrides are kept across restarts")
     try:
-        if not app.sources:
+        if config.kube is not None:
+            api = await make_client(config.kube.kubeconfig)
+            _wire_kube(parts, inbox, api, zones=zones, config=config.kube)
+        elif file is not None:
+            overrides = FileOverrides(zones, inbox.notifier(FileOverrides.name), state=file,
+                                      clock=clock)
+            overrides.load(state.overrides if state else ())
+            parts.overrides = overrides
+            parts.sources.append(overrides)
+        elif app.api_token is not None:
+            raise ConfigError("--api-token-file without Kubernetes needs --state-file: that "
+                              "is where overrides are kept across restarts")
+        if not parts.sources:
             raise ConfigError("nothing to serve: give --aliases-file, or --kubeconfig "
                               "(or run in a cluster) to watch Kubernetes")
-        log.info("serving zones %s; sources: %s", ", ".join(zones.zones),
-                 ", ".join(s.name for s in app.sources))
-        runner = await start_http(app, config.app.http_host, config.app.http_port)
-        try:
-            await app.run(stop)
-        finally:
-            await runner.cleanup()
+        await _run(parts, inbox, config=app, clock=clock, writer=writer, state=state,
+                   stop=stop)
     finally:
         if api is not None:
             await api.close()
 
 
-def _wire_kube(app: App, api: ApiClient, config: KubeConfig) -> None:
+@dataclass(frozen=True)
+class _Process:
+    """The parts that follow the sources, built whole."""
+
+    dns: DnsServer
+    tuning: ProcessTuning
+    lame_duck: LameDuck
+    committer: Committer
+    checker: RelistChecker
+    service: OverridesService
+    read: ReadModel
+    registry: CollectorRegistry
+
+
+def _assemble(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callable[[], float],
+              writer: StateWriter | None, state: State | None) -> _Process:
+    zones = config.zones
+    stats = Stats()
+    dns = DnsServer(inbox.engine.result.snapshot, config.dns, stats=stats)
+    tuning = ProcessTuning()
+    lame_duck = LameDuck(config.lame_duck)
+    committer = Committer(inbox, zones=zones, dns=dns, sources=parts.sources,
+                          reporters=parts.reporters, clock=clock, debounce=config.debounce,
+                          stale=state, state=writer, on_synced=tuning.synced)
+    checker = RelistChecker(inbox, committer, zones=zones, settle=config.debounce * 5)
+    service = OverridesService(parts.overrides, zones=zones, authenticator=parts.authenticator,
+                               trail=parts.trail, clock=clock, committed=committer.committed)
+    read = ReadModel(served=committer, sources=parts.sources, components=parts.components,
+                     lame_duck=lame_duck)
+    metrics = build_registry([
+        DnsMetrics(stats, cache_entries=lambda: dns.answerer.cache_size), read, inbox,
+        committer, checker, service, parts.restarts, parts.probes, parts.patches])
+    return _Process(dns, tuning, lame_duck, committer, checker, service, read, metrics)
+
+
+def metrics_registry(config: AppConfig) -> CollectorRegistry:
+    """The registry a process serving ``config`` serves at /metrics (nothing
+    started: for the docs' metrics reference)."""
+    inbox = Inbox(Engine(config.zones, serial=1))
+    return _assemble(_Parts(), inbox, config=config, clock=time.time, writer=None,
+                     state=None).registry
+
+
+async def _run(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callable[[], float],
+               writer: StateWriter | None, state: State | None, stop: asyncio.Event) -> None:
+    """The parts that follow the sources, then serving until ``stop``."""
+    p = _assemble(parts, inbox, config=config, clock=clock, writer=writer, state=state)
+    log.info("serving zones %s; sources: %s", ", ".join(config.zones.zones),
+             ", ".join(s.name for s in parts.sources))
+    runner = await start_http(make_app(p.read, p.service, zones=config.zones,
+                                       registry=p.registry),
+                              config.http_host, config.http_port)
+    try:
+        await p.dns.start()
+        p.tuning.start()
+        try:
+            tasks = {"commit": p.committer.run(), "relist-check": p.checker.run()}
+            if writer is not None:
+                tasks["state-file"] = writer.run()
+            tasks.update({f"source-{s.name}": s.run() for s in parts.sources})
+            tasks.update({c.name: c.run() for c in parts.components})
+            await supervise(tasks, until=p.lame_duck.until(stop))
+        finally:
+            p.tuning.stop()
+            await p.dns.stop()
+            if writer is not None:
+                writer.flush()
+    finally:
+        await runner.cleanup()
+
+
+def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig,
+               config: KubeConfig) -> None:
     """The Kubernetes source, the overrides ConfigMap, one Event recorder, and
-    the CoreDNS patcher; the effects step after each commit."""
-    source = KubeSource(api, zones=app.config.zones, namespaces=list(config.namespaces),
-                        on_claims=app.update_claims, on_change=app.mark_dirty,
-                        on_relist=app.schedule_check, on_problems=app.problems_changed,
-                        on_namespace=app.update_namespace, restarts=app.watch_restarts,
-                        probes=app.counters)
-    recorder = EventRecorder(api)
-    app.sources.append(source)
+    the CoreDNS patcher; the effects after each commit."""
+    restarts, probes = parts.restarts, parts.probes
+
+    source = KubeSource(api, zones=zones, namespaces=list(config.namespaces),
+                        on_claims=inbox.update_claims, on_change=inbox.changed,
+                        on_relist=inbox.relisted, on_problems=inbox.problems_changed,
+                        on_namespace=inbox.update_namespace, restarts=restarts.counts,
+                        probes=probes.counts)
+    parts.sources.append(source)
+    me = instance()  # the Events' reportingInstance and the lease holder's name
+    events = EventSink(api, instance=me)
+    recorder = EventRecorder(events.send)
     cm_ns, cm_name = config.overrides_configmap
-    app.overrides = ConfigMapOverrides(api, app.config.zones, app.notifier("overrides"),
-                                       namespace=cm_ns, name=cm_name,
-                                       restarts=app.watch_restarts)
-    app.sources.append(app.overrides)
+    parts.overrides = ConfigMapOverrides(api, zones, inbox.notifier("overrides"),
+                                         namespace=cm_ns, name=cm_name,
+                                         restarts=restarts.counts)
+    parts.sources.append(parts.overrides)
     # Override writes also take Kubernetes tokens (RBAC decides, in the
     # overrides ConfigMap's namespace) and leave Events on that ConfigMap.
-    static = [app.authenticator] if app.authenticator is not None else []
-    app.authenticator = AnyOf([*static, KubernetesAuth(api, namespace=cm_ns)])
-    app.trail = EventTrail(api, namespace=cm_ns, name=cm_name)
+    static = [parts.authenticator] if parts.authenticator is not None else []
+    parts.authenticator = AnyOf([*static, KubernetesAuth(api, namespace=cm_ns)])
+    parts.trail = EventTrail(api, send=events.send, namespace=cm_ns, name=cm_name)
 
     def report(result: Result, changed: bool) -> None:
-        with contextlib.suppress(RuntimeError):  # no running loop: nothing to report to
-            recorder.sync(source.problems + registry_problems(result))
+        recorder.sync(source.problems + registry_problems(result))
 
-    app.reporters.append(report)
+    parts.reporters.append(report)
     if config.patcher is None:
         return
-    patcher = Patcher(api, config.patcher, results=app.patch_results,
-                      report=recorder.reporter("corefile"))
+    elect: Callable[[Callable[[bool], None]], LeaderElector] | None = None
     if config.leader_lease is not None:
         ns, name = config.leader_lease
-        patcher.elector = LeaderElector(api, namespace=ns, name=name, identity=default_identity(),
-                                        duration=config.lease_duration,
-                                        on_change=lambda leading: patcher.mark_dirty())
-    app.components.append(patcher)
+        duration = config.lease_duration
+
+        def elect(on_change: Callable[[bool], None]) -> LeaderElector:
+            # A random suffix: a restarted process is a new candidate, never
+            # mistaken for the old holder.
+            return LeaderElector(api, namespace=ns, name=name,
+                                 identity=f"{me}_{secrets.token_hex(3)}", duration=duration,
+                                 on_change=on_change)
+
+    patcher = Patcher(api, config.patcher, results=parts.patches.counts,
+                      report=recorder.reporter("corefile"), elect=elect)
+    parts.components.append(patcher)
 
     def wire_takeovers(result: Result, changed: bool) -> None:
         if result.snapshot.ready:
             patcher.set_takeovers(result.takeovers)
 
-    app.reporters.append(wire_takeovers)
+    parts.reporters.append(wire_takeovers)
 
 
 async def list_from_cluster(kubeconfig: str | None, *, zones: ZoneConfig, namespaces: list[str],
@@ -150,22 +285,17 @@ async def list_from_cluster(kubeconfig: str | None, *, zones: ZoneConfig, namesp
                           restarts=restarts)
         switch = ConfigMapOverrides(api, zones, lambda: None, namespace=cm_ns, name=cm_name,
                                     restarts=restarts)
-        tasks = [asyncio.create_task(kube.run()), asyncio.create_task(switch.run())]
-        deadline = time.monotonic() + SYNC_TIMEOUT
-        try:
+
+        async def synced() -> None:
+            deadline = time.monotonic() + SYNC_TIMEOUT
             while not (kube.synced and switch.synced):
-                for task in tasks:
-                    if task.done():
-                        task.result()
                 if time.monotonic() > deadline:
                     raise ConfigError(f"could not read the cluster within {SYNC_TIMEOUT:.0f}s: "
                                       f"{kube.error or switch.error or 'not synced'}")
                 await asyncio.sleep(0.05)
-        finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+
+        await supervise({"source-kubernetes": kube.run(), "source-overrides": switch.run()},
+                        until=synced())
         result = registry.build([*kube.claims, *switch.claims], config=zones,
                                 serial=registry.next_serial(0, time.time()), ready=True,
                                 annotations=kube.allowed_names)

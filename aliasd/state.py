@@ -1,6 +1,6 @@
 """The state file (``--state-file``): the claims of the last good snapshot and,
 standalone, the HTTP overrides, so that a restart can answer before (or
-without) the sources (issue 7, staged fallback).
+without) the sources.
 
 Written atomically (temporary file in the same directory, fsync, rename), so a
 crash mid-write leaves the previous version, never half a file.

@@ -1,39 +1,19 @@
-"""What HTTP and metrics read: a narrow view of the running app (no back
-edge into ``aliasd.app``), and the aliases document built from a result."""
+"""What HTTP and metrics read: a narrow read model of the running process
+(no way back into it), and the aliases document built from a result."""
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
-from aliasd.access import Authenticator, Trail
-from aliasd.dns.answer import Stats
-from aliasd.model import OVERRIDE_KIND, AliasClaim
-from aliasd.registry import Conflict, Invalid, Resolution, Result, ZoneConfig
-from aliasd.sources.overrides import OverridesSource
+from prometheus_client.core import GaugeMetricFamily
+
+from aliasd.model import OVERRIDE_KIND
+from aliasd.registry import Conflict, Invalid, Resolution, Result
+from aliasd.runtime.committer import Source
 
 T = TypeVar("T")
-
-
-class Source(Protocol):
-    """What the app needs from a source. ``claims`` is the full current set
-    (read only when the source said its whole state changed; the Kubernetes
-    source pushes per object instead)."""
-
-    name: str
-
-    @property
-    def claims(self) -> list[AliasClaim]: ...
-
-    @property
-    def synced(self) -> bool: ...
-
-    @property
-    def error(self) -> str | None: ...
-
-    async def run(self) -> None: ...
 
 
 class Component(Protocol):
@@ -47,14 +27,8 @@ class Component(Protocol):
     async def run(self) -> None: ...
 
 
-class Status(Protocol):
-    """The running app as HTTP and metrics see it."""
-
-    @property
-    def zones(self) -> ZoneConfig: ...
-
-    @property
-    def api_token(self) -> str | None: ...
+class Served(Protocol):
+    """What is served (``aliasd.runtime.committer.Committer``)."""
 
     @property
     def result(self) -> Result: ...
@@ -65,42 +39,70 @@ class Status(Protocol):
     @property
     def degraded(self) -> bool: ...
 
+
+class Draining(Protocol):
+    """The lame duck (``aliasd.runtime.process.LameDuck``)."""
+
     @property
     def draining(self) -> bool: ...
 
-    @property
-    def stats(self) -> Stats: ...
+
+class ReadModel:
+    """The running process as HTTP and metrics read it, and nothing they could
+    change it through."""
+
+    def __init__(self, *, served: Served, sources: Sequence[Source],
+                 components: Sequence[Component], lame_duck: Draining) -> None:
+        self._served = served
+        self._sources = tuple(sources)
+        self._components = tuple(components)
+        self._lame_duck = lame_duck
 
     @property
-    def dns_cache_entries(self) -> int: ...
+    def result(self) -> Result:
+        return self._served.result
 
-    @property
-    def sources(self) -> Sequence[Source]: ...
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether /readyz passes, and its body."""
+        sources = {s.name: {"synced": s.synced, "error": s.error} for s in self._sources}
+        degraded, draining = self._served.degraded, self._lame_duck.draining
+        # Degraded (answering from the state file) is still ready: taking the
+        # pod out of its Service would leave clients with no answer at all.
+        ready = ((self._served.ready and self.result.snapshot.ready) or degraded) \
+            and not draining
+        body: dict[str, Any] = {"ready": ready, "degraded": degraded, "draining": draining,
+                                "sources": sources,
+                                "not_synced": [n for n, s in sources.items() if not s["synced"]]}
+        # Components (CoreDNS wiring) are detail, not readiness: DNS answers either way.
+        body.update({c.name: c.status() for c in self._components})
+        return ready, body
 
-    @property
-    def components(self) -> Sequence[Component]: ...
-
-    @property
-    def overrides(self) -> OverridesSource | None: ...
-
-    @property
-    def counters(self) -> Counter[str]: ...
-
-    @property
-    def watch_restarts(self) -> Counter[str]: ...
-
-    @property
-    def patch_results(self) -> Counter[str]: ...
-
-    @property
-    def authenticator(self) -> Authenticator | None: ...
-
-    @property
-    def trail(self) -> Trail: ...
-
-    def now(self) -> float: ...
-
-    def rebuild(self) -> bool: ...
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        res = self.result
+        yield GaugeMetricFamily("aliasd_aliases", "Aliases served", value=res.entry_count)
+        yield GaugeMetricFamily("aliasd_alias_conflicts", "Claims that lost a name conflict",
+                                value=res.conflict_count)
+        yield GaugeMetricFamily("aliasd_invalid_aliases", "Claims rejected as invalid",
+                                value=res.invalid_count)
+        by_reason = GaugeMetricFamily(
+            "aliasd_invalid_aliases_by_reason", "Claims rejected, by Event reason "
+            "(InvalidAlias, TakeoverNotAllowed, AliasNotAllowed = denied by the name policy)",
+            labels=["reason"])
+        for reason, n in sorted(res.invalid_by_reason().items()):
+            by_reason.add_metric([reason], n)
+        yield by_reason
+        yield GaugeMetricFamily("aliasd_snapshot_serial", "SOA serial of the served snapshot",
+                                value=res.snapshot.serial)
+        yield GaugeMetricFamily("aliasd_ready", "1 when every source has synced",
+                                value=1 if self._served.ready else 0)
+        yield GaugeMetricFamily("aliasd_degraded", "1 while answering from the state file "
+                                "because the sources have not synced",
+                                value=1 if self._served.degraded else 0)
+        synced = GaugeMetricFamily("aliasd_source_synced", "1 when the source has synced",
+                                   labels=["source"])
+        for s in self._sources:
+            synced.add_metric([s.name], 1 if s.synced else 0)
+        yield synced
 
 
 def aliases_document(result: Result) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from aliasd.kubeapi import TRANSIENT, call, message, split_ref
 from aliasd.model import ApplyError, ConfigError, Owner, parse_ip
 from aliasd.sources.mapping import Problem
 from aliasd.sources.watch import Backoff, Informer, NotFound
+from aliasd.supervisor import supervise
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,9 @@ class Patcher:
 
     def __init__(self, api: ApiClient, config: PatcherConfig, *,
                  results: Counter[str] | None = None,
-                 report: Callable[[list[Problem]], None] = lambda problems: None) -> None:
+                 report: Callable[[list[Problem]], None] = lambda problems: None,
+                 elect: Callable[[Callable[[bool], None]], LeaderElector] | None = None
+                 ) -> None:
         if config.mode not in MODES:
             raise ConfigError(f"--coredns-mode {config.mode!r}: choose one of "
                               f"{', '.join(MODES)}")
@@ -189,7 +192,10 @@ class Patcher:
         self.conflicts: dict[str, tuple[str, ...]] = {}
         self.forward: Forward | None = config.forward_to
         self.error: str | None = None
-        self.elector: LeaderElector | None = None
+        # Only the leader writes (None: no election, this process always does);
+        # a change of leader reconciles at once.
+        self.elector: LeaderElector | None = (
+            elect(lambda leading: self.mark_dirty()) if elect is not None else None)
         self._dirty = asyncio.Event()
         self._applied: set[str] = set()  # targets this process has written (drift = change after)
         # Names outside the zones that aliasd serves (issue 7 takeover), each
@@ -439,28 +445,28 @@ class Patcher:
             self.core.list_namespaced_config_map, t.namespace,
             field_selector=f"metadata.name={t.name}"),
             on_change=lambda k, old, new: self.mark_dirty()) for t in watched]
-        tasks = [asyncio.create_task(w.run(), name=f"watch-{w.name}") for w in watches]
+        tasks = {f"watch-{w.name}": _watch(w) for w in watches}
         if self.elector is not None:
-            tasks.append(asyncio.create_task(self.elector.run(), name="leader-election"))
+            tasks["leader-election"] = self.elector.run()
+        tasks["reconcile"] = self._reconcile_loop()
         try:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._dirty.wait(), RESYNC_SECONDS)
-                self._dirty.clear()
-                with contextlib.suppress(ApplyError, ConfigError, *TRANSIENT):
-                    if self.config.forward_to is None:  # follow the Service if recreated
-                        self.forward = await self.resolve_forward()
-                await self.reconcile(write=self.elector is None or self.elector.leading)
-                for t in tasks:
-                    if t.done() and not t.cancelled() and t.exception() is not None:
-                        exc = t.exception()
-                        if not isinstance(exc, NotFound):
-                            raise exc  # type: ignore[misc]
+            await supervise(tasks)
         finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, NotFound):
-                    await t
             if self.elector is not None:
                 await asyncio.shield(self.elector.release())
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), RESYNC_SECONDS)
+            self._dirty.clear()
+            with contextlib.suppress(ApplyError, ConfigError, *TRANSIENT):
+                if self.config.forward_to is None:  # follow the Service if recreated
+                    self.forward = await self.resolve_forward()
+            await self.reconcile(write=self.elector is None or self.elector.leading)
+
+
+async def _watch(informer: Informer) -> None:
+    """A ConfigMap watch; one whose resource is not served just ends."""
+    with contextlib.suppress(NotFound):
+        await informer.run()

@@ -15,20 +15,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
-import socket
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, DiscoveryV1Api
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from aliasd.engine import KEY_SEP
-from aliasd.model import AliasClaim, utc_timestamp
+from aliasd.model import AliasClaim
 from aliasd.names import best_zone, normalize_name
-from aliasd.registry import Result, ZoneConfig
+from aliasd.registry import ZoneConfig
 from aliasd.sources import mapping
 from aliasd.sources.mapping import Problem
 from aliasd.sources.watch import Informer, NotFound, Obj
@@ -38,11 +34,6 @@ log = logging.getLogger(__name__)
 ISTIO_GROUP = "networking.istio.io"
 SE_VERSIONS = ("v1", "v1beta1", "v1alpha3")  # preference order
 CRD_POLL_SECONDS = 5.0
-API_VERSIONS = {"Service": "v1", "ConfigMap": "v1", "ServiceEntry": f"{ISTIO_GROUP}/v1",
-                "Namespace": "v1"}
-"""Kinds aliasd records Events on."""
-CLUSTER_EVENTS_NAMESPACE = "default"
-"""Where Events about cluster-scoped objects (a Namespace) go, as for Nodes."""
 
 
 ClaimsSink = Callable[[str, list[AliasClaim]], None]
@@ -348,70 +339,3 @@ def _namespaced_custom(custom: CustomObjectsApi, version: str, namespace: str,
                        **kw: Any) -> Any:
     return custom.list_namespaced_custom_object(ISTIO_GROUP, version, namespace,
                                                 "serviceentries", **kw)
-
-
-class EventRecorder:
-    """Kubernetes Events for problems, each emitted once while it persists.
-
-    One recorder for the process; each reporter (the registry's problems, the
-    Corefile patcher's) hands it the whole set of its current problems under
-    its own name, so one reporter's set never clears another's."""
-
-    def __init__(self, api: ApiClient, *, component: str = "aliasd") -> None:
-        self.core = CoreV1Api(api)
-        self.component = component
-        self.instance = os.environ.get("POD_NAME") or socket.gethostname()
-        self.active: dict[str, set[tuple[str, str, str, str]]] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def sync(self, problems: list[Problem], *, reporter: str = "registry") -> None:
-        """Emit Events for ``reporter``'s problems not in its previous call."""
-        current: dict[tuple[str, str, str, str], Problem] = {}
-        for p in problems:
-            if p.owner.kind not in API_VERSIONS or not (
-                    p.owner.namespace or p.owner.kind == "Namespace"):
-                continue
-            current[(p.owner.uid or p.owner.ref, p.owner.ref, p.reason, p.message)] = p
-        active = self.active.get(reporter, set())
-        for k, p in current.items():
-            if k not in active:
-                log.warning("%s %s: %s", p.owner.ref, p.reason, p.message)
-                task = asyncio.get_running_loop().create_task(self._emit(p))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-        self.active[reporter] = set(current)
-
-    def reporter(self, name: str) -> Callable[[list[Problem]], None]:
-        """``sync`` for the reporter ``name``."""
-        return lambda problems: self.sync(problems, reporter=name)
-
-    async def _emit(self, p: Problem) -> None:
-        now = utc_timestamp(time.time())
-        api_version = API_VERSIONS[p.owner.kind]
-        namespace = p.owner.namespace or CLUSTER_EVENTS_NAMESPACE
-        body: Any = {
-            "metadata": {"generateName": f"{p.owner.name}.", "namespace": namespace},
-            "involvedObject": {"kind": p.owner.kind, "namespace": p.owner.namespace,
-                               "name": p.owner.name, "uid": p.owner.uid,
-                               "apiVersion": api_version},
-            "reason": p.reason, "message": p.message[:1024], "type": "Warning",
-            "source": {"component": self.component},
-            "reportingComponent": self.component, "reportingInstance": self.instance,
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        }
-        try:
-            await self.core.create_namespaced_event(namespace, body)
-        except (TimeoutError, ApiException, OSError) as e:
-            log.warning("could not record Event %s on %s: %s", p.reason, p.owner.ref, e)
-
-
-def registry_problems(result: Result) -> list[Problem]:
-    """Conflicts (on the loser) and invalid claims, as Event-able problems."""
-    out = []
-    for c in result.conflicts:
-        out.append(Problem(c.loser, "AliasConflict",
-                           f"alias {c.name} is already served for {c.winner.ref} (the older "
-                           f"claim wins); this claim takes over when that one goes away"))
-    for inv in result.invalid:
-        out.append(Problem(inv.claim.owner, inv.event, inv.reason))
-    return out

@@ -20,6 +20,21 @@ def test_flags_page_is_up_to_date() -> None:
         "PYTHONPATH=hack/devtools .venv/bin/python -m aliasd_dev.reference flags")
 
 
+def test_metrics_page_is_up_to_date() -> None:
+    page = ROOT / "docs" / "reference" / "metrics.md"
+    assert page.read_text() == reference.metrics_markdown(), (
+        "docs/reference/metrics.md is stale: run "
+        "PYTHONPATH=hack/devtools .venv/bin/python -m aliasd_dev.reference metrics")
+
+
+def test_metrics_page_has_a_row_per_family() -> None:
+    text = reference.metrics_markdown()
+    for name in ("aliasd_dns_queries_total", "aliasd_engine_runs_total", "aliasd_ready",
+                 "aliasd_watch_restarts_total", "aliasd_loop_lag_seconds",
+                 "aliasd_kube_api_responses_total"):
+        assert f"| `{name}` |" in text
+
+
 def test_flags_page_names_every_flag_and_variable() -> None:
     from aliasd import flags
 

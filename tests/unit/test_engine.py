@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from aliasd import registry
-from aliasd.app import stored_claims
 from aliasd.engine import KEY_SEP, Engine, differences
 from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner, Port
 from aliasd.policy import NamePolicy
 from aliasd.registry import TakeoverPolicy, ZoneConfig
+from aliasd.runtime.statewriter import stored_claims
 from aliasd.state import StateFile
 from aliasd.status import AliasesRenderer, aliases_document
 from aliasd.zone import AAAA, ANY, CNAME, NS, SOA, SRV, A, Lookup, Snapshot

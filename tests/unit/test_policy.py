@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 
 from aliasd import engine as engine_module
 from aliasd import registry
-from aliasd.app import stored_claims
 from aliasd.engine import KEY_SEP, Engine
 from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner
 from aliasd.policy import NamePolicy, Pattern, parse_allowed, parse_pattern
 from aliasd.registry import TakeoverPolicy, ZoneConfig
+from aliasd.runtime.statewriter import stored_claims
 from aliasd.state import StateFile
 from tests.helpers import ROOT
 

@@ -2,10 +2,12 @@
 describe, so that they cannot drift from it:
 
     PYTHONPATH=hack/devtools .venv/bin/python -m aliasd_dev.reference flags
-    PYTHONPATH=hack/devtools .venv/bin/python -m aliasd_dev.reference flags --check
+    PYTHONPATH=hack/devtools .venv/bin/python -m aliasd_dev.reference metrics
+    PYTHONPATH=hack/devtools .venv/bin/python -m aliasd_dev.reference metrics --check
 
-``--check`` writes nothing and exits 1 with one line when the page is stale
-(the tests compare the pages the same way)."""
+``flags`` renders ``aliasd.flags.FLAGS``; ``metrics`` the registry ``/metrics``
+serves. ``--check`` writes nothing and exits 1 with one line when the page is
+stale (tests/devtools/test_reference.py compares the pages the same way)."""
 
 from __future__ import annotations
 
@@ -84,8 +86,41 @@ def flags_markdown() -> str:
     return "\n".join(out) + "\n"
 
 
+_METRICS_HEADER = """\
+# Metrics
+
+Served at `/metrics` on the HTTP port (`--http-listen`), in the Prometheus
+text format. Counters are read at scrape time from plain integers, so the DNS
+query path never takes a lock.
+
+This page is generated from the metrics registry by
+`PYTHONPATH=hack/devtools python -m aliasd_dev.reference metrics`; edit the
+help texts in the code, not here.
+
+| name | type | labels | help |
+| --- | --- | --- | --- |
+"""
+
+
+def metrics_markdown() -> str:
+    """The metrics reference: one row per metric family ``/metrics`` serves."""
+    from aliasd.app import AppConfig
+    from aliasd.registry import ZoneConfig
+    from aliasd.root import metrics_registry
+
+    registry = metrics_registry(AppConfig(zones=ZoneConfig.from_names(["internal"])))
+    rows = []
+    for family in sorted(registry.collect(), key=lambda f: f.name):
+        name = f"{family.name}_total" if family.type == "counter" else family.name
+        labels = ", ".join(f"`{label}`" for label in getattr(family, "_labelnames", ()))
+        help_text = " ".join(family.documentation.split()).replace("|", "\\|")
+        rows.append(f"| `{name}` | {family.type} | {labels} | {help_text} |\n")
+    return _METRICS_HEADER + "".join(rows)
+
+
 REFERENCES: dict[str, tuple[Callable[[], str], str]] = {
     "flags": (flags_markdown, "docs/reference/flags.md"),
+    "metrics": (metrics_markdown, "docs/reference/metrics.md"),
 }
 """What ``python -m aliasd_dev.reference NAME`` writes: (render, path from the root)."""
 
