@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
-import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,12 +19,6 @@ from kubernetes_asyncio.client import ApiClient, CoordinationV1Api
 from aliasd.kubeapi import TRANSIENT, call, message
 
 log = logging.getLogger(__name__)
-
-
-def default_identity() -> str:
-    """Pod name (or host name) plus a random suffix: a restarted process is a new
-    candidate, never mistaken for the old holder."""
-    return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{secrets.token_hex(3)}"
 
 
 def _micro_time(t: dt.datetime) -> str:
