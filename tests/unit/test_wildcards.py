@@ -14,7 +14,7 @@ from aliasd.engine import Engine
 from aliasd.model import OVERRIDE_KIND, AliasClaim, ConfigError, Owner, Port
 from aliasd.sources import overrides
 from aliasd.sources.file import parse_aliases
-from aliasd.zone import AAAA, ANY, CNAME, SRV, A, Rcode
+from aliasd.zone import AAAA, ANY, CNAME, SRV, A, Outcome, Rcode
 
 CFG = registry.ZoneConfig.from_names(
     ["internal", "corp.internal"], takeover=registry.TakeoverPolicy.parse(["example.com"]))
@@ -139,6 +139,34 @@ def test_closest_encloser_rules(qname: str, qtype: int, rcode: Rcode,
     assert [(rr.name, rr.rtype, rr.rdata) for rr in r.answer] == answer
     assert r.wildcard == wildcard
     assert [rr.name for rr in r.authority] == ([] if answer else ["internal."])
+
+
+@pytest.mark.parametrize(("qname", "qtype", "outcome", "owner", "encloser"), [
+    ("host3.example.internal.", A, Outcome.DATA, "*.example.internal.", "example.internal."),
+    ("host3.example.internal.", SRV, Outcome.NODATA, "*.example.internal.",
+     "example.internal."),
+    ("foo.bar.example.internal.", ANY, Outcome.DATA, "*.example.internal.",
+     "example.internal."),
+    ("x.cn.example.internal.", A, Outcome.CNAME, "*.cn.example.internal.",
+     "cn.example.internal."),
+    ("host1.example.internal.", A, Outcome.DATA, "host1.example.internal.", ""),
+    ("host1.example.internal.", AAAA, Outcome.NODATA, "host1.example.internal.", ""),
+    ("host2.example.internal.", A, Outcome.NODATA, "host2.example.internal.", ""),
+    # RFC 4592 2.2.2: the closest encloser is host2 (an empty non-terminal), which
+    # has no wildcard; *.example.internal does not reach below it.
+    ("x.host2.example.internal.", A, Outcome.NXDOMAIN, "x.host2.example.internal.", ""),
+    ("ghost.*.example.internal.", A, Outcome.NXDOMAIN, "ghost.*.example.internal.", ""),
+    ("*.example.internal.", A, Outcome.DATA, "*.example.internal.", ""),
+    ("nope.internal.", A, Outcome.NXDOMAIN, "nope.internal.", ""),
+    ("web.example.org.", A, Outcome.REFUSED, "", ""),
+])
+def test_classify_is_the_closest_encloser_and_wildcard_decision(
+        qname: str, qtype: int, outcome: Outcome, owner: str, encloser: str) -> None:
+    """Snapshot.classify, which the slow path (Snapshot.lookup) and the fast
+    path's template choice both ask."""
+    snap = registry.build(RFC_CLAIMS, config=CFG, serial=1).snapshot
+    match = snap.classify(qname, qtype)
+    assert (match.outcome, match.owner, match.encloser) == (outcome, owner, encloser)
 
 
 def ask(a: Answerer, name: str, qtype: str = "A", qid: int = 1) -> dns.message.Message:
