@@ -28,8 +28,8 @@ from pathlib import Path
 
 from aliasd import registry
 from aliasd.access import Authenticator, LogTrail, StaticToken, Trail
-from aliasd.dns.answer import Stats
 from aliasd.dns.server import DnsServer, ServerConfig
+from aliasd.dns.stats import Stats
 from aliasd.engine import Engine, differences
 from aliasd.model import AliasClaim, utc_timestamp
 from aliasd.registry import ZoneConfig

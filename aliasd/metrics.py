@@ -17,7 +17,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from aliasd.dns.answer import LATENCY_BUCKETS, LATENCY_SAMPLE
+from aliasd.dns.stats import LATENCY_BUCKETS, LATENCY_SAMPLE
 from aliasd.status import Status
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from aliasd.access import Authenticator, Trail
-from aliasd.dns.answer import Stats
+from aliasd.dns.stats import Stats
 from aliasd.model import OVERRIDE_KIND, AliasClaim
 from aliasd.registry import Conflict, Invalid, Resolution, Result, ZoneConfig
 from aliasd.sources.overrides import OverridesSource

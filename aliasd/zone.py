@@ -181,7 +181,7 @@ class Snapshot:
     names: Collection[str] = frozenset()
     weighted: Mapping[str, Weighted] = field(default_factory=lambda: MappingProxyType({}))
     # Aliases with no usable target and no fallback (a headless Service with no
-    # ready endpoint): SERVFAIL, the last stage of the issue 7 fallback chain,
+    # ready endpoint): SERVFAIL, the last stage of the fallback chain,
     # so resolvers retry instead of caching "no address".
     unusable: Collection[str] = frozenset()
     # The closest enclosers that have a wildcard: ``foo.internal.`` when

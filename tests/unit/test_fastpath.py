@@ -15,7 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aliasd import registry
-from aliasd.dns.answer import CACHED_QTYPES, Answerer, Stats
+from aliasd.dns.answer import Answerer
+from aliasd.dns.cache import CACHED_QTYPES
+from aliasd.dns.stats import Stats
 from aliasd.model import AliasClaim, Owner, Port
 from aliasd.zone import Snapshot
 

@@ -9,7 +9,8 @@ import dns.rdatatype
 import pytest
 
 from aliasd import registry
-from aliasd.dns.answer import Answerer, Stats
+from aliasd.dns.answer import Answerer
+from aliasd.dns.stats import Stats
 from aliasd.engine import Engine
 from aliasd.model import OVERRIDE_KIND, AliasClaim, ConfigError, Owner, Port
 from aliasd.sources import overrides
