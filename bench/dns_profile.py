@@ -1,6 +1,6 @@
 """Per-query cost of each step of the UDP answer path, in process (best of 5),
-side by side with the answer module of another commit (default: the one
-before issue 15).
+side by side with the answer module of another commit (default: 23b0e93,
+before answers to names that do not exist had templates).
 
     .venv/bin/python bench/dns_profile.py [--against 23b0e93]
 """

@@ -1,4 +1,4 @@
-"""Wildcards (issue 16 part 3, RFC 4592): which wildcard names are valid, the
+"""Wildcards (RFC 4592): which wildcard names are valid, the
 lookup's closest-encloser rules, and the answer cache under a wildcard flood."""
 
 from __future__ import annotations
@@ -231,8 +231,8 @@ def test_cached_answers_through_a_wildcard_go_when_what_they_read_changes() -> N
 
 
 def test_the_name_policy_treats_a_wildcard_as_a_name_under_its_parent() -> None:
-    """issue 16 part 1 and 3 together: allowed `*.shop.internal` lets a tenant
-    claim the wildcard *.shop.internal (it answers only names under
+    """The name policy and wildcards together: allowed `*.shop.internal` lets a
+    tenant claim the wildcard *.shop.internal (it answers only names under
     shop.internal), and `shop.internal` alone does not."""
     from aliasd.policy import NamePolicy
 
