@@ -57,11 +57,13 @@ from aliasd.zone import AXFR, IXFR, Outcome, Rcode, Snapshot
 log = logging.getLogger(__name__)
 
 _AXFR, _IXFR = AXFR.to_bytes(2, "big"), IXFR.to_bytes(2, "big")
-# Outcomes as module names: reading an Enum member off its class is a
-# descriptor call on Python 3.11, a measurable share of a template answer.
+# Outcomes and rcodes as module names: reading an Enum member off its class is
+# a descriptor call on Python 3.11, a measurable share of a template answer.
 _NXDOMAIN, _NODATA, _WEIGHTED, _REFUSED = (Outcome.NXDOMAIN, Outcome.NODATA, Outcome.WEIGHTED,
                                            Outcome.REFUSED)
 _DATA, _CNAME = Outcome.DATA, Outcome.CNAME
+_RCODE_REFUSED, _RCODE_SERVFAIL = Rcode.REFUSED, Rcode.SERVFAIL
+_RCODE_NXDOMAIN, _RCODE_NOERROR = Rcode.NXDOMAIN, Rcode.NOERROR
 TemplateKey = tuple[str, int, int]
 """(anchor, rcode, EDNS shape) or (wildcard, qtype, EDNS shape)."""
 
@@ -216,12 +218,13 @@ class Answerer:
                 if name == candidate or name.endswith(dotted):
                     found = candidate
                     break
-            return (found, Rcode.NXDOMAIN if outcome is _NXDOMAIN else Rcode.NOERROR,
+            return (found, _RCODE_NXDOMAIN if outcome is _NXDOMAIN else _RCODE_NOERROR,
                     qtype_name(qtype), "")
         if outcome is _WEIGHTED:
             return None  # a draw: the cache holds one answer per variant
         # REFUSED; SERVFAIL (not ready, unusable): no SOA, so no anchor.
-        return "", Rcode.REFUSED if outcome is _REFUSED else Rcode.SERVFAIL, qtype_name(qtype), ""
+        rcode = _RCODE_REFUSED if outcome is _REFUSED else _RCODE_SERVFAIL
+        return "", rcode, qtype_name(qtype), ""
 
     def answer_slow(self, data: bytes, *, tcp: bool = False, client: str = "") -> bytes | None:
         """The slow path alone, bypassing and not filling the wire cache."""
