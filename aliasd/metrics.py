@@ -22,7 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from aliasd.dns.answer import LATENCY_BUCKETS, LATENCY_SAMPLE, Stats
+from aliasd.dns.stats import LATENCY_BUCKETS, LATENCY_SAMPLE, Stats
 from aliasd.kubeapi import RESPONSES
 
 

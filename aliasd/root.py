@@ -35,8 +35,8 @@ from aliasd.api import make_app, start_http
 from aliasd.app import AppConfig
 from aliasd.coredns.lease import LeaderElector
 from aliasd.coredns.patcher import Patcher, PatcherConfig
-from aliasd.dns.answer import Stats
 from aliasd.dns.server import DnsServer
+from aliasd.dns.stats import Stats
 from aliasd.engine import Engine
 from aliasd.events import EventRecorder, EventSink, instance, registry_problems
 from aliasd.kubeapi import make_client

@@ -2,6 +2,12 @@
 
 A :class:`Snapshot` is built once by the registry and then only read. The DNS
 server holds a reference to the current one and swaps it whole on change.
+
+:meth:`Snapshot.classify` is the one place that decides what a name is: in
+which zone, whether it exists, which wildcard answers it (RFC 4592) and what
+its owner holds for a type. :meth:`Snapshot.lookup` (the slow path) and the
+DNS fast path (``aliasd.dns.answer``) both ask it, as every path in CoreDNS's
+``plugin/file`` asks ``closest.go`` and ``wildcard.go``.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import random
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import NamedTuple
 
 from aliasd.names import WILDCARD
 
@@ -70,6 +77,50 @@ class ZoneInfo:
         data = self.soa.rdata[0]
         assert isinstance(data, SoaData)
         return min(self.soa.ttl, data.minimum)
+
+
+class Outcome(enum.Enum):
+    """What a snapshot holds for one (name, qtype), before any RRset is read."""
+
+    REFUSED = enum.auto()  # outside every served zone
+    NOT_READY = enum.auto()  # in a zone, but the sources have not synced: SERVFAIL
+    NXDOMAIN = enum.auto()  # no such name, and no wildcard answers it
+    UNUSABLE = enum.auto()  # the owner has no usable target: SERVFAIL
+    WEIGHTED = enum.auto()  # the owner is weighted: what it holds depends on the draw
+    DATA = enum.auto()  # the owner holds the qtype (for ANY: a type of ANY_PREFERENCE)
+    CNAME = enum.auto()  # the owner holds a CNAME to follow instead
+    NODATA = enum.auto()  # the owner exists and holds nothing of the type
+
+
+class Match(NamedTuple):
+    """The answer to :meth:`Snapshot.classify`."""
+
+    outcome: Outcome
+    zone: ZoneInfo | None  # None only for REFUSED
+    # Where the RRsets are read: the name itself, or the wildcard that answers it.
+    owner: str
+    # The closest encloser (RFC 4592 3.3.1) when ``owner`` is a wildcard, else "".
+    encloser: str
+
+
+# classify runs on the DNS fast path, where reading an Enum member off its class
+# (a descriptor on Python 3.11) and NamedTuple.__new__ (a Python frame) are a
+# measurable share of a query: module names for the members, tuple.__new__.
+_NOT_READY, _NXDOMAIN, _UNUSABLE = Outcome.NOT_READY, Outcome.NXDOMAIN, Outcome.UNUSABLE
+_WEIGHTED, _DATA, _CNAME, _NODATA = (Outcome.WEIGHTED, Outcome.DATA, Outcome.CNAME,
+                                     Outcome.NODATA)
+_NO_RRSETS: Mapping[int, RRset] = MappingProxyType({})
+_REFUSED = Match(Outcome.REFUSED, None, "", "")
+
+
+def holds(sets: Mapping[int, RRset], qtype: int) -> Outcome:
+    """DATA, CNAME or NODATA: what one owner's RRsets give a ``qtype``
+    (RFC 1034 4.3.2 step 3a; RFC 8482 for ANY: one RRset, if any)."""
+    if qtype == ANY:
+        return _DATA if any(t in sets for t in ANY_PREFERENCE) else _NODATA
+    if qtype in sets:
+        return _DATA
+    return _CNAME if CNAME in sets else _NODATA
 
 
 @dataclass(frozen=True)
@@ -130,22 +181,64 @@ class Snapshot:
     names: Collection[str] = frozenset()
     weighted: Mapping[str, Weighted] = field(default_factory=lambda: MappingProxyType({}))
     # Aliases with no usable target and no fallback (a headless Service with no
-    # ready endpoint): SERVFAIL, the last stage of the issue 7 fallback chain,
+    # ready endpoint): SERVFAIL, the last stage of the fallback chain,
     # so resolvers retry instead of caching "no address".
     unusable: Collection[str] = frozenset()
     # The closest enclosers that have a wildcard: ``foo.internal.`` when
     # ``*.foo.internal.`` exists (RFC 4592 3.3.1). Empty: no name is synthesized.
     wildcards: Collection[str] = frozenset()
 
+    @functools.cached_property
+    def _suffixes(self) -> tuple[tuple[ZoneInfo, str], ...]:
+        """Each zone with its dotted suffix, the most specific first."""
+        ordered = sorted(self.zones, key=lambda z: len(z.origin), reverse=True)
+        return tuple((z, "." + z.origin) for z in ordered)
+
     def find_zone(self, qname: str) -> ZoneInfo | None:
         """The most specific served zone containing ``qname`` (normalized)."""
-        best: ZoneInfo | None = None
-        for z in self.zones:
-            if (qname == z.origin or qname.endswith("." + z.origin)) and (
-                best is None or len(z.origin) > len(best.origin)
-            ):
-                best = z
-        return best
+        return self.classify(qname, ANY).zone
+
+    def classify(self, name: str, qtype: int) -> Match:
+        """What ``name`` (normalized) is, for ``qtype``: the one decision of zone,
+        existence, closest encloser and wildcard (RFC 4592 3.3.1, 4.1) that
+        every answer path takes. Inlined loops: the DNS fast path asks it for
+        every name that is not in its answer cache."""
+        for zone, dotted in self._suffixes:
+            if name == zone.origin or name.endswith(dotted):
+                break
+        else:
+            return _REFUSED
+        if not self.ready:
+            return tuple.__new__(Match, (_NOT_READY, zone, name, ""))
+        owner, encloser = name, ""
+        names = self.names
+        if name not in names:
+            # RFC 4592 3.3.1: the closest encloser is the nearest ancestor that
+            # exists, an empty non-terminal included, and only its own wildcard
+            # answers.
+            if self.wildcards:
+                if "\\" in name:  # a label may hold an escaped dot: label by label
+                    encloser = name
+                    while encloser:
+                        encloser = _parent(encloser)
+                        if encloser in names:
+                            break
+                else:
+                    i = name.find(".")
+                    while i >= 0:
+                        encloser = name[i + 1:]
+                        if encloser in names:
+                            break
+                        i = name.find(".", i + 1)
+            if not encloser or encloser not in self.wildcards:
+                return tuple.__new__(Match, (_NXDOMAIN, zone, name, ""))
+            owner = WILDCARD + encloser
+        if owner in self.unusable:
+            return tuple.__new__(Match, (_UNUSABLE, zone, owner, encloser))
+        if owner in self.weighted:
+            return tuple.__new__(Match, (_WEIGHTED, zone, owner, encloser))
+        outcome = holds(self.rrsets.get(owner, _NO_RRSETS), qtype)
+        return tuple.__new__(Match, (outcome, zone, owner, encloser))
 
     def lookup(self, qname: str, qtype: int, *, variant: int | None = None,
                rnd: Callable[[], float] = random.random) -> Lookup:
@@ -153,10 +246,10 @@ class Snapshot:
 
         A weighted ``qname`` answers with ``variant`` (else one drawn with ``rnd``);
         a weighted name met while chasing a CNAME is drawn with ``rnd``."""
-        zone = self.find_zone(qname)
-        if zone is None:
+        match = self.classify(qname, qtype)
+        if match.outcome is Outcome.REFUSED:
             return Lookup(Rcode.REFUSED, authoritative=False)
-        if not self.ready:
+        if match.outcome is Outcome.NOT_READY:
             return Lookup(Rcode.SERVFAIL, authoritative=False)
         answer: list[RRset] = []
         seen: set[str] = set()
@@ -166,75 +259,59 @@ class Snapshot:
         wildcard: str | None = None
         depends: list[str] = []
         while True:
-            owner = name
-            if name not in self.names:
-                # RFC 4592 3.3.1: a name that does not exist is answered from the
-                # wildcard of its closest encloser, if that has one.
-                source = self.wildcard_source(name)
-                if source is None:
-                    return self._negative(Rcode.NXDOMAIN, zone, answer, chosen, cacheable,
-                                          wildcard, depends)
+            zone = match.zone
+            assert zone is not None
+            outcome: Outcome = match.outcome
+            if outcome is Outcome.NXDOMAIN:
+                return self._negative(Rcode.NXDOMAIN, zone, answer, chosen, cacheable,
+                                      wildcard, depends)
+            owner = match.owner
+            if owner != name:  # RFC 4592 3.3.1: answered from the closest encloser's wildcard
                 if name == qname:
-                    wildcard = source
-                depends += _below(name, source[2:])
-                depends.append(source)
-                owner = source
-            if owner in self.unusable:
+                    wildcard = owner
+                depends += _below(name, match.encloser)
+                depends.append(owner)
+            if outcome is Outcome.UNUSABLE:
                 return Lookup(Rcode.SERVFAIL, authoritative=False, cacheable=cacheable,
                               wildcard=wildcard, depends=tuple(depends))
-            sets = self.rrsets.get(owner, {})
-            group = self.weighted.get(owner)
-            if group is not None:
+            sets = self.rrsets.get(owner, _NO_RRSETS)
+            if outcome is Outcome.WEIGHTED:
+                group = self.weighted[owner]
                 if name == qname:
                     chosen = variant if variant is not None else group.pick(rnd())
                     sets = group.variants[chosen]
                 else:
                     cacheable = False
                     sets = group.variants[group.pick(rnd())]
+                outcome = holds(sets, qtype)
             if owner != name:  # synthesized: the owner is the name asked (RFC 1034 4.3.3)
                 sets = {t: RRset(name, t, rr.ttl, rr.rdata) for t, rr in sets.items()}
-            if qtype == ANY:
-                for t in ANY_PREFERENCE:
-                    if t in sets:
-                        return Lookup(Rcode.NOERROR, True, (*answer, sets[t]),
-                                      variant=chosen, cacheable=cacheable, wildcard=wildcard,
-                                      depends=tuple(depends))
+            if outcome is Outcome.NODATA:
                 return self._negative(Rcode.NOERROR, zone, answer, chosen, cacheable,
                                       wildcard, depends)
-            if qtype in sets:
+            if outcome is Outcome.DATA:
+                if qtype == ANY:
+                    first = next(t for t in ANY_PREFERENCE if t in sets)
+                    return Lookup(Rcode.NOERROR, True, (*answer, sets[first]),
+                                  variant=chosen, cacheable=cacheable, wildcard=wildcard,
+                                  depends=tuple(depends))
                 answer.append(sets[qtype])
                 return Lookup(Rcode.NOERROR, True, tuple(answer),
                               additional=self._additional(sets[qtype]), variant=chosen,
                               cacheable=cacheable, wildcard=wildcard, depends=tuple(depends))
-            cname = sets.get(CNAME)
-            if cname is None:
-                return self._negative(Rcode.NOERROR, zone, answer, chosen, cacheable,
-                                      wildcard, depends)
+            cname = sets[CNAME]
             answer.append(cname)
             seen.add(name)
             target = cname.rdata[0]
             assert isinstance(target, str)
             # Chase the CNAME only inside our zones (RFC 1034 4.3.2 step 3a);
             # outside them the client's resolver does it.
-            next_zone = self.find_zone(target)
-            if next_zone is None or target in seen or len(answer) >= MAX_CNAME_CHAIN:
+            match = self.classify(target, qtype)
+            if (match.outcome is Outcome.REFUSED or target in seen
+                    or len(answer) >= MAX_CNAME_CHAIN):
                 return Lookup(Rcode.NOERROR, True, tuple(answer), variant=chosen,
                               cacheable=cacheable, wildcard=wildcard, depends=tuple(depends))
-            zone, name = next_zone, target
-
-    def wildcard_source(self, name: str) -> str | None:
-        """For ``name`` that does not exist: the wildcard ``*.<closest encloser>``
-        that answers it, or None (RFC 4592 3.3.1: the closest encloser is the
-        nearest ancestor that exists, an empty non-terminal included, and only
-        its own wildcard counts)."""
-        if not self.wildcards:
-            return None
-        ce = name
-        while ce:
-            ce = _parent(ce)
-            if ce in self.names:
-                return WILDCARD + ce if ce in self.wildcards else None
-        return None
+            name = target
 
     def _negative(self, rcode: Rcode, zone: ZoneInfo, answer: list[RRset],
                   variant: int | None, cacheable: bool, wildcard: str | None = None,

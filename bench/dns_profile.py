@@ -1,6 +1,6 @@
 """Per-query cost of each step of the UDP answer path, in process (best of 5),
-side by side with the answer module of another commit (default: the one
-before issue 15).
+side by side with the answer module of another commit (default: 23b0e93,
+before answers to names that do not exist had templates).
 
     .venv/bin/python bench/dns_profile.py [--against 23b0e93]
 """
@@ -24,7 +24,9 @@ import dns.message
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aliasd.dns.answer import Answerer, Stats, fast_shape, wire_name  # noqa: E402
+from aliasd.dns.answer import Answerer  # noqa: E402
+from aliasd.dns.stats import Stats  # noqa: E402
+from aliasd.dns.wire import fast_shape, wire_name  # noqa: E402
 from tests.unit.test_fastpath import SNAP  # noqa: E402
 
 
@@ -66,12 +68,12 @@ def main() -> None:
     assert out is not None
     qend, key = shape[0], shape[1]
     tmpl = b"\0\0" + out[2:]
-    entry = new_a._cache[key]
+    entry = new_a._entries[key]
     assert isinstance(entry, tuple)
     timed("header+question parse (fast_shape, label walk)", lambda: fast_shape(edns, False))
     timed("key from the length alone (shortcut)",
           lambda: edns[12:len(edns) - 11].lower() + b"\0")
-    timed("cache dict get", lambda: new_a._cache.get(key))
+    timed("cache dict get", lambda: new_a._entries.get(key))
     timed("ID/RD/CD/question patch, before (bytes() + 5 slices)",
           lambda: edns[:2] + bytes((tmpl[2] | (edns[2] & 1), tmpl[3] | (edns[3] & 0x10)))
           + tmpl[4:12] + edns[12:qend] + tmpl[qend:])
@@ -83,7 +85,11 @@ def main() -> None:
     timed("respond(), cached A, no EDNS: before", lambda: old_a.respond(plain))
     timed("respond(), cached A, no EDNS: now", lambda: new_a.respond(plain))
     timed("wire_name (negative: wire -> str)", lambda: wire_name(nshape[1]))
-    timed("_negative (zone, existence, anchor)", lambda: new_a._negative(nshape[1], nshape[0]))
+    nname = wire_name(nshape[1])
+    assert nname is not None
+    timed("Snapshot.classify (zone, existence, wildcard)", lambda: SNAP.classify(nname, 1))
+    timed("_template_key (classify + anchor)",
+          lambda: new_a._template_key(nshape[1], nshape[0]))
     timed("respond(), NXDOMAIN: now (template)", lambda: new_a.respond(neg))
     timed("respond(), NXDOMAIN: before, uncached (dnslib)", lambda: old_a.answer_slow(neg), 2000)
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

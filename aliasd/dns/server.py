@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from aliasd.dns.answer import LATENCY_SAMPLE, Answerer, Stats
+from aliasd.dns.answer import Answerer
+from aliasd.dns.stats import LATENCY_SAMPLE, Stats
 from aliasd.model import ConfigError
 from aliasd.zone import Snapshot
 

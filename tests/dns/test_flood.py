@@ -1,4 +1,4 @@
-"""A random-name flood against a running aliasd (issue 15): real clients, real
+"""A random-name flood against a running aliasd: real clients, real
 process. Nonexistent names are answered from templates and never enter the
 answer cache, so names that exist, asked for the first time after the flood,
 are cached and answered from the fast path; memory stays flat."""

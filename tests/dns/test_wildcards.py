@@ -1,7 +1,7 @@
 """RFC 4592 wildcards against a running aliasd, asked by dnspython over UDP and
-TCP (issue 16 part 3): the section 2.2.1 example zone as aliases can express
-it, each of the RFC's queries with its rcode, answer owner names and the SOA
-in the authority section; a flood of names under a wildcard enters no cache."""
+TCP: the section 2.2.1 example zone as aliases can express it, each of the
+RFC's queries with its rcode, answer owner names and the SOA in the authority
+section; a flood of names under a wildcard enters no cache."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 from tests.helpers import AliasdProcess, dig, http_json, metric, query, run_aliasd, wait_for
 
 # RFC 4592 2.2.1, with example. → example.internal. (a wildcard directly under
-# a zone apex is refused: issue 16), TXT/MX → A/AAAA (aliasd serves A, AAAA,
+# a zone apex is refused), TXT/MX → A/AAAA (aliasd serves A, AAAA,
 # CNAME and SRV), host2 an empty non-terminal through web.host2 (an alias
 # cannot be an SRV RRset alone), subdel an alias (aliasd delegates nothing).
 # sub.*.example. cannot be expressed: '*' is only valid as the leftmost label.
@@ -129,8 +129,8 @@ def test_table_with_dig(server: AliasdProcess) -> None:
 
 
 def test_flood_under_a_wildcard_fills_no_cache(server: AliasdProcess) -> None:
-    """issue 15's guarantee under a wildcard: 5,000 random names answered from
-    the wildcard's template, no cache entry, every answer right."""
+    """Under a wildcard, 5,000 random names are answered from the wildcard's
+    template, with no cache entry, every answer right."""
     rng = random.Random(16)
     entries = metric(server, "aliasd_dns_cache_entries")
     templates = metric(server, "aliasd_dns_template_hits_total")

@@ -1,4 +1,4 @@
-"""Wildcards (issue 16 part 3, RFC 4592): which wildcard names are valid, the
+"""Wildcards (RFC 4592): which wildcard names are valid, the
 lookup's closest-encloser rules, and the answer cache under a wildcard flood."""
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ import dns.rdatatype
 import pytest
 
 from aliasd import registry
-from aliasd.dns.answer import Answerer, Stats
+from aliasd.dns.answer import Answerer
+from aliasd.dns.stats import Stats
 from aliasd.engine import Engine
 from aliasd.model import OVERRIDE_KIND, AliasClaim, ConfigError, Owner, Port
 from aliasd.sources import overrides
 from aliasd.sources.file import parse_aliases
-from aliasd.zone import AAAA, ANY, CNAME, SRV, A, Rcode
+from aliasd.zone import AAAA, ANY, CNAME, SRV, A, Outcome, Rcode
 
 CFG = registry.ZoneConfig.from_names(
     ["internal", "corp.internal"], takeover=registry.TakeoverPolicy.parse(["example.com"]))
@@ -141,6 +142,34 @@ def test_closest_encloser_rules(qname: str, qtype: int, rcode: Rcode,
     assert [rr.name for rr in r.authority] == ([] if answer else ["internal."])
 
 
+@pytest.mark.parametrize(("qname", "qtype", "outcome", "owner", "encloser"), [
+    ("host3.example.internal.", A, Outcome.DATA, "*.example.internal.", "example.internal."),
+    ("host3.example.internal.", SRV, Outcome.NODATA, "*.example.internal.",
+     "example.internal."),
+    ("foo.bar.example.internal.", ANY, Outcome.DATA, "*.example.internal.",
+     "example.internal."),
+    ("x.cn.example.internal.", A, Outcome.CNAME, "*.cn.example.internal.",
+     "cn.example.internal."),
+    ("host1.example.internal.", A, Outcome.DATA, "host1.example.internal.", ""),
+    ("host1.example.internal.", AAAA, Outcome.NODATA, "host1.example.internal.", ""),
+    ("host2.example.internal.", A, Outcome.NODATA, "host2.example.internal.", ""),
+    # RFC 4592 2.2.2: the closest encloser is host2 (an empty non-terminal), which
+    # has no wildcard; *.example.internal does not reach below it.
+    ("x.host2.example.internal.", A, Outcome.NXDOMAIN, "x.host2.example.internal.", ""),
+    ("ghost.*.example.internal.", A, Outcome.NXDOMAIN, "ghost.*.example.internal.", ""),
+    ("*.example.internal.", A, Outcome.DATA, "*.example.internal.", ""),
+    ("nope.internal.", A, Outcome.NXDOMAIN, "nope.internal.", ""),
+    ("web.example.org.", A, Outcome.REFUSED, "", ""),
+])
+def test_classify_is_the_closest_encloser_and_wildcard_decision(
+        qname: str, qtype: int, outcome: Outcome, owner: str, encloser: str) -> None:
+    """Snapshot.classify, which the slow path (Snapshot.lookup) and the fast
+    path's template choice both ask."""
+    snap = registry.build(RFC_CLAIMS, config=CFG, serial=1).snapshot
+    match = snap.classify(qname, qtype)
+    assert (match.outcome, match.owner, match.encloser) == (outcome, owner, encloser)
+
+
 def ask(a: Answerer, name: str, qtype: str = "A", qid: int = 1) -> dns.message.Message:
     out = a.respond(dns.message.make_query(name, qtype, id=qid).to_wire())
     assert out is not None
@@ -202,8 +231,8 @@ def test_cached_answers_through_a_wildcard_go_when_what_they_read_changes() -> N
 
 
 def test_the_name_policy_treats_a_wildcard_as_a_name_under_its_parent() -> None:
-    """issue 16 part 1 and 3 together: allowed `*.shop.internal` lets a tenant
-    claim the wildcard *.shop.internal (it answers only names under
+    """The name policy and wildcards together: allowed `*.shop.internal` lets a
+    tenant claim the wildcard *.shop.internal (it answers only names under
     shop.internal), and `shop.internal` alone does not."""
     from aliasd.policy import NamePolicy
 
