@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from aliasd.access import Refused
 from aliasd.model import ConfigError
-from aliasd.registry import Result, ZoneConfig
+from aliasd.resolver import Result, ZoneConfig
 from aliasd.runtime.overrides import OverrideError, OverridesService
 from aliasd.status import AliasesRenderer, ReadModel
 

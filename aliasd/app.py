@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aliasd.dns.server import ServerConfig
-from aliasd.registry import ZoneConfig
+from aliasd.resolver import ZoneConfig
 
 
 @dataclass(frozen=True)

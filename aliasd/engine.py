@@ -4,10 +4,10 @@ I/O, no clock; ``now`` is an argument).
 Sources hand over each object's claims when that object changes
 (:meth:`Engine.set`). The engine keeps an index name → claims, and on
 :meth:`Engine.commit` re-resolves only the names those changes touched
-(conflicts, weights, overrides, takeovers, fallback: :func:`registry.resolve`).
+(conflicts, weights, overrides, takeovers, fallback: :func:`resolver.resolve`).
 The next snapshot shares everything else with the previous one (persistent
 HAMT maps from ``immutables``), and the serial moves only when an answer
-changed. :func:`registry.build_keyed` computes the same thing from scratch: it
+changed. :func:`resolver.build_keyed` computes the same thing from scratch: it
 is the check (on relist, and in the stateful property test), never the hot path.
 """
 
@@ -23,7 +23,7 @@ import immutables
 from aliasd.model import AliasClaim
 from aliasd.names import WILDCARD, is_wildcard
 from aliasd.policy import policy_namespace
-from aliasd.registry import (
+from aliasd.resolver import (
     Conflict,
     Invalid,
     Resolution,

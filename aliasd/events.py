@@ -24,7 +24,7 @@ from kubernetes_asyncio.client import ApiClient, CoreV1Api
 
 from aliasd.kubeapi import TRANSIENT, call, message
 from aliasd.model import Owner, utc_timestamp
-from aliasd.registry import Result
+from aliasd.resolver import Result
 from aliasd.sources.mapping import Problem
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class EventRecorder:
         self._send = send
         self._active: dict[str, set[tuple[str, str, str, str]]] = {}
 
-    def sync(self, problems: list[Problem], *, reporter: str = "registry") -> None:
+    def sync(self, problems: list[Problem], *, reporter: str = "resolver") -> None:
         """Emit Events for ``reporter``'s problems not in its previous call."""
         current: dict[tuple[str, str, str, str], Problem] = {}
         for p in problems:
@@ -134,7 +134,7 @@ class EventRecorder:
         return lambda problems: self.sync(problems, reporter=name)
 
 
-def registry_problems(result: Result) -> list[Problem]:
+def resolver_problems(result: Result) -> list[Problem]:
     """Conflicts (on the loser) and invalid claims, as Event-able problems."""
     out = []
     for c in result.conflicts:

@@ -1,8 +1,8 @@
 """The one data type that crosses every boundary: an ``AliasClaim``.
 
 Sources turn outside objects (Services, ServiceEntries, the aliases file) into
-claims; the registry turns claims into a zone snapshot. Every DNS name goes
-through :func:`normalize_name` exactly once, at the registry.
+claims; the resolver turns claims into a zone snapshot. Every DNS name goes
+through :func:`normalize_name` exactly once, at the resolver.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class AliasClaim:
     """One owner's wish that ``name`` resolves to ``addresses`` or ``cname``.
 
     ``name`` is as the user wrote it (a bare label gets the default zone); the
-    registry validates and normalizes it.
+    resolver validates and normalizes it.
     """
 
     name: str

@@ -21,7 +21,7 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient
 from prometheus_client import CollectorRegistry
 
-from aliasd import registry
+from aliasd import resolver
 from aliasd.access import (
     AnyOf,
     Authenticator,
@@ -38,7 +38,7 @@ from aliasd.coredns.patcher import Patcher, PatcherConfig
 from aliasd.dns.server import DnsServer
 from aliasd.dns.stats import Stats
 from aliasd.engine import Engine
-from aliasd.events import EventRecorder, EventSink, instance, registry_problems
+from aliasd.events import EventRecorder, EventSink, instance, resolver_problems
 from aliasd.kubeapi import make_client
 from aliasd.metrics import (
     CountsBy,
@@ -49,7 +49,7 @@ from aliasd.metrics import (
     watch_restarts,
 )
 from aliasd.model import ConfigError
-from aliasd.registry import Result, ZoneConfig
+from aliasd.resolver import Result, ZoneConfig
 from aliasd.runtime.checker import RelistChecker
 from aliasd.runtime.committer import Committer, Reporter, Source
 from aliasd.runtime.inbox import Inbox
@@ -116,7 +116,7 @@ async def serve(config: RunConfig, stop: asyncio.Event) -> None:
     writer = (StateWriter(file, clock=clock, interval=app.state_interval)
               if file is not None else None)
     state = writer.load() if writer is not None else None
-    inbox = Inbox(Engine(zones, serial=registry.next_serial(0, clock()),
+    inbox = Inbox(Engine(zones, serial=resolver.next_serial(0, clock()),
                          track_changes=file is not None))
     parts = _Parts(authenticator=StaticToken(app.api_token) if app.api_token else None)
     if app.aliases_file is not None:
@@ -245,7 +245,7 @@ def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig
     parts.trail = EventTrail(api, send=events.send, namespace=cm_ns, name=cm_name)
 
     def report(result: Result, changed: bool) -> None:
-        recorder.sync(source.problems + registry_problems(result))
+        recorder.sync(source.problems + resolver_problems(result))
 
     parts.reporters.append(report)
     if config.patcher is None:
@@ -296,8 +296,8 @@ async def list_from_cluster(kubeconfig: str | None, *, zones: ZoneConfig, namesp
 
         await supervise({"source-kubernetes": kube.run(), "source-overrides": switch.run()},
                         until=synced())
-        result = registry.build([*kube.claims, *switch.claims], config=zones,
-                                serial=registry.next_serial(0, time.time()), ready=True,
+        result = resolver.build([*kube.claims, *switch.claims], config=zones,
+                                serial=resolver.next_serial(0, time.time()), ready=True,
                                 annotations=kube.allowed_names)
         return aliases_document(result)
     finally:

@@ -10,7 +10,7 @@ from typing import Any, Protocol, TypeVar
 from prometheus_client.core import GaugeMetricFamily
 
 from aliasd.model import OVERRIDE_KIND
-from aliasd.registry import Conflict, Invalid, Resolution, Result
+from aliasd.resolver import Conflict, Invalid, Resolution, Result
 from aliasd.runtime.committer import Source
 
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """Immutable zone snapshots and the lookup algorithm (RFC 1034 4.3.2, pure).
 
-A :class:`Snapshot` is built once by the registry and then only read. The DNS
+A :class:`Snapshot` is built once by the resolver and then only read. The DNS
 server holds a reference to the current one and swaps it whole on change.
 
 :meth:`Snapshot.classify` is the one place that decides what a name is: in

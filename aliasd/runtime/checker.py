@@ -1,7 +1,7 @@
 """The relist checker: level-triggered for correctness. After a relist (a
 list after the first, when watch events may have been missed) the engine's
 snapshot is compared, off the loop, with one built from scratch
-(``registry.build_keyed``); a difference is a bug, logged, counted, and
+(``resolver.build_keyed``); a difference is a bug, logged, counted, and
 repaired by feeding every claim to a fresh engine."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections.abc import Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily
 
-from aliasd import registry
+from aliasd import resolver
 from aliasd.engine import differences
 from aliasd.model import AliasClaim
-from aliasd.registry import ZoneConfig
+from aliasd.resolver import ZoneConfig
 from aliasd.runtime.committer import Committer
 from aliasd.runtime.inbox import Inbox
 from aliasd.zone import Snapshot
@@ -78,7 +78,7 @@ def _check(claims: Mapping[str, tuple[AliasClaim, ...]], annotations: Mapping[st
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        scratch = registry.build_keyed(claims, config=zones, serial=snapshot.serial,
+        scratch = resolver.build_keyed(claims, config=zones, serial=snapshot.serial,
                                        ready=snapshot.ready, annotations=annotations)
         return differences(snapshot, scratch.snapshot)
     finally:

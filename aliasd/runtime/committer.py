@@ -18,9 +18,9 @@ from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily
 
-from aliasd import registry
+from aliasd import resolver
 from aliasd.model import AliasClaim
-from aliasd.registry import Result, ZoneConfig
+from aliasd.resolver import Result, ZoneConfig
 from aliasd.runtime.inbox import Inbox
 from aliasd.runtime.statewriter import StateWriter
 from aliasd.state import State
@@ -142,8 +142,8 @@ class Committer:
         """Until the sources sync, answer from the state file (built once)."""
         if self._degraded:
             return False
-        serial = registry.next_serial(self._serial, self._clock())
-        self._result = registry.build(stale.claims, config=self._zones, serial=serial)
+        serial = resolver.next_serial(self._serial, self._clock())
+        self._result = resolver.build(stale.claims, config=self._zones, serial=serial)
         self._serial = serial
         self._degraded = True
         self._dns.swap(self._result.snapshot, None)

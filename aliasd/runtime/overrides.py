@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from aliasd.access import Authenticator, Refused, Trail, Write
 from aliasd.kubeapi import TRANSIENT
 from aliasd.model import ApplyError, utc_timestamp
-from aliasd.registry import ZoneConfig
+from aliasd.resolver import ZoneConfig
 from aliasd.sources import overrides
 from aliasd.sources.overrides import Override, OverridesSource
 

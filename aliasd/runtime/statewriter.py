@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
-from aliasd import registry
+from aliasd import resolver
 from aliasd.engine import Engine
 from aliasd.model import AliasClaim, utc_timestamp
 from aliasd.state import State, StateFile
@@ -95,13 +95,13 @@ class StateWriter:
 
 
 def stored_claims(claims: Mapping[str, tuple[AliasClaim, ...]],
-                  invalid: Mapping[str, tuple[registry.Invalid, ...]],
+                  invalid: Mapping[str, tuple[resolver.Invalid, ...]],
                   keys: Iterable[str]) -> list[tuple[str, list[AliasClaim]]]:
     """The claims of these objects to store, but none the name policy denies:
     the state file is served at start without the Namespaces' policies, and a
     denied claim is never served."""
     stored = []
     for key in keys:
-        denied = {i.claim for i in invalid.get(key, ()) if i.event == registry.NOT_ALLOWED}
+        denied = {i.claim for i in invalid.get(key, ()) if i.event == resolver.NOT_ALLOWED}
         stored.append((key, [c for c in claims.get(key, ()) if c not in denied]))
     return stored

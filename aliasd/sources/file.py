@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from aliasd.model import DEFAULT_TTL, AliasClaim, ConfigError, Owner, Port, parse_ip, parse_ttl
-from aliasd.registry import ZoneConfig, qualify
+from aliasd.resolver import ZoneConfig, qualify
 
 log = logging.getLogger(__name__)
 

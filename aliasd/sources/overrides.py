@@ -33,7 +33,7 @@ from aliasd.model import (
     parse_ttl,
 )
 from aliasd.names import validate_fqdn
-from aliasd.registry import ZoneConfig, absolute_name, qualify
+from aliasd.resolver import ZoneConfig, absolute_name, qualify
 from aliasd.sources.watch import Informer, Obj
 from aliasd.state import StateFile
 

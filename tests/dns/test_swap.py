@@ -7,19 +7,19 @@ from __future__ import annotations
 import dns.asyncquery
 import dns.message
 
-from aliasd import registry
+from aliasd import resolver
 from aliasd.dns.server import DnsServer, ServerConfig
 from aliasd.model import AliasClaim, Owner
 from aliasd.zone import Snapshot
 
-CFG = registry.ZoneConfig.from_names(["internal"], ns_addresses=["127.0.0.1"])
+CFG = resolver.ZoneConfig.from_names(["internal"], ns_addresses=["127.0.0.1"])
 
 
 def snapshot(api: str, *, serial: int) -> Snapshot:
     claims = [AliasClaim("api.internal", Owner(1, "a", "api"), addresses=(api,)),
               AliasClaim("db.internal", Owner(1, "a", "db"), addresses=("10.0.0.2",)),
               AliasClaim("www.internal", Owner(1, "a", "www"), cname="api.internal")]
-    return registry.build(claims, config=CFG, serial=serial).snapshot
+    return resolver.build(claims, config=CFG, serial=serial).snapshot
 
 
 async def ask(server: DnsServer, name: str) -> list[str]:

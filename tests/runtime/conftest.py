@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from aliasd import registry
+from aliasd import resolver
 from aliasd.engine import Engine
 from aliasd.model import AliasClaim, Owner
-from aliasd.registry import ZoneConfig
+from aliasd.resolver import ZoneConfig
 from aliasd.runtime.inbox import Inbox
 from aliasd.zone import Snapshot
 
@@ -59,5 +59,5 @@ def clock() -> Clock:
 
 
 def new_inbox(*, track_changes: bool = False) -> Inbox:
-    return Inbox(Engine(ZONES, serial=registry.next_serial(0, START),
+    return Inbox(Engine(ZONES, serial=resolver.next_serial(0, START),
                         track_changes=track_changes))

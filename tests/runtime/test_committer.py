@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from aliasd.engine import KEY_SEP
-from aliasd.registry import Result
+from aliasd.resolver import Result
 from aliasd.runtime.committer import Committer
 from aliasd.state import State
 from aliasd.status import aliases_document

@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from aliasd import registry
+from aliasd import resolver
 from aliasd.engine import KEY_SEP, Engine, differences
 from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner, Port
 from aliasd.policy import NamePolicy
-from aliasd.registry import TakeoverPolicy, ZoneConfig
+from aliasd.resolver import TakeoverPolicy, ZoneConfig
 from aliasd.runtime.statewriter import stored_claims
 from aliasd.state import StateFile
 from aliasd.status import AliasesRenderer, aliases_document
@@ -177,7 +177,7 @@ class EngineMachine(RuleBasedStateMachine):
             return
         result = self.engine.result
         snap = result.snapshot
-        scratch = registry.build_keyed(self.engine.claims, config=CFG, serial=snap.serial,
+        scratch = resolver.build_keyed(self.engine.claims, config=CFG, serial=snap.serial,
                                        ready=snap.ready, annotations=self.engine.annotations)
         assert differences(snap, scratch.snapshot) == []
         for name in {*snap.names, *PROBES}:

@@ -18,7 +18,7 @@ def test_each_reporter_syncs_its_own_set() -> None:
     corefile = r.reporter("corefile")
     r.sync([svc])
     corefile([cm])
-    r.sync([svc])  # the registry's set does not clear the patcher's problem...
+    r.sync([svc])  # the resolver's set does not clear the patcher's problem...
     corefile([cm])  # ...so neither is sent again while it persists
     corefile([])
     corefile([cm])  # gone and back: a new Event

@@ -14,14 +14,14 @@ import dns.rdatatype
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aliasd import registry
+from aliasd import resolver
 from aliasd.dns.answer import Answerer
 from aliasd.dns.cache import CACHED_QTYPES
 from aliasd.dns.stats import Stats
 from aliasd.model import AliasClaim, Owner, Port
 from aliasd.zone import Snapshot
 
-CFG = registry.ZoneConfig.from_names(["internal", "corp.example"], ns_addresses=["127.0.0.1"])
+CFG = resolver.ZoneConfig.from_names(["internal", "corp.example"], ns_addresses=["127.0.0.1"])
 CLAIMS = [
     AliasClaim("my-fruits.internal", Owner(1, "a", "a"), addresses=("10.96.0.10", "fd00::10"),
                ports=(Port("http", "TCP", 80),)),
@@ -44,7 +44,7 @@ CLAIMS = [
     AliasClaim("*.team.corp.example", Owner(1, "w", "g"), addresses=("10.0.0.8",)),
     AliasClaim("*.down.internal", Owner(1, "w", "h")),  # no usable target: SERVFAIL
 ]
-SNAP = registry.build(CLAIMS, config=CFG, serial=1_800_000_000).snapshot
+SNAP = resolver.build(CLAIMS, config=CFG, serial=1_800_000_000).snapshot
 WILD_NAMES = ["a.wild.internal.", "a.b.wild.internal.", "host1.wild.internal.",
               "ent.wild.internal.", "x.ent.wild.internal.", "wild.internal.", "*.wild.internal.",
               "x.*.wild.internal.", "sub.host1.wild.internal.", "q.cn.internal.",
@@ -244,7 +244,7 @@ def test_weighted_name_is_drawn_per_query_on_the_fast_path() -> None:
               AliasClaim("shop.internal", Owner(2, "a", "green"), addresses=("10.0.0.2",),
                          weight=90)]
     stats = Stats()
-    answerer = Answerer(registry.build(claims, config=CFG, serial=1).snapshot, stats=stats)
+    answerer = Answerer(resolver.build(claims, config=CFG, serial=1).snapshot, stats=stats)
     random.seed(1412)  # the answerer draws from the global RNG: same draws on every run
     counts: dict[str, int] = {}
     for i in range(4000):
@@ -265,7 +265,7 @@ def _snapshot(target_ip: str, *, serial: int, extra: tuple[AliasClaim, ...] = ()
               AliasClaim("via.internal", Owner(1, "b", "v"), cname="target.internal"),
               AliasClaim("other.internal", Owner(1, "b", "o"), addresses=("10.9.9.9",)),
               *extra]
-    return registry.build(claims, config=CFG, serial=serial).snapshot
+    return resolver.build(claims, config=CFG, serial=serial).snapshot
 
 
 SWAP_QUESTIONS = [("my-fruits.internal.", "A"), ("my-fruits.internal.", "AAAA"),

@@ -1,5 +1,5 @@
 """Pure parts of issue 7 beyond weights: override parsing, overrides and
-takeovers in the registry, the state file format."""
+takeovers in the resolver, the state file format."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from aliasd import registry
+from aliasd import resolver
 from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner, Port
-from aliasd.registry import TakeoverPolicy, ZoneConfig
+from aliasd.resolver import TakeoverPolicy, ZoneConfig
 from aliasd.sources import overrides
 from aliasd.state import StateFile, claim_to_json
 from aliasd.zone import CNAME, A, Rcode
@@ -66,7 +66,7 @@ def test_override_beats_every_claim_and_is_not_a_conflict() -> None:
     o = overrides.parse("api", {"addresses": ["10.0.0.7"], "ttl": 5}, zones=ZONES)
     claims = [AliasClaim("api", SVC, addresses=("10.96.0.1",)),
               AliasClaim("api", OLD, addresses=("10.96.0.2",), weight=1), o.claim()]
-    res = registry.build(claims, config=ZONES, serial=1)
+    res = resolver.build(claims, config=ZONES, serial=1)
     assert [(e.name, e.claim.owner.kind) for e in res.entries] == [
         ("api.internal.", OVERRIDE_KIND)]
     assert res.conflicts == ()
@@ -99,7 +99,7 @@ def test_takeover_serves_exactly_that_name_as_its_own_zone() -> None:
                          takeover=True),
               AliasClaim("db.example.org", SVC, addresses=("192.0.2.11",), takeover=True),
               AliasClaim("x.internal", SVC, addresses=("192.0.2.12",), takeover=True)]
-    res = registry.build(claims, config=config, serial=7)
+    res = resolver.build(claims, config=config, serial=7)
     assert res.takeovers == ("legacy-lb.example.com.",)
     assert [(i.claim.name, i.event) for i in res.invalid] == [
         ("db.example.org", "TakeoverNotAllowed"), ("x.internal", "InvalidAlias")]
@@ -109,13 +109,13 @@ def test_takeover_serves_exactly_that_name_as_its_own_zone() -> None:
     assert below.rcode == Rcode.NXDOMAIN and below.authority[0].name == "legacy-lb.example.com."
     assert snap.lookup("other.example.com.", A).rcode == Rcode.REFUSED
     # A CNAME at the taken-over name (the datacenter's own name) is fine: no apex SOA RRset.
-    res = registry.build([AliasClaim("legacy-lb.example.com", SVC, cname="lb.dc.example.net",
+    res = resolver.build([AliasClaim("legacy-lb.example.com", SVC, cname="lb.dc.example.net",
                                      takeover=True)], config=config, serial=8)
     assert res.snapshot.lookup("legacy-lb.example.com.", A).answer[0].rtype == CNAME
 
 
 def test_no_usable_target_is_servfail_fallback_answers() -> None:
-    res = registry.build([AliasClaim("empty", SVC), AliasClaim("fb", OLD, addresses=(
+    res = resolver.build([AliasClaim("empty", SVC), AliasClaim("fb", OLD, addresses=(
         "10.0.0.9",), fallback=True)], config=ZONES, serial=1)
     assert res.snapshot.lookup("empty.internal.", A).rcode == Rcode.SERVFAIL
     assert res.snapshot.lookup("fb.internal.", A).answer[0].rdata == ("10.0.0.9",)

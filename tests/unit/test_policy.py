@@ -13,11 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aliasd import engine as engine_module
-from aliasd import registry
+from aliasd import resolver
 from aliasd.engine import KEY_SEP, Engine
 from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner
 from aliasd.policy import NamePolicy, Pattern, parse_allowed, parse_pattern
-from aliasd.registry import TakeoverPolicy, ZoneConfig
+from aliasd.resolver import TakeoverPolicy, ZoneConfig
 from aliasd.runtime.statewriter import stored_claims
 from aliasd.state import StateFile
 from tests.helpers import ROOT
@@ -135,7 +135,7 @@ def claim(name: str, namespace: str, *, kind: str = "Service", takeover: bool = 
 
 
 def test_denied_claims_are_invalid_with_their_own_reason() -> None:
-    result = registry.build([
+    result = resolver.build([
         claim("api.shop.internal", "shop"),
         claim("payments.internal", "shop"),                       # denied by the default
         claim("payments.internal", "payments", kind="ServiceEntry"),  # not under payments.
@@ -156,7 +156,7 @@ def test_denied_claims_are_invalid_with_their_own_reason() -> None:
         "(--default-allowed-names: '*.shop.internal')")
     assert result.invalid_by_reason() == {"AliasNotAllowed": 3, "TakeoverNotAllowed": 1}
     # The annotation lets the takeover through (and --allow-takeover still applies).
-    allowed = registry.build([claim("legacy.example.com", "shop", takeover=True)],
+    allowed = resolver.build([claim("legacy.example.com", "shop", takeover=True)],
                              config=CFG, serial=1,
                              annotations={"shop": "legacy.example.com"})
     assert allowed.takeovers == ("legacy.example.com.",)
@@ -171,7 +171,7 @@ def test_namespace_change_revalidates_only_that_namespace(
     eng.commit(now=0.0, ready=True)
     assert len(eng.result.entries) == 3  # namespace shop's own
     validated: list[str] = []
-    real = registry.validate
+    real = resolver.validate
 
     def counting(claims: tuple[AliasClaim, ...], config: ZoneConfig,
                  annotations: Mapping[str, str]) -> object:
@@ -191,7 +191,7 @@ def test_namespace_change_revalidates_only_that_namespace(
     # Oldest claim wins, ties by namespace: cart's claims win s0..s2.
     assert {e.claim.owner.namespace for e in eng.result.entries} == {"cart"}
     assert len(eng.result.conflicts) == 3
-    scratch = registry.build_keyed(eng.claims, config=CFG, serial=eng.serial,
+    scratch = resolver.build_keyed(eng.claims, config=CFG, serial=eng.serial,
                                    annotations=eng.annotations)
     assert scratch.entries == eng.result.entries
     assert scratch.invalid == eng.result.invalid

@@ -8,7 +8,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from aliasd import registry
+from aliasd import resolver
 from aliasd.dns.answer import Answerer
 from aliasd.dns.stats import Stats
 from aliasd.engine import Engine
@@ -17,13 +17,13 @@ from aliasd.sources import overrides
 from aliasd.sources.file import parse_aliases
 from aliasd.zone import AAAA, ANY, CNAME, SRV, A, Outcome, Rcode
 
-CFG = registry.ZoneConfig.from_names(
-    ["internal", "corp.internal"], takeover=registry.TakeoverPolicy.parse(["example.com"]))
+CFG = resolver.ZoneConfig.from_names(
+    ["internal", "corp.internal"], takeover=resolver.TakeoverPolicy.parse(["example.com"]))
 OWNER = Owner(1.0, "shop", "web")
 
 
 def invalid_reason(name: str, **kw: object) -> str | None:
-    result = registry.build([AliasClaim(name, OWNER, addresses=("10.0.0.1",), **kw)],  # type: ignore[arg-type]
+    result = resolver.build([AliasClaim(name, OWNER, addresses=("10.0.0.1",), **kw)],  # type: ignore[arg-type]
                             config=CFG, serial=1)
     return result.invalid[0].reason if result.invalid else None
 
@@ -52,7 +52,7 @@ def test_which_wildcards_are_valid(name: str, kw: dict[str, object], why: str | 
 
 
 def test_cname_target_cannot_be_a_wildcard() -> None:
-    result = registry.build([AliasClaim("a.internal", OWNER, cname="*.foo.internal")],
+    result = resolver.build([AliasClaim("a.internal", OWNER, cname="*.foo.internal")],
                             config=CFG, serial=1)
     assert "label '*' is a wildcard" in result.invalid[0].reason
 
@@ -80,7 +80,7 @@ def test_ports_of_a_wildcard_give_no_srv_and_an_override_wins_it() -> None:
               AliasClaim("*.bar.internal", OWNER, addresses=("10.0.0.1",)),
               AliasClaim("*.bar.internal", Owner(0.0, "", "sw", OVERRIDE_KIND),
                          addresses=("10.0.0.9",))]
-    result = registry.build(claims, config=CFG, serial=1)
+    result = resolver.build(claims, config=CFG, serial=1)
     snap = result.snapshot
     assert sorted(n for n in snap.names if "_" in n) == []
     assert [(c.name, c.winner.name, c.loser.namespace) for c in result.conflicts] == [
@@ -134,7 +134,7 @@ RFC_CLAIMS = [
 def test_closest_encloser_rules(qname: str, qtype: int, rcode: Rcode,
                                 answer: list[tuple[str, int, tuple[str, ...]]],
                                 wildcard: str | None) -> None:
-    snap = registry.build(RFC_CLAIMS, config=CFG, serial=1).snapshot
+    snap = resolver.build(RFC_CLAIMS, config=CFG, serial=1).snapshot
     r = snap.lookup(qname, qtype)
     assert r.rcode == rcode
     assert [(rr.name, rr.rtype, rr.rdata) for rr in r.answer] == answer
@@ -165,7 +165,7 @@ def test_classify_is_the_closest_encloser_and_wildcard_decision(
         qname: str, qtype: int, outcome: Outcome, owner: str, encloser: str) -> None:
     """Snapshot.classify, which the slow path (Snapshot.lookup) and the fast
     path's template choice both ask."""
-    snap = registry.build(RFC_CLAIMS, config=CFG, serial=1).snapshot
+    snap = resolver.build(RFC_CLAIMS, config=CFG, serial=1).snapshot
     match = snap.classify(qname, qtype)
     assert (match.outcome, match.owner, match.encloser) == (outcome, owner, encloser)
 
@@ -179,7 +179,7 @@ def ask(a: Answerer, name: str, qtype: str = "A", qid: int = 1) -> dns.message.M
 def test_a_flood_under_a_wildcard_leaves_the_cache_alone() -> None:
     """20,000 distinct names under one wildcard: one slow answer (the template),
     no cache entry; names that exist, asked afterwards, are cached."""
-    a = Answerer(registry.build(RFC_CLAIMS, config=CFG, serial=1).snapshot, stats=Stats())
+    a = Answerer(resolver.build(RFC_CLAIMS, config=CFG, serial=1).snapshot, stats=Stats())
     for i in range(20_000):
         name = f"X{i * 7919 % 1_000_003:x}.{'' if i % 3 else 'deep.'}example.internal."
         msg = ask(a, name, qid=i % 65536)
@@ -236,10 +236,10 @@ def test_the_name_policy_treats_a_wildcard_as_a_name_under_its_parent() -> None:
     shop.internal), and `shop.internal` alone does not."""
     from aliasd.policy import NamePolicy
 
-    cfg = registry.ZoneConfig.from_names(["internal"], names=NamePolicy.parse([]))
+    cfg = resolver.ZoneConfig.from_names(["internal"], names=NamePolicy.parse([]))
     claims = [AliasClaim("*.shop.internal", Owner(1.0, "shop", "gw"), addresses=("10.0.0.1",)),
               AliasClaim("*.pay.internal", Owner(1.0, "shop", "gw"), addresses=("10.0.0.1",))]
-    result = registry.build(claims, config=cfg, serial=1,
+    result = resolver.build(claims, config=cfg, serial=1,
                             annotations={"shop": "*.shop.internal, pay.internal"})
     assert [e.name for e in result.entries] == ["*.shop.internal."]
     assert [(i.claim.name, i.event) for i in result.invalid] == [

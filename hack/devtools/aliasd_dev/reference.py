@@ -105,7 +105,7 @@ help texts in the code, not here.
 def metrics_markdown() -> str:
     """The metrics reference: one row per metric family ``/metrics`` serves."""
     from aliasd.app import AppConfig
-    from aliasd.registry import ZoneConfig
+    from aliasd.resolver import ZoneConfig
     from aliasd.root import metrics_registry
 
     registry = metrics_registry(AppConfig(zones=ZoneConfig.from_names(["internal"])))

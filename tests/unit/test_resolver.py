@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aliasd import registry
+from aliasd import resolver
 from aliasd.model import AliasClaim, Owner
 from aliasd.zone import AAAA, CNAME, SOA, A, Rcode
 
-CFG = registry.ZoneConfig.from_names(["internal", "corp.example"])
+CFG = resolver.ZoneConfig.from_names(["internal", "corp.example"])
 
 
 def claim(name: str, *, created: float = 1.0, ns: str = "a", owner: str = "svc",
@@ -32,7 +32,7 @@ def draws(r: float) -> Callable[[], float]:
     ("api.team.corp.example.", "api.team.corp.example."),
 ])
 def test_qualify(raw: str, want: str) -> None:
-    assert registry.qualify(raw, CFG)[0] == want
+    assert resolver.qualify(raw, CFG)[0] == want
 
 
 @pytest.mark.parametrize(("raw", "why"), [
@@ -47,7 +47,7 @@ def test_qualify(raw: str, want: str) -> None:
 ])
 def test_invalid_names(raw: str, why: str) -> None:
     with pytest.raises(ValueError, match=why.replace("(", r"\(").replace(")", r"\)")):
-        registry.qualify(raw, CFG)
+        resolver.qualify(raw, CFG)
 
 
 def test_oldest_claim_wins_ties_by_namespace_name() -> None:
@@ -55,14 +55,14 @@ def test_oldest_claim_wins_ties_by_namespace_name() -> None:
               claim("x", created=2, ns="z", owner="old", addresses=("10.0.0.2",)),
               claim("x", created=2, ns="a", owner="old-too", addresses=("10.0.0.3",))]
     for order in (claims, claims[::-1]):
-        res = registry.build(order, config=CFG, serial=1)
+        res = resolver.build(order, config=CFG, serial=1)
         assert [e.claim.owner.name for e in res.entries] == ["old-too"]
         assert sorted(c.loser.name for c in res.conflicts) == ["late", "old"]
         assert res.snapshot.lookup("x.internal.", A).answer[0].rdata == ("10.0.0.3",)
 
 
 def test_snapshot_records_and_negative_answers() -> None:
-    res = registry.build([claim("web", addresses=("10.0.0.1", "fd00::1")),
+    res = resolver.build([claim("web", addresses=("10.0.0.1", "fd00::1")),
                           claim("alias", cname="web", addresses=())], config=CFG, serial=7)
     snap = res.snapshot
     assert snap.lookup("web.internal.", AAAA).answer[0].rdata == ("fd00::1",)
@@ -76,14 +76,14 @@ def test_snapshot_records_and_negative_answers() -> None:
 
 
 def test_invalid_claims_reported_not_served() -> None:
-    res = registry.build([claim("ok"), claim("no_way"), claim("both", cname="x.example.com")],
+    res = resolver.build([claim("ok"), claim("no_way"), claim("both", cname="x.example.com")],
                          config=CFG, serial=1)
     assert [e.name for e in res.entries] == ["ok.internal."]
     assert sorted(i.claim.name for i in res.invalid) == ["both", "no_way"]
 
 
 def test_not_ready_is_servfail() -> None:
-    snap = registry.build([claim("ok")], config=CFG, serial=1, ready=False).snapshot
+    snap = resolver.build([claim("ok")], config=CFG, serial=1, ready=False).snapshot
     assert snap.lookup("ok.internal.", A).rcode == Rcode.SERVFAIL
     assert snap.lookup("example.com.", A).rcode == Rcode.REFUSED
 
@@ -92,7 +92,7 @@ def test_not_ready_is_servfail() -> None:
 def test_serial_always_grows(clock: list[float]) -> None:
     serial = 0
     for now in clock:
-        nxt = registry.next_serial(serial, now)
+        nxt = resolver.next_serial(serial, now)
         assert nxt > serial
         serial = nxt
 
@@ -100,7 +100,7 @@ def test_serial_always_grows(clock: list[float]) -> None:
 @given(st.permutations([claim("x", created=float(i), ns=f"n{i % 3}", owner=f"o{i}")
                         for i in range(6)]))
 def test_conflict_resolution_is_order_independent(claims: list[AliasClaim]) -> None:
-    res = registry.build(claims, config=CFG, serial=1)
+    res = resolver.build(claims, config=CFG, serial=1)
     assert res.entries[0].claim.owner.name == "o0"
     assert len(res.conflicts) == 5
 
@@ -108,7 +108,7 @@ def test_conflict_resolution_is_order_independent(claims: list[AliasClaim]) -> N
 def test_weighted_group_only_when_every_claimant_has_a_weight() -> None:
     blue = claim("shop", created=1, owner="blue", addresses=("10.0.0.1",), weight=10, ttl=30)
     green = claim("shop", created=2, owner="green", addresses=("10.0.0.2",), weight=90, ttl=5)
-    res = registry.build([green, blue], config=CFG, serial=1)
+    res = resolver.build([green, blue], config=CFG, serial=1)
     assert res.conflicts == ()
     assert [(e.claim.owner.name, e.claim.weight) for e in res.entries] == [("blue", 10),
                                                                            ("green", 90)]
@@ -122,7 +122,7 @@ def test_weighted_group_only_when_every_claimant_has_a_weight() -> None:
     assert res.snapshot.lookup("shop.internal.", A, variant=0).answer[0].rdata == ("10.0.0.1",)
     # One claimant without a weight: the usual conflict rule (oldest wins).
     plain = claim("shop", created=3, owner="plain", addresses=("10.0.0.3",))
-    res = registry.build([blue, green, plain], config=CFG, serial=1)
+    res = resolver.build([blue, green, plain], config=CFG, serial=1)
     assert "shop.internal." not in res.snapshot.weighted
     assert [c.loser.name for c in res.conflicts] == ["green", "plain"]
 
@@ -130,11 +130,11 @@ def test_weighted_group_only_when_every_claimant_has_a_weight() -> None:
 def test_drained_variant_is_never_drawn_and_all_drained_spreads_evenly() -> None:
     old = claim("lb", owner="old", cname="legacy.example.com", addresses=(), weight=0)
     new = claim("lb", created=2, owner="new", addresses=("10.0.0.2",), weight=100)
-    snap = registry.build([old, new], config=CFG, serial=1).snapshot
+    snap = resolver.build([old, new], config=CFG, serial=1).snapshot
     assert {snap.lookup("lb.internal.", A, rnd=draws(r / 100)).answer[0].rdata
             for r in range(100)} == {("10.0.0.2",)}
     drained = [claim("lb", owner="old", weight=0),
                claim("lb", created=2, owner="new", addresses=("10.0.0.2",), weight=0)]
-    snap = registry.build(drained, config=CFG, serial=1).snapshot
+    snap = resolver.build(drained, config=CFG, serial=1).snapshot
     assert [snap.lookup("lb.internal.", A, rnd=draws(r)).answer[0].rdata
             for r in (0.2, 0.7)] == [("10.0.0.1",), ("10.0.0.2",)]
