@@ -60,7 +60,7 @@ def qualify(raw: str, zones: Sequence[str]) -> tuple[str, str]:
             f"alias {raw!r} is outside the served zones ({', '.join(zones)})"
         )
     if name == WILDCARD + zone:
-        # Issue 16: no wildcard at the apex. One claim would answer every name of
+        # No wildcard at the apex: one claim would answer every name of
         # the shared zone that does not exist (typos, names not deployed yet,
         # names whose owner just deleted its Service).
         raise ValueError(f"alias {raw!r} is a wildcard at the zone apex, which would answer "

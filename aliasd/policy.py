@@ -1,4 +1,4 @@
-"""Which names a namespace may claim (issue 16, the name policy). Pure: no I/O.
+"""Which names a namespace may claim (the name policy). Pure: no I/O.
 
 A Namespace's ``aliasd.io/allowed-names`` annotation lists patterns, else the
 ``--default-allowed-names`` templates apply (``{namespace}`` replaced), else

@@ -147,7 +147,7 @@ class TakeoverRefused(ValueError):
 
 
 class NameNotAllowed(ValueError):
-    """A name the owner's namespace may not claim (the name policy, issue 16)."""
+    """A name the owner's namespace may not claim (the name policy)."""
 
 
 NOT_ALLOWED = "AliasNotAllowed"
@@ -279,7 +279,7 @@ def _validate_claim(claim: AliasClaim, config: ZoneConfig,
         raise ValueError(f"alias {claim.name!r} has both addresses and a cname")
     if claim.weight is not None and is_wildcard(name):
         # A weighted draw per query would keep every name under the wildcard off
-        # the answer templates (issue 15); one owner per wildcard, like any name.
+        # the answer templates; one owner per wildcard, like any name.
         raise ValueError(f"alias {claim.name!r} is a wildcard, which cannot be shared by "
                          "weight (aliasd.io/weight, ServiceEntry endpoint weights)")
     if claim.cname is not None:
@@ -317,7 +317,7 @@ def validate(claims: Iterable[AliasClaim], config: ZoneConfig,
 
 
 def _rank(c: AliasClaim) -> tuple[object, ...]:
-    """The conflict rule: an HTTP override first (issue 7), then the oldest owner
+    """The conflict rule: an HTTP override first, then the oldest owner
     (then namespace/name/kind/uid); the claim's content breaks the remaining
     ties, so the order is total and independent of the order claims arrive in."""
     return (c.owner.kind != OVERRIDE_KIND, c.owner, c.addresses, c.cname or "", c.ttl,

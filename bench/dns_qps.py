@@ -223,13 +223,13 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=5)
     ap.add_argument("--flood", type=int, default=150_000,
                     help="distinct random names per flood, each sent once (more than the "
-                         "100,000 answers the cache held before issue 15)")
+                         "100,000 answers the cache once held)")
     ap.add_argument("--rate", type=int, default=2000, help="paced latency probe, queries/s")
     ap.add_argument("--repeat", type=int, default=3,
                     help="measure each rate this many times, keep the best (the machine is "
                          "shared: the best run is the one least disturbed)")
     ap.add_argument("--baseline", metavar="COMMIT",
-                    help="also run aliasd (uvloop) as of COMMIT, e.g. before issue 15")
+                    help="also run aliasd (uvloop) as of COMMIT, e.g. 725a818")
     ap.add_argument("--only", action="append", help="run only these servers")
     args = ap.parse_args()
     for tool in ("dnsperf", "taskset", "nsd"):

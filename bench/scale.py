@@ -1,5 +1,5 @@
 """Scale: DNS latency under EndpointSlice churn, aliasd next to CoreDNS's
-``kubernetes`` plugin on the same local API server, in one run (issue 13).
+``kubernetes`` plugin on the same local API server, in one run.
 
     .venv/bin/python bench/scale.py [--aliased 3000] [--plain 3000] [--rates 50,200]
     .venv/bin/python bench/scale.py --hold F [sizes]   # build once, keep it up

@@ -170,7 +170,7 @@ def render_server(zone: str, *, port: int, forward_to: str, bind: str | None) ->
     bind_line = f"    bind {bind}\n" if bind else ""
     # No cache plugin: aliasd is authoritative and answers in microseconds, and
     # a CoreDNS cache would hand one weighted draw to every client for a whole
-    # TTL and delay an override by the old answer's TTL (issue 7).
+    # TTL and delay an override by the old answer's TTL.
     return f"{z}:{port} {{\n{bind_line}    errors\n    forward . {forward_to}\n}}\n"
 
 

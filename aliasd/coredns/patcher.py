@@ -198,7 +198,7 @@ class Patcher:
             elect(lambda leading: self.mark_dirty()) if elect is not None else None)
         self._dirty = asyncio.Event()
         self._applied: set[str] = set()  # targets this process has written (drift = change after)
-        # Names outside the zones that aliasd serves (issue 7 takeover), each
+        # Names outside the zones that aliasd serves (takeovers), each
         # one more managed block; None until the sources have synced, and
         # meanwhile the blocks already there are kept as they are.
         self.takeovers: tuple[str, ...] | None = None

@@ -199,7 +199,7 @@ def serviceentry_claims(
     """Claims for every host of ``se`` inside a served zone, and for the hosts
     its ``aliasd.io/takeover`` annotation names."""
     spec = se.get("spec") or {}
-    # A wildcard host (*.foo.internal) is an alias like any other (issue 16).
+    # A wildcard host (*.foo.internal) is an alias like any other (RFC 4592).
     all_hosts = [h for h in spec.get("hosts") or [] if isinstance(h, str)]
     takeovers = {h.lower().rstrip(".") for h in alias_names(se, TAKEOVER_ANNOTATION)}
     hosts = [h for h in all_hosts if in_zone(h) or h.lower().rstrip(".") in takeovers]

@@ -1,4 +1,4 @@
-"""HTTP overrides (issue 7): a name answered with exactly these addresses or
+"""HTTP overrides: a name answered with exactly these addresses or
 this CNAME, beating every other claim for it.
 
 ``parse`` is pure (it also validates what comes back from storage). Two
