@@ -33,11 +33,11 @@ class LeaderElector:
     def __init__(self, api: ApiClient, *, namespace: str, name: str, identity: str,
                  duration: float = DEFAULT_DURATION, clock: Callable[[], float] = time.monotonic,
                  on_change: Callable[[bool], None] = lambda leading: None) -> None:
-        self.coord = CoordinationV1Api(api)
-        self.namespace, self.name, self.identity = namespace, name, identity
-        self.duration = duration
-        self.clock = clock
-        self.on_change = on_change
+        self._coord = CoordinationV1Api(api)
+        self._namespace, self._name, self.identity = namespace, name, identity
+        self._duration = duration
+        self._clock = clock
+        self._on_change = on_change
         self.leading = False
         self.holder: str | None = None
         self.error: str | None = None
@@ -47,18 +47,18 @@ class LeaderElector:
 
     @property
     def lease_ref(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return f"{self._namespace}/{self._name}"
 
     async def try_acquire_or_renew(self) -> bool:
         now = _micro_time(dt.datetime.now(dt.UTC))
-        status, lease = await call(self.coord.read_namespaced_lease, self.name, self.namespace)
+        status, lease = await call(self._coord.read_namespaced_lease, self._name, self._namespace)
         if status == 404:
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": self.name, "namespace": self.namespace},
+                    "metadata": {"name": self._name, "namespace": self._namespace},
                     "spec": {"holderIdentity": self.identity,
-                             "leaseDurationSeconds": max(1, round(self.duration)),
+                             "leaseDurationSeconds": max(1, round(self._duration)),
                              "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
-            status, created = await call(self.coord.create_namespaced_lease, self.namespace,
+            status, created = await call(self._coord.create_namespaced_lease, self._namespace,
                                          body)
             if status == 409:  # someone else created it first
                 return False
@@ -71,16 +71,16 @@ class LeaderElector:
         spec = lease.setdefault("spec", {})
         holder = spec.get("holderIdentity") or None
         self._seen(holder, spec.get("renewTime"))
-        duration = spec.get("leaseDurationSeconds") or self.duration
-        if holder not in (None, self.identity) and self.clock() < self._observed_at + duration:
+        duration = spec.get("leaseDurationSeconds") or self._duration
+        if holder not in (None, self.identity) and self._clock() < self._observed_at + duration:
             return False
         if holder != self.identity:
             spec["acquireTime"] = now
             spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
         spec.update(holderIdentity=self.identity, renewTime=now,
-                    leaseDurationSeconds=max(1, round(self.duration)))
-        status, body = await call(self.coord.replace_namespaced_lease, self.name,
-                                  self.namespace, lease)
+                    leaseDurationSeconds=max(1, round(self._duration)))
+        status, body = await call(self._coord.replace_namespaced_lease, self._name,
+                                  self._namespace, lease)
         if status == 409:  # changed since we read it: somebody else renewed or took it
             return False
         if status >= 300:
@@ -92,7 +92,7 @@ class LeaderElector:
         self.holder = holder
         if (holder, renew) != self._observed:
             self._observed = (holder, renew)
-            self._observed_at = self.clock()
+            self._observed_at = self._clock()
 
     def _set(self, leading: bool) -> None:
         if leading != self.leading:
@@ -102,12 +102,12 @@ class LeaderElector:
             else:
                 log.info("no longer leader (Lease %s now held by %s)", self.lease_ref,
                          self.holder or "nobody")
-            self.on_change(leading)
+            self._on_change(leading)
 
     async def run(self) -> None:
         """Acquire, then renew every third of the lease duration; step down when
         a renewal has not succeeded for two thirds of it (client-go's deadlines)."""
-        period = self.duration / 3
+        period = self._duration / 3
         while True:
             try:
                 ok = await self.try_acquire_or_renew()
@@ -118,9 +118,9 @@ class LeaderElector:
                     log.warning("leader election: %s", e)
                 self.error = str(e)[:300]
             if ok:
-                self._renewed_at = self.clock()
+                self._renewed_at = self._clock()
             self._set(ok or (self.leading
-                             and self.clock() - self._renewed_at < self.duration * 2 / 3))
+                             and self._clock() - self._renewed_at < self._duration * 2 / 3))
             await asyncio.sleep(period)
 
     async def release(self) -> None:
@@ -129,12 +129,12 @@ class LeaderElector:
             return
         self._set(False)
         try:
-            status, lease = await call(self.coord.read_namespaced_lease, self.name,
-                                       self.namespace)
+            status, lease = await call(self._coord.read_namespaced_lease, self._name,
+                                       self._namespace)
             if status != 200 or lease.get("spec", {}).get("holderIdentity") != self.identity:
                 return
             lease["spec"].update(holderIdentity=None, leaseDurationSeconds=1)
-            await call(self.coord.replace_namespaced_lease, self.name, self.namespace, lease)
+            await call(self._coord.replace_namespaced_lease, self._name, self._namespace, lease)
         except TRANSIENT as e:
             log.warning("could not release Lease %s: %s", self.lease_ref, e)
 

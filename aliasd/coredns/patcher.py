@@ -182,52 +182,52 @@ class Patcher:
         if config.mode not in MODES:
             raise ConfigError(f"--coredns-mode {config.mode!r}: choose one of "
                               f"{', '.join(MODES)}")
-        self.core = CoreV1Api(api)
-        self.config = config
-        self.results: Counter[str] = results if results is not None else Counter()
-        self.report = report
+        self._core = CoreV1Api(api)
+        self._config = config
+        self._results: Counter[str] = results if results is not None else Counter()
+        self._report = report
         ns, name = split_ref(config.coredns_configmap, flag="--coredns-configmap")
-        self.coredns = Target(ns, name, "corefile")
-        self.targets: list[Target] = []
-        self.conflicts: dict[str, tuple[str, ...]] = {}
+        self._coredns = Target(ns, name, "corefile")
+        self._targets: list[Target] = []
+        self._conflicts: dict[str, tuple[str, ...]] = {}
         self.forward: Forward | None = config.forward_to
-        self.error: str | None = None
+        self._error: str | None = None
         # Only the leader writes (None: no election, this process always does);
         # a change of leader reconciles at once.
-        self.elector: LeaderElector | None = (
-            elect(lambda leading: self.mark_dirty()) if elect is not None else None)
+        self._elector: LeaderElector | None = (
+            elect(lambda leading: self._mark_dirty()) if elect is not None else None)
         self._dirty = asyncio.Event()
         self._applied: set[str] = set()  # targets this process has written (drift = change after)
         # Names outside the zones that aliasd serves (takeovers), each
         # one more managed block; None until the sources have synced, and
         # meanwhile the blocks already there are kept as they are.
-        self.takeovers: tuple[str, ...] | None = None
+        self._takeovers: tuple[str, ...] | None = None
 
     def set_takeovers(self, names: tuple[str, ...]) -> None:
         """The taken-over names of the current snapshot (a reporter calls this)."""
-        if names != self.takeovers:
-            self.takeovers = names
-            self.mark_dirty()
+        if names != self._takeovers:
+            self._takeovers = names
+            self._mark_dirty()
 
     def _names(self, target: Target, data: dict[str, str],
                annotations: dict[str, str]) -> tuple[str, ...]:
         """The zones, plus the taken-over names (the ones already wired while
         those are not known yet)."""
-        if self.takeovers is not None:
-            return (*self.config.zones, *self.takeovers)
-        zones = {plan.zone_key(z) for z in self.config.zones}
+        if self._takeovers is not None:
+            return (*self._config.zones, *self._takeovers)
+        zones = {plan.zone_key(z) for z in self._config.zones}
         if target.flavour == "corefile":
             present = plan.managed_names(data.get(target.key) or "")
         elif target.flavour == "coredns-custom":
             present = plan.custom_names(data)
         else:
             present = plan.stub_names(annotations)
-        return (*self.config.zones, *(n for n in present if n not in zones))
+        return (*self._config.zones, *(n for n in present if n not in zones))
 
     # ---- reading --------------------------------------------------------------------
 
     async def _read(self, target: Target) -> dict[str, Any] | None:
-        status, obj = await call(self.core.read_namespaced_config_map, target.name,
+        status, obj = await call(self._core.read_namespaced_config_map, target.name,
                                  target.namespace)
         if status == 404:
             return None
@@ -237,36 +237,36 @@ class Patcher:
 
     async def resolve_targets(self) -> list[Target]:
         """The ConfigMaps this mode edits; ``auto`` looks at which exist."""
-        mode = self.config.mode
+        mode = self._config.mode
         if mode == "off":
             return []
         if mode == "corefile":
-            return [self.coredns]
+            return [self._coredns]
         if mode == "coredns-custom":
             return [COREDNS_CUSTOM]
         if mode == "kube-dns":
             return [KUBE_DNS]
         if mode == "node-local-dns":
-            return [self.coredns, NODE_LOCAL_DNS]
-        read = {t: await self._read(t) for t in (self.coredns, KUBE_DNS, NODE_LOCAL_DNS)}
+            return [self._coredns, NODE_LOCAL_DNS]
+        read = {t: await self._read(t) for t in (self._coredns, KUBE_DNS, NODE_LOCAL_DNS)}
         found = [t for t, obj in read.items() if obj is not None]
-        if self.coredns in found:  # CoreDNS serves; a kube-dns ConfigMap would be unused
-            platform = ((read[self.coredns] or {}).get("data") or {}).get(plan.COREFILE_KEY)
+        if self._coredns in found:  # CoreDNS serves; a kube-dns ConfigMap would be unused
+            platform = ((read[self._coredns] or {}).get("data") or {}).get(plan.COREFILE_KEY)
             if plan.imports_custom_servers(platform or ""):
                 # AKS, k3s: leave the platform's Corefile alone, add keys it imports.
-                found[found.index(self.coredns)] = COREDNS_CUSTOM
+                found[found.index(self._coredns)] = COREDNS_CUSTOM
             return [t for t in found if t != KUBE_DNS]
         if not found:
-            raise ApplyError(f"no cluster DNS ConfigMap found (looked for {self.coredns.ref}, "
+            raise ApplyError(f"no cluster DNS ConfigMap found (looked for {self._coredns.ref}, "
                              f"{KUBE_DNS.ref}, {NODE_LOCAL_DNS.ref}); set --coredns-mode")
         return found
 
     async def resolve_forward(self) -> Forward:
         """``--forward-to``, else the cluster IP and DNS port of aliasd's Service."""
-        if self.config.forward_to is not None:
-            return self.config.forward_to
-        ns, name = split_ref(self.config.dns_service, flag="--dns-service")
-        status, svc = await call(self.core.read_namespaced_service, name, ns)
+        if self._config.forward_to is not None:
+            return self._config.forward_to
+        ns, name = split_ref(self._config.dns_service, flag="--dns-service")
+        status, svc = await call(self._core.read_namespaced_service, name, ns)
         if status >= 300:
             raise ApplyError(f"cannot read aliasd's Service {ns}/{name} for the forward "
                              f"target: {message(status, svc)} (or set --forward-to)")
@@ -283,7 +283,7 @@ class Patcher:
             raise ApplyError(f"Service {ns}/{name} has no DNS port (name it 'dns')")
         return Forward(ip, int(port["port"]))
 
-    async def plan(self, target: Target, *, remove: bool = False) -> Change:
+    async def _plan(self, target: Target, *, remove: bool = False) -> Change:
         obj = await self._read(target)
         exists = obj is not None
         if obj is None:
@@ -313,12 +313,12 @@ class Patcher:
 
     async def _platform_corefile(self, *, required: bool) -> str:
         """The platform's Corefile, read only: port, bind and its own blocks."""
-        obj = await self._read(self.coredns)
+        obj = await self._read(self._coredns)
         text: str | None = ((obj or {}).get("data") or {}).get(plan.COREFILE_KEY)
         if text is None or not plan.imports_custom_servers(text):
             if required:
                 raise ApplyError(
-                    f"{self.coredns.ref} has no Corefile that imports custom/*.server, so "
+                    f"{self._coredns.ref} has no Corefile that imports custom/*.server, so "
                     f"server blocks in {COREDNS_CUSTOM.ref} would not be served; use "
                     f"--coredns-mode corefile (or auto)")
             return text or ""
@@ -331,55 +331,55 @@ class Patcher:
         """Plan and (when ``write``) patch until it sticks; the final change."""
         backoff = Backoff(initial=0.1, cap=2.0)
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            change = await self.plan(target, remove=remove)
+            change = await self._plan(target, remove=remove)
             if not write:
                 return change
             if not change.changed:
-                self.results["unchanged"] += 1
+                self._results["unchanged"] += 1
                 return change
-            self.results["attempt"] += 1
+            self._results["attempt"] += 1
             if change.exists:
-                status, body = await call(self.core.patch_namespaced_config_map, target.name,
+                status, body = await call(self._core.patch_namespaced_config_map, target.name,
                                           target.namespace, change.patch(),
                                           field_manager="aliasd")
             else:
-                status, body = await call(self.core.create_namespaced_config_map,
+                status, body = await call(self._core.create_namespaced_config_map,
                                           target.namespace, {
                                               "apiVersion": "v1", "kind": "ConfigMap",
                                               "metadata": {"name": target.name},
                                               "data": change.data}, field_manager="aliasd")
                 if status == 403:
-                    self.results["error"] += 1
+                    self._results["error"] += 1
                     raise ApplyError(
                         f"cannot create ConfigMap {target.ref} ({message(status, body)}); "
                         f"create it once: kubectl -n {target.namespace} create configmap "
                         f"{target.name}")
             if status < 300:
-                self.results["applied"] += 1
+                self._results["applied"] += 1
                 return change
             if status in (409, 422) and attempt < MAX_ATTEMPTS:
                 # Someone changed it between our read and our patch: their edit
                 # stands; recompute ours on top of it.
-                self.results["conflict"] += 1
+                self._results["conflict"] += 1
                 log.info("%s changed while patching (%s); re-reading (attempt %d)",
                          target.ref, message(status, body), attempt)
                 await asyncio.sleep(backoff.next())
                 continue
-            self.results["error"] += 1
+            self._results["error"] += 1
             raise ApplyError(f"patch ConfigMap {target.ref}: {message(status, body)}")
         raise AssertionError("unreachable")
 
-    async def reconcile(self, write: bool) -> None:
+    async def _reconcile(self, write: bool) -> None:
         """One pass over every target; errors are kept for /readyz and retried."""
         problems: list[Problem] = []
         errors = []
-        for target in self.targets:
+        for target in self._targets:
             try:
                 change = await self.apply(target, write=write)
             except (ApplyError, *TRANSIENT) as e:
                 errors.append(str(e).splitlines()[0][:300])
                 continue
-            self.conflicts[target.ref] = change.conflicts
+            self._conflicts[target.ref] = change.conflicts
             if write and change.changed:
                 self._log_change(change)
                 self._applied.add(target.ref)
@@ -391,11 +391,11 @@ class Patcher:
                     f"zone {zone} already has a server block aliasd does not own; aliasd "
                     f"leaves it alone, so that block decides where {zone} goes"))
         error = "; ".join(errors) or None
-        if error and error != self.error:
+        if error and error != self._error:
             log.warning("CoreDNS wiring: %s", error)
-        self.error = error
+        self._error = error
         if write:
-            self.report(problems)
+            self._report(problems)
 
     def _log_change(self, change: Change) -> None:
         if change.target.ref in self._applied:
@@ -406,54 +406,54 @@ class Patcher:
 
     # ---- running --------------------------------------------------------------------
 
-    def mark_dirty(self) -> None:
+    def _mark_dirty(self) -> None:
         self._dirty.set()
 
     def status(self) -> dict[str, Any]:
         return {
-            "mode": self.config.mode,
-            "targets": [t.ref for t in self.targets],
+            "mode": self._config.mode,
+            "targets": [t.ref for t in self._targets],
             "forward_to": str(self.forward) if self.forward else None,
-            "leader": self.elector.leading if self.elector else True,
-            "conflicts": {ref: list(z) for ref, z in self.conflicts.items() if z},
-            "takeovers": list(self.takeovers or ()),
-            "error": self.error,
+            "leader": self._elector.leading if self._elector else True,
+            "conflicts": {ref: list(z) for ref, z in self._conflicts.items() if z},
+            "takeovers": list(self._takeovers or ()),
+            "error": self._error,
         }
 
     async def run(self) -> None:
         backoff = Backoff(initial=0.5, cap=30.0)
         while True:  # targets and forward address first; both need the API server
             try:
-                self.targets = await self.resolve_targets()
+                self._targets = await self.resolve_targets()
                 self.forward = await self.resolve_forward()
                 break
             except (ApplyError, ConfigError, *TRANSIENT) as e:
                 msg = str(e).splitlines()[0][:300]
-                if msg != self.error:
+                if msg != self._error:
                     log.warning("CoreDNS wiring: %s", msg)
-                self.error = msg
+                self._error = msg
                 await asyncio.sleep(backoff.next())
-        if not self.targets:
+        if not self._targets:
             log.info("CoreDNS wiring is off")
             return
-        log.info("CoreDNS wiring (%s): %s forward the alias zones to %s", self.config.mode,
-                 ", ".join(t.ref for t in self.targets), self.forward)
-        watched = list(self.targets)
+        log.info("CoreDNS wiring (%s): %s forward the alias zones to %s", self._config.mode,
+                 ", ".join(t.ref for t in self._targets), self.forward)
+        watched = list(self._targets)
         if COREDNS_CUSTOM in watched:  # its port, bind and blocks decide the keys
-            watched.append(self.coredns)
+            watched.append(self._coredns)
         watches = [Informer(f"configmap {t.ref}", functools.partial(
-            self.core.list_namespaced_config_map, t.namespace,
+            self._core.list_namespaced_config_map, t.namespace,
             field_selector=f"metadata.name={t.name}"),
-            on_change=lambda k, old, new: self.mark_dirty()) for t in watched]
+            on_change=lambda k, old, new: self._mark_dirty()) for t in watched]
         tasks = {f"watch-{w.name}": _watch(w) for w in watches}
-        if self.elector is not None:
-            tasks["leader-election"] = self.elector.run()
+        if self._elector is not None:
+            tasks["leader-election"] = self._elector.run()
         tasks["reconcile"] = self._reconcile_loop()
         try:
             await supervise(tasks)
         finally:
-            if self.elector is not None:
-                await asyncio.shield(self.elector.release())
+            if self._elector is not None:
+                await asyncio.shield(self._elector.release())
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -461,9 +461,9 @@ class Patcher:
                 await asyncio.wait_for(self._dirty.wait(), RESYNC_SECONDS)
             self._dirty.clear()
             with contextlib.suppress(ApplyError, ConfigError, *TRANSIENT):
-                if self.config.forward_to is None:  # follow the Service if recreated
+                if self._config.forward_to is None:  # follow the Service if recreated
                     self.forward = await self.resolve_forward()
-            await self.reconcile(write=self.elector is None or self.elector.leading)
+            await self._reconcile(write=self._elector is None or self._elector.leading)
 
 
 async def _watch(informer: Informer) -> None:

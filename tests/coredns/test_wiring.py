@@ -246,8 +246,9 @@ class EditingPatcher(Patcher):
 
     edited = False
 
-    def __init__(self, api: ApiClient, config: PatcherConfig, cluster: LocalCluster) -> None:
-        super().__init__(api, config)
+    def __init__(self, api: ApiClient, config: PatcherConfig, cluster: LocalCluster,
+                 results: Counter[str]) -> None:
+        super().__init__(api, config, results=results)
         self.cluster = cluster
 
     async def _read(self, target: Target) -> dict[str, Any] | None:
@@ -265,8 +266,7 @@ async def test_concurrent_edit_during_apply_loses_neither(coredns: LocalCluster,
     results: Counter[str] = Counter()
     config = PatcherConfig(zones=("internal.",), mode="corefile",
                            forward_to=Forward("127.0.0.1", 5999))
-    patcher = EditingPatcher(kube, config, coredns)
-    patcher.results = results
+    patcher = EditingPatcher(kube, config, coredns, results)
     patcher.forward = config.forward_to
     change = await patcher.apply(COREDNS)
     assert patcher.edited and results == Counter(attempt=2, conflict=1, applied=1)
