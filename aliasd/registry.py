@@ -325,6 +325,12 @@ def _rank(c: AliasClaim) -> tuple[object, ...]:
             -1 if c.weight is None else c.weight, c.takeover, c.fallback, c.name)
 
 
+def _team(c: AliasClaim) -> str:
+    """Who may share a name by weight with ``c``: the claims of one namespace
+    (the aliases file, without namespaces, is one team of its own)."""
+    return c.owner.namespace
+
+
 def resolve(name: str, claims: Iterable[AliasClaim], config: ZoneConfig) -> Resolution:
     """Who wins ``name`` (normalized, validated) among ``claims``, and what it answers."""
     ranked = sorted(claims, key=_rank)
@@ -334,9 +340,20 @@ def resolve(name: str, claims: Iterable[AliasClaim], config: ZoneConfig) -> Reso
     if ranked[0].owner.kind == OVERRIDE_KIND:
         winners = [ranked[0]]
         overridden = tuple(Conflict(name, ranked[0].owner, c.owner) for c in ranked[1:])
-    elif len(ranked) > 1 and all(c.weight is not None for c in ranked):
-        # Every claimant asked to share: a weighted group, not a conflict.
-        group = winners = ranked
+    elif len(ranked) > 1 and ranked[0].weight is not None and all(
+            c.weight is not None for c in ranked if _team(c) == _team(ranked[0])):
+        # Every claimant of the oldest claim's namespace asked to share: a
+        # weighted group, not a conflict. Weights are shared within one
+        # namespace only (ExternalDNS's TXT ownership never hands one owner's
+        # records to another): a weighted claim from another namespace is a
+        # conflict like any other, or it could outweigh a blue/green it is no
+        # part of.
+        group = [c for c in ranked if _team(c) == _team(ranked[0])]
+        winners = group
+        conflicts = [Conflict(name, ranked[0].owner, c.owner) for c in ranked
+                     if _team(c) != _team(ranked[0])]
+        if len(group) == 1:
+            group = None
     else:
         winners = [ranked[0]]
         conflicts = [Conflict(name, ranked[0].owner, c.owner) for c in ranked[1:]
