@@ -17,7 +17,14 @@ from types import MappingProxyType
 
 from aliasd import names
 from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner, canonical_ip
-from aliasd.names import WILDCARD, best_zone, is_wildcard, normalize_name, validate_fqdn
+from aliasd.names import (
+    WILDCARD,
+    best_zone,
+    is_wildcard,
+    normalize_name,
+    overlaps,
+    validate_fqdn,
+)
 from aliasd.policy import NamePolicy, policy_namespace
 from aliasd.zone import (
     AAAA,
@@ -38,14 +45,25 @@ _LABEL = names.LABEL
 NS_LABEL = names.NS_LABEL
 
 
+RESERVED_ZONES = ("cluster.local.", "in-addr.arpa.", "ip6.arpa.")
+"""Zones no takeover may touch, whatever ``--allow-takeover`` says: the default
+cluster domain (Service discovery: ``svc.cluster.local``) and the reverse
+zones (RFC 1035 3.5, RFC 3596 2.5) the CoreDNS ``kubernetes`` plugin answers.
+A takeover block for one of them, for a name below one, or for a parent of
+one would send that whole subtree to aliasd (CoreDNS routes a query to its
+most specific server block)."""
+
+
 @dataclass(frozen=True)
 class TakeoverPolicy:
     """Which names outside the zones may be taken over (``--allow-takeover``):
-    a name under one of ``suffixes`` (if any are given) claimed from one of
-    ``namespaces`` (if any are given). Both empty: takeover is off."""
+    a name strictly under one of ``suffixes`` (if any are given) claimed from
+    one of ``namespaces`` (if any are given), never one overlapping
+    ``reserved``. Suffixes and namespaces both empty: takeover is off."""
 
     suffixes: tuple[str, ...] = ()
     namespaces: tuple[str, ...] = ()
+    reserved: tuple[str, ...] = RESERVED_ZONES
 
     @classmethod
     def parse(cls, items: Iterable[str]) -> TakeoverPolicy:
@@ -72,8 +90,16 @@ class TakeoverPolicy:
         """Why ``namespace`` may not take over ``name`` (normalized), or None."""
         if not self.suffixes and not self.namespaces:
             return "takeover is off (aliasd runs without --allow-takeover)"
-        if self.suffixes and not any(name == s or name.endswith("." + s)
-                                     for s in self.suffixes):
+        for zone in self.reserved:
+            if overlaps(name, zone):
+                return (f"{name} overlaps {zone}, which the cluster DNS serves itself "
+                        "(Service discovery, reverse lookups); no allowance reaches it")
+        if self.suffixes and name in self.suffixes:
+            # The suffix itself would turn every lookup below it into NXDOMAIN
+            # (aliasd serves exactly the taken-over name).
+            return (f"{name} is an allowed suffix itself; only names strictly below it "
+                    "may be taken over")
+        if self.suffixes and not any(name.endswith("." + s) for s in self.suffixes):
             return (f"{name} is not under an allowed suffix "
                     f"({', '.join(self.suffixes)})")
         if self.namespaces and namespace not in self.namespaces:
