@@ -25,7 +25,12 @@ from aliasd.names import (
     overlaps,
     validate_fqdn,
 )
-from aliasd.policy import NamePolicy, policy_namespace
+from aliasd.policy import (
+    ALLOWED_NAMES_ANNOTATION,
+    DEFAULT_RULE,
+    NamePolicy,
+    policy_namespace,
+)
 from aliasd.zone import (
     AAAA,
     CNAME,
@@ -298,6 +303,16 @@ def _validate_claim(claim: AliasClaim, config: ZoneConfig,
     namespace = policy_namespace(claim.owner)
     if namespace is not None:
         allowed = config.names.allowed(namespace, annotations.get(namespace), config.zones[0])
+        if allowed is None and is_wildcard(name):
+            # A wildcard answers every name below its parent that nobody claims:
+            # the names another team has not deployed yet, and its typos. Who
+            # owns a subtree is the platform's decision, so without a policy
+            # that grants one no namespace claims one.
+            raise NameNotAllowed(
+                f"{name} is a wildcard, which answers every unclaimed name under "
+                f"{name.removeprefix(WILDCARD)}: a namespace may claim one only where its "
+                f"allowed names grant it, and namespace {namespace} has none "
+                f"(no {ALLOWED_NAMES_ANNOTATION} on the Namespace, no {DEFAULT_RULE})")
         why = allowed.refusal(name) if allowed is not None else None
         if why:
             raise NameNotAllowed(why)
