@@ -85,20 +85,20 @@ def _block_conflict(z: str) -> str:
             f"alone, so that block decides where {z} goes")
 
 
-def _plugin_conflict(z: str, texts: Sequence[str]) -> str | None:
-    """Why ``z`` overlaps a zone a plugin of ``texts`` (Corefiles) serves, or None.
+def _plugin_conflict(z: str, served: Sequence[tuple[str, str]]) -> str | None:
+    """Why ``z`` overlaps a zone a plugin serves (``served``: (zone, plugin) of
+    :func:`corefile.plugin_zones`), or None.
 
     A block for the zone itself, a name below it or a parent of it would
     take that plugin's zone away from it: CoreDNS sends a query to its most
     specific server block, so ``svc.cluster.local:53`` would end Service
     discovery for the cluster although ``kubernetes`` sits in the ``.`` block."""
     name = z + "."
-    for text in texts:
-        for zone, plugin in corefile.plugin_zones(text):
-            if overlaps(name, zone):
-                return (f"zone {z} overlaps {zone.rstrip('.')}, which the {plugin} plugin of "
-                        f"the Corefile serves; aliasd adds no server block for it, so the "
-                        f"Corefile keeps answering it")
+    for zone, plugin in served:
+        if overlaps(name, zone):
+            return (f"zone {z} overlaps {zone.rstrip('.')}, which the {plugin} plugin of "
+                    f"the Corefile serves; aliasd adds no server block for it, so the "
+                    f"Corefile keeps answering it")
     return None
 
 
@@ -110,6 +110,7 @@ def corefile_text(text: str, zones: Sequence[str], forward: Forward | None
     try:
         port, bind = _listen(text)
         wanted = [zone_key(z) for z in zones]
+        served = corefile.plugin_zones(text)  # aliasd's own blocks are not read
         out = text
         for region in corefile.managed_regions(text):
             if region.zone not in wanted:
@@ -117,7 +118,7 @@ def corefile_text(text: str, zones: Sequence[str], forward: Forward | None
         conflicts: Conflicts = {}
         for z in wanted:
             why = (_block_conflict(z) if corefile.user_blocks_for(out, z)
-                   else _plugin_conflict(z, [out]))
+                   else _plugin_conflict(z, served))
             if why is not None:
                 conflicts[z] = why
                 out = corefile.remove_managed(out, z)
@@ -168,22 +169,21 @@ def custom_data(data: Mapping[str, str], platform: str, zones: Sequence[str],
         port, bind = _listen(platform)
         taken = {corefile.split_key(k)[0] for b in corefile.server_blocks(platform)
                  for k in b.keys}
+        served = corefile.plugin_zones(platform)
     except corefile.CorefileError as e:
         raise ApplyError(f"cannot parse the Corefile: {e}") from None
     out = {k: v for k, v in data.items() if not is_custom_key(k)}
-    texts = [platform]
     for k, v in out.items():
         if k.endswith(CUSTOM_SUFFIX):
             # A broken key of someone else's breaks CoreDNS, not aliasd's plan.
             with contextlib.suppress(corefile.CorefileError):
                 taken |= {corefile.split_key(key)[0] for b in corefile.server_blocks(v)
                           for key in b.keys}
-                corefile.plugin_zones(v)
-                texts.append(v)
+                served += corefile.plugin_zones(v)
     conflicts: Conflicts = {}
     for z in (zone_key(z) for z in zones):
         key = custom_key(z)
-        why = _block_conflict(z) if z + "." in taken else _plugin_conflict(z, texts)
+        why = _block_conflict(z) if z + "." in taken else _plugin_conflict(z, served)
         if why is None and len(key) > MAX_KEY:
             # A ConfigMap key is at most 253 characters (a DNS subdomain); one
             # long name must not stop the wiring of every other one.
