@@ -83,9 +83,14 @@ def test_a_weight_from_another_namespace_is_a_conflict_not_a_share(
     annotate(cluster, team_b, "pay-green", {"aliasd.io/weight": "50", "aliasd.io/ttl": "1"})
     wait_for(lambda: weights(aliasd, "payments.internal.") == [50, 50],
              what="team-b's blue/green")
-    # team-a, later, asks for the same name with the heaviest weight.
-    hijack = service(cluster, team_a, "pay", alias="payments.internal")
-    annotate(cluster, team_a, "pay", {"aliasd.io/weight": "10000"})
+    # team-a, later, asks for the same name with the heaviest weight (in one
+    # request: never an unweighted claim in between, which would be a conflict
+    # whatever the rule for weights).
+    hijack = cluster.request("POST", f"/api/v1/namespaces/{team_a}/services", {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "pay", "annotations": {"aliasd.io/alias": "payments.internal",
+                                                    "aliasd.io/weight": "10000"}},
+        "spec": {"ports": [{"name": "http", "port": 80}]}})
     got = wait_for(lambda: [m for r, m in events(cluster, team_a, "pay")
                             if r == "AliasConflict"], what="the AliasConflict Event")
     assert got == [f"alias payments.internal. is already served for Service {team_b}/pay-blue "
