@@ -174,9 +174,8 @@ async def _coredns(opts: flags.Options, action: Action) -> int:
         async for change in wire(api, config, action=action):
             ref = change.target.ref
             sys.stdout.write(change.diff())
-            for zone in change.conflicts:
-                print(f"aliasd: warning: {ref} already has a server block for zone {zone} "
-                      "that aliasd does not own; left alone", file=sys.stderr)
+            for why in change.conflicts.values():
+                print(f"aliasd: warning: {ref}: {why}", file=sys.stderr)
             pending |= change.changed
             if action != "diff":
                 verb = "removed aliasd's part" if action == "remove" else "patched"

@@ -94,3 +94,10 @@ def best_zone(name: str, zones: Iterable[str]) -> str | None:
         if (name == z or name.endswith("." + z)) and (best is None or len(z) > len(best)):
             best = z
     return best
+
+
+def overlaps(name: str, zone: str) -> bool:
+    """Whether ``name`` and ``zone`` (normalized) are equal or one is below the
+    other: a CoreDNS server block for either would catch queries meant for the
+    other's subtree (CoreDNS routes a query to its most specific block)."""
+    return name == zone or name.endswith("." + zone) or zone.endswith("." + name)

@@ -17,8 +17,20 @@ from types import MappingProxyType
 
 from aliasd import names
 from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner, canonical_ip
-from aliasd.names import WILDCARD, best_zone, is_wildcard, normalize_name, validate_fqdn
-from aliasd.policy import NamePolicy, policy_namespace
+from aliasd.names import (
+    WILDCARD,
+    best_zone,
+    is_wildcard,
+    normalize_name,
+    overlaps,
+    validate_fqdn,
+)
+from aliasd.policy import (
+    ALLOWED_NAMES_ANNOTATION,
+    DEFAULT_RULE,
+    NamePolicy,
+    policy_namespace,
+)
 from aliasd.zone import (
     AAAA,
     CNAME,
@@ -38,14 +50,25 @@ _LABEL = names.LABEL
 NS_LABEL = names.NS_LABEL
 
 
+RESERVED_ZONES = ("cluster.local.", "in-addr.arpa.", "ip6.arpa.")
+"""Zones no takeover may touch, whatever ``--allow-takeover`` says: the default
+cluster domain (Service discovery: ``svc.cluster.local``) and the reverse
+zones (RFC 1035 3.5, RFC 3596 2.5) the CoreDNS ``kubernetes`` plugin answers.
+A takeover block for one of them, for a name below one, or for a parent of
+one would send that whole subtree to aliasd (CoreDNS routes a query to its
+most specific server block)."""
+
+
 @dataclass(frozen=True)
 class TakeoverPolicy:
     """Which names outside the zones may be taken over (``--allow-takeover``):
-    a name under one of ``suffixes`` (if any are given) claimed from one of
-    ``namespaces`` (if any are given). Both empty: takeover is off."""
+    a name strictly under one of ``suffixes`` (if any are given) claimed from
+    one of ``namespaces`` (if any are given), never one overlapping
+    ``reserved``. Suffixes and namespaces both empty: takeover is off."""
 
     suffixes: tuple[str, ...] = ()
     namespaces: tuple[str, ...] = ()
+    reserved: tuple[str, ...] = RESERVED_ZONES
 
     @classmethod
     def parse(cls, items: Iterable[str]) -> TakeoverPolicy:
@@ -72,8 +95,16 @@ class TakeoverPolicy:
         """Why ``namespace`` may not take over ``name`` (normalized), or None."""
         if not self.suffixes and not self.namespaces:
             return "takeover is off (aliasd runs without --allow-takeover)"
-        if self.suffixes and not any(name == s or name.endswith("." + s)
-                                     for s in self.suffixes):
+        for zone in self.reserved:
+            if overlaps(name, zone):
+                return (f"{name} overlaps {zone}, which the cluster DNS serves itself "
+                        "(Service discovery, reverse lookups); no allowance reaches it")
+        if self.suffixes and name in self.suffixes:
+            # The suffix itself would turn every lookup below it into NXDOMAIN
+            # (aliasd serves exactly the taken-over name).
+            return (f"{name} is an allowed suffix itself; only names strictly below it "
+                    "may be taken over")
+        if self.suffixes and not any(name.endswith("." + s) for s in self.suffixes):
             return (f"{name} is not under an allowed suffix "
                     f"({', '.join(self.suffixes)})")
         if self.namespaces and namespace not in self.namespaces:
@@ -272,6 +303,16 @@ def _validate_claim(claim: AliasClaim, config: ZoneConfig,
     namespace = policy_namespace(claim.owner)
     if namespace is not None:
         allowed = config.names.allowed(namespace, annotations.get(namespace), config.zones[0])
+        if allowed is None and is_wildcard(name):
+            # A wildcard answers every name below its parent that nobody claims:
+            # the names another team has not deployed yet, and its typos. Who
+            # owns a subtree is the platform's decision, so without a policy
+            # that grants one no namespace claims one.
+            raise NameNotAllowed(
+                f"{name} is a wildcard, which answers every unclaimed name under "
+                f"{name.removeprefix(WILDCARD)}: a namespace may claim one only where its "
+                f"allowed names grant it, and namespace {namespace} has none "
+                f"(no {ALLOWED_NAMES_ANNOTATION} on the Namespace, no {DEFAULT_RULE})")
         why = allowed.refusal(name) if allowed is not None else None
         if why:
             raise NameNotAllowed(why)
@@ -325,6 +366,12 @@ def _rank(c: AliasClaim) -> tuple[object, ...]:
             -1 if c.weight is None else c.weight, c.takeover, c.fallback, c.name)
 
 
+def _team(c: AliasClaim) -> str:
+    """Who may share a name by weight with ``c``: the claims of one namespace
+    (the aliases file, without namespaces, is one team of its own)."""
+    return c.owner.namespace
+
+
 def resolve(name: str, claims: Iterable[AliasClaim], config: ZoneConfig) -> Resolution:
     """Who wins ``name`` (normalized, validated) among ``claims``, and what it answers."""
     ranked = sorted(claims, key=_rank)
@@ -334,9 +381,20 @@ def resolve(name: str, claims: Iterable[AliasClaim], config: ZoneConfig) -> Reso
     if ranked[0].owner.kind == OVERRIDE_KIND:
         winners = [ranked[0]]
         overridden = tuple(Conflict(name, ranked[0].owner, c.owner) for c in ranked[1:])
-    elif len(ranked) > 1 and all(c.weight is not None for c in ranked):
-        # Every claimant asked to share: a weighted group, not a conflict.
-        group = winners = ranked
+    elif len(ranked) > 1 and ranked[0].weight is not None and all(
+            c.weight is not None for c in ranked if _team(c) == _team(ranked[0])):
+        # Every claimant of the oldest claim's namespace asked to share: a
+        # weighted group, not a conflict. Weights are shared within one
+        # namespace only (ExternalDNS's TXT ownership never hands one owner's
+        # records to another): a weighted claim from another namespace is a
+        # conflict like any other, or it could outweigh a blue/green it is no
+        # part of.
+        group = [c for c in ranked if _team(c) == _team(ranked[0])]
+        winners = group
+        conflicts = [Conflict(name, ranked[0].owner, c.owner) for c in ranked
+                     if _team(c) != _team(ranked[0])]
+        if len(group) == 1:
+            group = None
     else:
         winners = [ranked[0]]
         conflicts = [Conflict(name, ranked[0].owner, c.owner) for c in ranked[1:]

@@ -41,7 +41,17 @@ def cluster() -> Iterator[LocalCluster]:
 @pytest.fixture
 def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test (named after it)."""
-    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    yield from _fresh_namespace(cluster, request.node.name)
+
+
+@pytest.fixture
+def other_namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A second fresh namespace, for another team in the same test."""
+    yield from _fresh_namespace(cluster, f"other-{request.node.name}")
+
+
+def _fresh_namespace(cluster: LocalCluster, test: str) -> Iterator[str]:
+    base = re.sub(r"[^a-z0-9-]+", "-", test.lower()).strip("-")[:40].strip("-")
     name = f"{base}-{secrets.token_hex(3)}"
     cluster.request("POST", "/api/v1/namespaces",
                     {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})

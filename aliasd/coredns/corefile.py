@@ -157,6 +157,61 @@ def directive(block: ServerBlock, name: str) -> list[str] | None:
     return None
 
 
+def directives(block: ServerBlock) -> list[tuple[str, list[str]]]:
+    """Every top-level directive of ``block``: (plugin, arguments before its ``{``)."""
+    out: list[tuple[str, list[str]]] = []
+    depth = 0
+    line: list[str] = []
+    for tok, _ in [*_tokens(block.body), ("\n", -1)]:
+        if tok == "{":
+            if depth == 0 and line:
+                out.append((line[0], line[1:]))
+                line = []
+            depth += 1
+        elif tok == "}":
+            depth -= 1
+        elif tok == "\n":
+            if depth == 0 and line:
+                out.append((line[0], line[1:]))
+            line = []
+        elif depth == 0:
+            line.append(tok)
+    return out
+
+
+# Plugins that answer a zone from data of their own (not by passing the query
+# on, as forward does), and where their zone list starts among the arguments.
+# Without zones they serve the server block's zones.
+_ZONE_ARGS = {"kubernetes": 0, "k8s_external": 0, "etcd": 0, "federation": 0, "auto": 0,
+              "secondary": 0, "file": 1, "hosts": 1, "template": 2,
+              "route53": 0, "clouddns": 0, "azure": 0}
+
+
+def plugin_zones(text: str) -> list[tuple[str, str]]:
+    """(zone, plugin) for every zone a plugin of any server block of ``text``
+    serves from its own data (the root ``.`` left out: a catch-all such as
+    ``hosts`` with ``fallthrough`` in the root block claims no zone)."""
+    out: list[tuple[str, str]] = []
+    for block in server_blocks(text):
+        if block.managed:
+            continue
+        for plugin, args in directives(block):
+            start = _ZONE_ARGS.get(plugin)
+            if start is None:
+                continue
+            # route53 & co. write ZONE:ID; a CIDR (kubernetes reverse zones) is
+            # under in-addr.arpa/ip6.arpa, which takeovers never reach anyway.
+            zones = [a.split(":", 1)[0] for a in args[start:]
+                     if "/" not in a and not a.startswith("\"")]
+            if not zones:
+                zones = [split_key(k)[0] for k in block.keys]
+            for z in zones:
+                zone = split_key(z)[0]
+                if zone != ".":
+                    out.append((zone, plugin))
+    return list(dict.fromkeys(out))
+
+
 def user_blocks_for(text: str, zone: str) -> list[ServerBlock]:
     """Server blocks for ``zone`` that aliasd does not own."""
     z = zone.lower().rstrip(".") + "."

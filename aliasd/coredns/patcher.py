@@ -17,7 +17,7 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jsonpatch
@@ -83,7 +83,7 @@ class Change:
     obj: dict[str, Any]  # the ConfigMap as read
     data: dict[str, str]  # desired data
     annotations: dict[str, str]  # desired annotations
-    conflicts: tuple[str, ...] = ()
+    conflicts: plan.Conflicts = field(default_factory=dict)  # name -> why no block
     exists: bool = True  # False: the ConfigMap is absent and would be created
 
     @property
@@ -189,7 +189,7 @@ class Patcher:
         ns, name = split_ref(config.coredns_configmap, flag="--coredns-configmap")
         self._coredns = Target(ns, name, "corefile")
         self._targets: list[Target] = []
-        self._conflicts: dict[str, tuple[str, ...]] = {}
+        self._conflicts: dict[str, plan.Conflicts] = {}
         self.forward: Forward | None = config.forward_to
         self._error: str | None = None
         # Only the leader writes (None: no election, this process always does);
@@ -383,13 +383,11 @@ class Patcher:
             if write and change.changed:
                 self._log_change(change)
                 self._applied.add(target.ref)
-            for zone in change.conflicts:
+            for why in change.conflicts.values():
                 meta = change.obj.get("metadata", {})
                 problems.append(Problem(
                     Owner(0.0, target.namespace, target.name, "ConfigMap", meta.get("uid", "")),
-                    "CorefileConflict",
-                    f"zone {zone} already has a server block aliasd does not own; aliasd "
-                    f"leaves it alone, so that block decides where {zone} goes"))
+                    "CorefileConflict", why))
         error = "; ".join(errors) or None
         if error and error != self._error:
             log.warning("CoreDNS wiring: %s", error)

@@ -19,6 +19,7 @@ from typing import Any
 
 from aliasd.coredns import corefile
 from aliasd.model import ApplyError
+from aliasd.names import overlaps
 
 COREFILE_KEY = "Corefile"
 STUB_KEY = "stubDomains"
@@ -75,28 +76,58 @@ def _listen(text: str) -> tuple[int, str | None]:
     return port, (" ".join(args) if args else None)
 
 
+Conflicts = dict[str, str]
+"""Names aliasd adds no block for -> why (the ``CorefileConflict`` Event)."""
+
+
+def _block_conflict(z: str) -> str:
+    return (f"zone {z} already has a server block aliasd does not own; aliasd leaves it "
+            f"alone, so that block decides where {z} goes")
+
+
+def _plugin_conflict(z: str, served: Sequence[tuple[str, str]]) -> str | None:
+    """Why ``z`` overlaps a zone a plugin serves (``served``: (zone, plugin) of
+    :func:`corefile.plugin_zones`), or None.
+
+    A block for the zone itself, a name below it or a parent of it would
+    take that plugin's zone away from it: CoreDNS sends a query to its most
+    specific server block, so ``svc.cluster.local:53`` would end Service
+    discovery for the cluster although ``kubernetes`` sits in the ``.`` block."""
+    name = z + "."
+    for zone, plugin in served:
+        if overlaps(name, zone):
+            return (f"zone {z} overlaps {zone.rstrip('.')}, which the {plugin} plugin of "
+                    f"the Corefile serves; aliasd adds no server block for it, so the "
+                    f"Corefile keeps answering it")
+    return None
+
+
 def corefile_text(text: str, zones: Sequence[str], forward: Forward | None
-                  ) -> tuple[str, tuple[str, ...]]:
+                  ) -> tuple[str, Conflicts]:
     """The Corefile with one managed block per zone (same port and bind as the
-    root ``.`` block), stale managed blocks removed, user-owned zones left alone."""
+    root ``.`` block), stale managed blocks removed, user-owned zones (and the
+    zones of the Corefile's plugins, such as ``kubernetes``) left alone."""
     try:
         port, bind = _listen(text)
         wanted = [zone_key(z) for z in zones]
+        served = corefile.plugin_zones(text)  # aliasd's own blocks are not read
         out = text
         for region in corefile.managed_regions(text):
             if region.zone not in wanted:
                 out = corefile.remove_managed(out, region.zone)
-        conflicts = []
+        conflicts: Conflicts = {}
         for z in wanted:
-            if corefile.user_blocks_for(out, z):
-                conflicts.append(z)
+            why = (_block_conflict(z) if corefile.user_blocks_for(out, z)
+                   else _plugin_conflict(z, served))
+            if why is not None:
+                conflicts[z] = why
                 out = corefile.remove_managed(out, z)
             elif forward is not None:
                 block = corefile.render_block(z, port=port, forward_to=str(forward), bind=bind)
                 out = corefile.upsert_managed(out, z, block)
     except corefile.CorefileError as e:
         raise ApplyError(f"cannot parse the Corefile: {e}") from None
-    return out, tuple(conflicts)
+    return out, conflicts
 
 
 def imports_custom_servers(text: str) -> bool:
@@ -123,18 +154,22 @@ def custom_names(data: Mapping[str, str]) -> list[str]:
 
 
 def custom_data(data: Mapping[str, str], platform: str, zones: Sequence[str],
-                forward: Forward | None) -> tuple[dict[str, str], tuple[str, ...]]:
+                forward: Forward | None) -> tuple[dict[str, str], Conflicts]:
     """``coredns-custom`` data with one ``aliasd-<zone>.server`` key per zone (a
     server block on the port and bind of ``platform``'s root block), every other
     key untouched, aliasd's stale keys gone.
 
     A zone that already has a server block, in the platform Corefile or in
     someone else's ``*.server`` key, is a conflict and gets no key: CoreDNS
-    refuses two blocks for one zone and port, and would stop reloading."""
+    refuses two blocks for one zone and port, and would stop reloading. So is
+    a zone overlapping one a plugin serves (``kubernetes cluster.local``), and
+    a name whose key would be too long: each one refused alone, the others
+    still get their keys."""
     try:
         port, bind = _listen(platform)
         taken = {corefile.split_key(k)[0] for b in corefile.server_blocks(platform)
                  for k in b.keys}
+        served = corefile.plugin_zones(platform)
     except corefile.CorefileError as e:
         raise ApplyError(f"cannot parse the Corefile: {e}") from None
     out = {k: v for k, v in data.items() if not is_custom_key(k)}
@@ -144,23 +179,28 @@ def custom_data(data: Mapping[str, str], platform: str, zones: Sequence[str],
             with contextlib.suppress(corefile.CorefileError):
                 taken |= {corefile.split_key(key)[0] for b in corefile.server_blocks(v)
                           for key in b.keys}
-    conflicts = []
+                served += corefile.plugin_zones(v)
+    conflicts: Conflicts = {}
     for z in (zone_key(z) for z in zones):
-        if z + "." in taken:
-            conflicts.append(z)
+        key = custom_key(z)
+        why = _block_conflict(z) if z + "." in taken else _plugin_conflict(z, served)
+        if why is None and len(key) > MAX_KEY:
+            # A ConfigMap key is at most 253 characters (a DNS subdomain); one
+            # long name must not stop the wiring of every other one.
+            why = (f"name {z}: its coredns-custom key would be {len(key)} characters, "
+                   f"longer than a ConfigMap key may be ({MAX_KEY}); aliasd adds no key "
+                   f"for it")
+        if why is not None:
+            conflicts[z] = why
         elif forward is not None:
-            key = custom_key(z)
-            if len(key) > MAX_KEY:
-                raise ApplyError(f"{z}: the coredns-custom key {key[:40]}... would be longer "
-                                 f"than {MAX_KEY} characters")
             out[key] = CUSTOM_HEADER + corefile.render_server(
                 z, port=port, forward_to=str(forward), bind=bind)
-    return out, tuple(conflicts)
+    return out, conflicts
 
 
 def stub_domains(value: str | None, annotations: Mapping[str, str], zones: Sequence[str],
                  forward: Forward | None
-                 ) -> tuple[str | None, dict[str, str], tuple[str, ...]]:
+                 ) -> tuple[str | None, dict[str, str], Conflicts]:
     """kube-dns ``stubDomains`` with ``{"<zone>": ["<ip>"]}`` merged in, other
     entries untouched; (text or None for no key, annotations, conflicts).
 
@@ -174,7 +214,8 @@ def stub_domains(value: str | None, annotations: Mapping[str, str], zones: Seque
     prev_ours = set(record.get("zones", []))
     rest = {k: v for k, v in current.items() if k not in prev_ours}
     wanted = [zone_key(z) for z in zones]
-    conflicts = tuple(z for z in wanted if z in rest)
+    conflicts = {z: (f"zone {z} already has a stubDomains entry aliasd does not own; "
+                     f"aliasd leaves it alone") for z in wanted if z in rest}
     if forward is not None and len(conflicts) < len(wanted) and forward.port != 53:
         raise ApplyError(f"kube-dns stubDomains take IPs only, so aliasd's Service must "
                          f"listen on port 53 (the forward target is {forward})")

@@ -211,6 +211,14 @@ def serviceentry_claims(
                                 f"{', '.join(sorted(missing))} not in spec.hosts; ignored"))
     if not hosts:
         return [], problems
+    scope = _export_scope(spec.get("exportTo"))
+    if scope is not None:
+        problems.append(Problem(owner, "NotExported", (
+            f"spec.exportTo {scope}: the entry is exported to "
+            f"{_EXPORT_WORDS.get(scope, f'namespaces {scope} only')}, and an alias answers "
+            f"every pod in the cluster; "
+            f"{', '.join(hosts)} not served (export it to '*' to serve it)")))
+        return [], problems
     ttl = _ttl(se, owner, problems)
     fallback = _fallback(se, owner, problems)
     ports = tuple(
@@ -240,6 +248,24 @@ def serviceentry_claims(
         claims.append(AliasClaim(host, owner, addresses=addresses, cname=cname, ttl=ttl,
                                  takeover=takeover, ports=host_ports if cname is None else ()))
     return claims, problems
+
+
+_EXPORT_WORDS = {"'.'": "its own namespace only", "'~'": "no namespace"}
+
+
+def _export_scope(export_to: object) -> str | None:
+    """None when a ServiceEntry is exported to every namespace (``exportTo``
+    absent, empty, or listing ``*``), else how it is written. Istio's
+    ``exportTo`` limits which namespaces see the entry (``.``: its own, ``~``:
+    none, names: those); an alias is answered to every pod that asks, so only
+    an entry every namespace sees becomes one (a mesh whose
+    ``defaultServiceExportTo`` is narrower should set ``exportTo`` explicitly)."""
+    if not isinstance(export_to, list) or not export_to:
+        return None
+    items = [str(x).strip() for x in export_to]
+    if "*" in items:
+        return None
+    return ", ".join(f"'{x}'" for x in items)
 
 
 def _se_protocol(port: Mapping[str, Any]) -> str:
@@ -373,6 +399,7 @@ def trim_serviceentry(se: Mapping[str, Any]) -> dict[str, Any]:
     spec = se.get("spec") or {}
     out: dict[str, Any] = {"metadata": _trim_meta(se.get("metadata") or {}), "spec": {
         "hosts": spec.get("hosts") or [], "addresses": spec.get("addresses") or [],
+        **({"exportTo": spec["exportTo"]} if spec.get("exportTo") else {}),
         "endpoints": [{k: ep[k] for k in ("address", "weight") if k in ep}
                       if isinstance(ep, dict) else ep for ep in spec.get("endpoints") or []],
         "ports": [{k: p[k] for k in ("name", "number", "protocol") if k in p}

@@ -168,6 +168,42 @@ def test_alias_resolves_through_coredns_custom_and_the_corefile_is_untouched(
            what="CoreDNS to stop forwarding the zone")
 
 
+LONG = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 49, "example.com"])  # 253: a valid name
+
+
+def test_a_name_too_long_for_its_key_is_refused_alone(
+        platform: tuple[str, dict[str, str]], cluster: LocalCluster, namespace: str,
+        tmp_path: Path) -> None:
+    shape, shipped = platform
+    user_keys = AKS_USER_KEYS if shape == "aks" else {}
+    cluster.request("POST", f"/api/v1/namespaces/{namespace}/services", {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "lb", "annotations": {
+            "aliasd.io/alias": "lb.internal",
+            "aliasd.io/takeover": f"{LONG}, lb.example.com"}},
+        "spec": {"ports": [{"name": "http", "port": 80}]}})
+    port = free_udp_tcp_port()
+    args = ["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal",
+            "--coredns-mode", "auto", "--forward-to", f"127.0.0.1:{port}",
+            "--leader-election", "off", "--allow-takeover", "example.com"]
+    with run_aliasd(args, tmp=tmp_path, dns_port=port) as p:
+        # The long name's key would be 267 characters: that name alone is
+        # refused, the zone and the other takeover are wired.
+        wait_for(lambda: sorted(custom_data(cluster) or {}) == sorted(
+            [*user_keys, "aliasd-internal.server", "aliasd-lb.example.com.server"]),
+                 what="the keys of the zone and of lb.example.com")
+        got = wait_for(lambda: [m for r, m in events(cluster, "kube-system", "coredns-custom")
+                                if r == "CorefileConflict"], what="CorefileConflict Event")
+        # (k3s ships no coredns-custom: the first Event may name it before aliasd
+        # created it, without a uid, and the next one the created object.)
+        assert set(got) == {f"name {LONG}: its coredns-custom key would be 267 characters, "
+                            "longer than a ConfigMap key may be (253); aliasd adds no key for it"}
+        _, ready = p.http("/readyz")
+        assert ready["coredns"]["error"] is None
+        assert ready["coredns"]["conflicts"] == {"kube-system/coredns-custom": [LONG]}
+        assert cluster.request("GET", f"{CM}/coredns")["data"] == shipped
+
+
 def test_cli_in_coredns_custom_mode(platform: tuple[str, dict[str, str]],
                                     cluster: LocalCluster) -> None:
     shape, shipped = platform

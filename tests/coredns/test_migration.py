@@ -164,6 +164,59 @@ def test_takeover_refused_without_permission(coredns: LocalCluster, namespace: s
         assert query(p.dns, "legacy-lb.example.com", "A").rcode() == dns.rcode.REFUSED
 
 
+CLUSTER_ZONE = ("which the cluster DNS serves itself (Service discovery, reverse lookups); "
+                "no allowance reaches it")
+
+
+def test_takeover_never_reaches_the_cluster_zones_or_the_allowed_suffix(
+        coredns: LocalCluster, namespace: str, tmp_path: Path) -> None:
+    cluster = coredns
+    ip = service(cluster, namespace, "web")["spec"]["clusterIP"]
+    kubernetes = cluster.request("GET", "/api/v1/namespaces/default/services/kubernetes")[
+        "spec"]["clusterIP"]
+    port = free_udp_tcp_port()
+    # A namespace allowed to take over anything still cannot take the cluster's
+    # own zones: Service discovery and reverse lookups keep working.
+    with run_aliasd(wired(cluster, port, "--allow-takeover", f"namespace={namespace}"),
+                    tmp=tmp_path, dns_port=port) as p:
+        wait_for(lambda: managed_zones(corefile_now(cluster)) == ["internal"], what="wiring")
+        before = corefile_now(cluster)
+        cluster.request("PATCH", f"/api/v1/namespaces/{namespace}/services/web", {
+            "metadata": {"annotations": {
+                "aliasd.io/takeover": "svc.cluster.local, in-addr.arpa"}}},
+            content_type="application/merge-patch+json")
+        got = wait_for(lambda: (lambda e: e if len(e) == 2 else None)(
+            sorted(events(cluster, namespace, "web"))), what="both Events")
+        assert got == [
+            ("TakeoverNotAllowed", "takeover of in-addr.arpa. refused: in-addr.arpa. overlaps "
+             f"in-addr.arpa., {CLUSTER_ZONE}"),
+            ("TakeoverNotAllowed", "takeover of svc.cluster.local. refused: svc.cluster.local. "
+             f"overlaps cluster.local., {CLUSTER_ZONE}")]
+        _, doc = p.http("/v1/aliases")
+        assert sorted(i["name"] for i in doc["invalid"]) == ["in-addr.arpa",
+                                                             "svc.cluster.local"]
+        assert corefile_now(cluster) == before  # no block for either
+        assert query(p.dns, "kubernetes.default.svc.cluster.local", "A").rcode() == \
+            dns.rcode.REFUSED
+        assert via_coredns(cluster, "kubernetes.default.svc.cluster.local") == Counter(
+            {kubernetes: 1})
+        assert metric(p, "aliasd_invalid_aliases_by_reason", reason="TakeoverNotAllowed") == 2
+    # --allow-takeover example.com: names strictly below it, never example.com
+    # itself (aliasd would answer NXDOMAIN for every name below it).
+    cluster.request("PATCH", f"/api/v1/namespaces/{namespace}/services/web", {
+        "metadata": {"annotations": {"aliasd.io/takeover": "example.com, lb.example.com"}}},
+        content_type="application/merge-patch+json")
+    with run_aliasd(wired(cluster, port, "--allow-takeover", "example.com"),
+                    tmp=tmp_path, dns_port=port) as p:
+        wait_for(lambda: managed_zones(corefile_now(cluster)) == ["internal", "lb.example.com"],
+                 what="the takeover block of lb.example.com only")
+        suffix = ("TakeoverNotAllowed", "takeover of example.com. refused: example.com. is "
+                  "an allowed suffix itself; only names strictly below it may be taken over")
+        wait_for(lambda: suffix in events(cluster, namespace, "web"), what="the Event")
+        assert a_records(p, "lb.example.com.") == [ip]
+        assert query(p.dns, "www.example.com", "A").rcode() == dns.rcode.REFUSED
+
+
 def test_failover_switch_through_coredns_restarts_and_replicas(
         coredns: LocalCluster, namespace: str, tmp_path: Path) -> None:
     cluster = coredns

@@ -47,9 +47,14 @@ NODE_LOCAL = """cluster.local:53 {
 """
 
 
+INTERNAL_TAKEN = {"internal": "zone internal already has a server block aliasd does not own; "
+                              "aliasd leaves it alone, so that block decides where internal "
+                              "goes"}
+
+
 def test_block_uses_the_root_port_and_bind() -> None:
     text, conflicts = corefile_text(KUBEADM, ["internal."], FWD)
-    assert conflicts == ()
+    assert conflicts == {}
     (ours,) = [b for b in corefile.server_blocks(text) if b.managed]
     assert ours.keys == ("internal:53",)
     assert corefile.directive(ours, "bind") == ["127.0.0.1"]
@@ -75,12 +80,12 @@ def test_zones_come_and_go_and_removal_is_exact() -> None:
 def test_user_owned_zone_is_a_conflict_and_left_alone() -> None:
     user = KUBEADM + "internal:53 {\n    forward . 10.0.0.1\n}\n"
     text, conflicts = corefile_text(user, ["internal.", "corp."], FWD)
-    assert conflicts == ("internal",)
+    assert conflicts == INTERNAL_TAKEN
     assert text.startswith(user) and "corp:53 {" in text
     # A block of ours that the user later shadows with their own is withdrawn.
     ours, _ = corefile_text(KUBEADM, ["internal."], FWD)
     shadowed = ours + "internal:53 {\n    forward . 10.0.0.1\n}\n"
-    assert corefile_text(shadowed, ["internal."], FWD) == (user, ("internal",))
+    assert corefile_text(shadowed, ["internal."], FWD) == (user, INTERNAL_TAKEN)
 
 
 def test_unparseable_corefile_is_an_apply_error() -> None:
@@ -92,11 +97,11 @@ def test_stub_domains_merge_keeps_other_entries_and_remove_is_exact() -> None:
     original = '{"acme.local":   ["1.2.3.4"]}'
     text, ann, conflicts = stub_domains(original, {"keep": "me"}, ["internal."], FWD)
     assert json.loads(text or "") == {"acme.local": ["1.2.3.4"], "internal": ["10.96.0.53"]}
-    assert conflicts == () and ann["keep"] == "me"
+    assert conflicts == {} and ann["keep"] == "me"
     assert json.loads(ann[STUB_ANNOTATION]) == {"original": original, "zones": ["internal"]}
     # Idempotent: the same input gives the same text, byte for byte.
-    assert stub_domains(text, ann, ["internal."], FWD) == (text, ann, ())
-    assert stub_domains(text, ann, [], None) == (original, {"keep": "me"}, ())
+    assert stub_domains(text, ann, ["internal."], FWD) == (text, ann, {})
+    assert stub_domains(text, ann, [], None) == (original, {"keep": "me"}, {})
     # Someone added an entry meanwhile: it survives the removal.
     edited = json.dumps({**json.loads(text or ""), "b.local": ["5.6.7.8"]})
     back, ann2, _ = stub_domains(edited, ann, [], None)
@@ -104,12 +109,14 @@ def test_stub_domains_merge_keeps_other_entries_and_remove_is_exact() -> None:
     assert STUB_ANNOTATION not in ann2
     # No stubDomains key before: none after.
     text, ann, _ = stub_domains(None, {}, ["internal"], FWD)
-    assert stub_domains(text, ann, [], None) == (None, {}, ())
+    assert stub_domains(text, ann, [], None) == (None, {}, {})
 
 
 def test_stub_domains_conflict_and_port_rules() -> None:
     mine = '{"internal": ["10.0.0.1"]}'
-    assert stub_domains(mine, {}, ["internal"], FWD) == (mine, {}, ("internal",))
+    assert stub_domains(mine, {}, ["internal"], FWD) == (mine, {}, {
+        "internal": "zone internal already has a stubDomains entry aliasd does not own; "
+                    "aliasd leaves it alone"})
     with pytest.raises(ApplyError, match="must listen on port 53"):
         stub_domains(None, {}, ["internal"], Forward("10.96.0.53", 5353))
     with pytest.raises(ApplyError, match="stubDomains is not valid JSON"):
@@ -201,7 +208,7 @@ def test_custom_keys_per_zone_and_takeover_others_untouched(shape: str) -> None:
             "corp.server": "corp.example:53 {\n    forward . 10.1.1.1\n}\n"}
     data, conflicts = custom_data(user, SHAPES[shape], ["internal.", "legacy-lb.example.com"],
                                   FWD)
-    assert conflicts == ()
+    assert conflicts == {}
     assert data == {**user, "aliasd-internal.server": CUSTOM_BLOCK,
                     "aliasd-legacy-lb.example.com.server":
                         CUSTOM_BLOCK.replace("internal:53", "legacy-lb.example.com:53")}
@@ -210,7 +217,7 @@ def test_custom_keys_per_zone_and_takeover_others_untouched(shape: str) -> None:
     assert custom_data(data, SHAPES[shape], ["internal", "legacy-lb.example.com"], FWD)[0] == data
     assert custom_key("legacy-lb.example.com.") not in custom_data(data, SHAPES[shape],
                                                                    ["internal"], FWD)[0]
-    assert custom_data(data, SHAPES[shape], [], None) == (user, ())
+    assert custom_data(data, SHAPES[shape], [], None) == (user, {})
 
 
 def test_custom_block_follows_the_platform_port_and_bind() -> None:
@@ -225,10 +232,10 @@ def test_custom_zone_with_a_block_elsewhere_is_a_conflict() -> None:
     # In the platform Corefile, or in someone else's *.server key: CoreDNS refuses
     # two blocks for one zone, so aliasd writes none.
     platform = SHAPES["k3s"] + "internal:53 {\n    forward . 10.0.0.1\n}\n"
-    assert custom_data({}, platform, ["internal", "corp"], FWD)[1] == ("internal",)
+    assert custom_data({}, platform, ["internal", "corp"], FWD)[1] == INTERNAL_TAKEN
     theirs = {"mine.server": "corp:53 {\n    forward . 10.0.0.2\n}\n"}
     data, conflicts = custom_data(theirs, SHAPES["k3s"], ["internal", "corp"], FWD)
-    assert conflicts == ("corp",)
+    assert list(conflicts) == ["corp"]
     assert sorted(data) == ["aliasd-internal.server", "mine.server"]
     # A broken key of someone else's is CoreDNS's problem, not a reason to stop.
     broken = {"broken.server": "oops {\n"}
@@ -243,3 +250,57 @@ def test_custom_diff_names_each_key() -> None:
         "--- a/kube-system/coredns-custom:data.aliasd-internal.server",
         "+++ b/kube-system/coredns-custom:data.aliasd-internal.server"]
     assert "log.override" not in diff
+
+
+@pytest.mark.parametrize("name", ["svc.cluster.local", "cluster.local", "local.cluster.local",
+                                  "in-addr.arpa", "10.in-addr.arpa", "ip6.arpa"])
+def test_zones_of_the_kubernetes_plugin_are_never_wired(name: str) -> None:
+    # kubeadm's Corefile serves cluster.local, in-addr.arpa and ip6.arpa from
+    # the kubernetes plugin of its "." block: no block key names them, but a
+    # block for one of them (or below, or above) would take them from it.
+    zone = next(z for z in ("cluster.local", "in-addr.arpa", "ip6.arpa")
+                if f".{name}".endswith(f".{z}") or f".{z}".endswith(f".{name}"))
+    why = (f"zone {name} overlaps {zone}, which the kubernetes plugin of the Corefile serves; "
+           f"aliasd adds no server block for it, so the Corefile keeps answering it")
+    text, conflicts = corefile_text(KUBEADM, ["internal", name], FWD)
+    assert conflicts == {name: why}
+    assert [r.zone for r in corefile.managed_regions(text)] == ["internal"]
+    for shape in sorted(SHAPES):
+        data, conflicts = custom_data({}, SHAPES[shape], ["internal", name], FWD)
+        assert conflicts == {name: why}
+        assert sorted(data) == ["aliasd-internal.server"]
+
+
+def test_zones_of_any_plugin_in_any_block_are_never_wired() -> None:
+    corp = ("corp.example:53 {\n    file /etc/coredns/db.corp corp.example\n}\n"
+            "cluster.k8s.example:53 {\n    kubernetes\n}\n"
+            "ext.example:53 {\n    hosts /etc/hosts hosts.ext.example {\n      fallthrough\n"
+            "    }\n    forward . 192.0.2.1\n}\n")
+    names = ["internal", "api.corp.example", "svc.cluster.k8s.example", "k8s.example",
+             "a.hosts.ext.example", "legacy.ext.example"]
+    text, conflicts = corefile_text(KUBEADM + corp, names, FWD)
+    assert {n: why.split(",")[0] for n, why in conflicts.items()} == {
+        "api.corp.example": "zone api.corp.example overlaps corp.example",
+        "svc.cluster.k8s.example": "zone svc.cluster.k8s.example overlaps cluster.k8s.example",
+        "k8s.example": "zone k8s.example overlaps cluster.k8s.example",
+        "a.hosts.ext.example": "zone a.hosts.ext.example overlaps hosts.ext.example"}
+    # A name below a block that only forwards is what a takeover is for.
+    assert [r.zone for r in corefile.managed_regions(text)] == ["internal",
+                                                                "legacy.ext.example"]
+    # In someone else's coredns-custom key too.
+    data, conflicts = custom_data({"corp.server": corp}, SHAPES["aks"], names, FWD)
+    assert sorted(conflicts) == ["a.hosts.ext.example", "api.corp.example", "k8s.example",
+                                 "svc.cluster.k8s.example"]
+    assert sorted(data) == ["aliasd-internal.server", "aliasd-legacy.ext.example.server",
+                            "corp.server"]
+
+
+def test_a_name_too_long_for_a_configmap_key_is_refused_alone() -> None:
+    # 253 characters: a valid name, but aliasd-<name>.server is 267.
+    long = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 53, "example"])
+    assert len(long) == 253 and len(custom_key(long)) == 267
+    data, conflicts = custom_data({}, SHAPES["aks"], ["internal", long, "lb.example.com"], FWD)
+    assert conflicts == {long: f"name {long}: its coredns-custom key would be 267 characters, "
+                               "longer than a ConfigMap key may be (253); aliasd adds no key "
+                               "for it"}
+    assert sorted(data) == ["aliasd-internal.server", "aliasd-lb.example.com.server"]

@@ -53,9 +53,11 @@ def test_wildcard_hosts_resolve_through_coredns_and_take_no_existing_name(
                  "ports": [{"name": "http", "number": 80, "protocol": "HTTP"}],
                  "endpoints": [{"address": "192.0.2.9"}]}})
     port = free_udp_tcp_port()
+    # Wildcards from namespaces need a grant of the name policy: here any name.
     with run_aliasd(["--kubeconfig", str(coredns.kubeconfig), "--zone", "internal",
                      "--coredns-mode", "corefile", "--forward-to", f"127.0.0.1:{port}",
-                     "--leader-election", "off"], tmp=tmp_path, dns_port=port) as p:
+                     "--leader-election", "off", "--default-allowed-names", "*"],
+                    tmp=tmp_path, dns_port=port) as p:
         wait_for(lambda: a_records(p, "anything.wild-se.internal.") == [SE_IP],
                  what="the ServiceEntry's wildcard host")
         # Asked of aliasd: names below the wildcards, and what they do not take.

@@ -171,6 +171,25 @@ def test_serviceentry_target_order(cluster: LocalCluster, aliasd: AliasdProcess,
                     "status.addresses and no usable spec.endpoints; it is not served")]
 
 
+def test_serviceentry_exported_to_its_namespace_only_is_no_alias(
+        cluster: LocalCluster, aliasd: AliasdProcess, namespace: str) -> None:
+    base = f"/apis/networking.istio.io/v1/namespaces/{namespace}/serviceentries"
+    cluster.request("POST", base, {
+        "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": {"name": "private"},
+        "spec": {"hosts": ["se-private.internal"], "addresses": ["10.99.0.7"],
+                 "exportTo": ["."], "resolution": "STATIC"}})
+    got = wait_for(lambda: events(cluster, namespace, "private"), what="NotExported event")
+    assert got == [("NotExported", "spec.exportTo '.': the entry is exported to its own "
+                    "namespace only, and an alias answers every pod in the cluster; "
+                    "se-private.internal not served (export it to '*' to serve it)")]
+    assert rcode(aliasd, "se-private.internal.") == "NXDOMAIN"
+    cluster.request("PATCH", f"{base}/private", {"spec": {"exportTo": ["*"]}},
+                    content_type="application/merge-patch+json")
+    wait_for(lambda: a_records(aliasd, "se-private.internal.") == ["10.99.0.7"],
+             what="the entry exported to every namespace")
+
+
 def endpoint_slice(cluster: LocalCluster, ns: str, service_name: str,
                    ready: dict[str, bool | None]) -> dict[str, Any]:
     eps = []

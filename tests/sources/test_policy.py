@@ -91,6 +91,29 @@ def test_claim_outside_allowed_names_is_not_served_until_the_policy_allows_it(
     assert aliasd.proc.poll() is None and "Traceback" not in aliasd.logs()
 
 
+def test_a_wildcard_over_another_namespace_needs_a_grant(
+        cluster: LocalCluster, aliasd: AliasdProcess, namespace: str,
+        other_namespace: str) -> None:
+    team_a, team_b = namespace, other_namespace
+    api = service(cluster, team_b, "api", alias=f"api.{team_b}.internal")["spec"]["clusterIP"]
+    gw = service(cluster, team_a, "gw", alias=f"*.{team_b}.internal")["spec"]["clusterIP"]
+    got = wait_for(lambda: events(cluster, team_a, "gw"), what="the AliasNotAllowed Event")
+    assert got == [("AliasNotAllowed", (
+        f"*.{team_b}.internal. is a wildcard, which answers every unclaimed name under "
+        f"{team_b}.internal.: a namespace may claim one only where its allowed names grant "
+        f"it, and namespace {team_a} has none (no {ANNOTATION} on the Namespace, no "
+        "--default-allowed-names)"))]
+    # team-b's typos and names not deployed yet stay NXDOMAIN; its names answer.
+    assert a_records(aliasd, f"api.{team_b}.internal.") == [api]
+    assert rcode(aliasd, f"typo.{team_b}.internal.") == "NXDOMAIN"
+    assert rcode(aliasd, f"not-yet.{team_b}.internal.") == "NXDOMAIN"
+    # The platform team grants team-a the subtree: the wildcard answers.
+    set_allowed(cluster, team_a, f"*.{team_b}.internal")
+    wait_for(lambda: a_records(aliasd, f"typo.{team_b}.internal.") == [gw],
+             what="the granted wildcard")
+    assert a_records(aliasd, f"api.{team_b}.internal.") == [api]  # RFC 4592: not synthesized
+
+
 @pytest.fixture
 def strict(cluster: LocalCluster, tmp_path: Path) -> Iterator[AliasdProcess]:
     """aliasd on a strict cluster: each namespace may claim names under its own."""

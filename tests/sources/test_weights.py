@@ -71,6 +71,40 @@ def test_services_share_a_name_by_weight(cluster: LocalCluster, aliasd: AliasdPr
     assert [a["weight"] for a in doc["aliases"] if a["name"] == "shop.internal."] == [0, 10]
 
 
+def test_a_weight_from_another_namespace_is_a_conflict_not_a_share(
+        cluster: LocalCluster, aliasd: AliasdProcess, namespace: str,
+        other_namespace: str) -> None:
+    # Created within one second, the claims tie on age and the namespace name
+    # decides: other-... sorts first, so team-b is older either way.
+    team_b, team_a = other_namespace, namespace
+    blue = service(cluster, team_b, "pay-blue", alias="payments.internal")
+    green = service(cluster, team_b, "pay-green", alias="payments.internal")
+    annotate(cluster, team_b, "pay-blue", {"aliasd.io/weight": "50", "aliasd.io/ttl": "1"})
+    annotate(cluster, team_b, "pay-green", {"aliasd.io/weight": "50", "aliasd.io/ttl": "1"})
+    wait_for(lambda: weights(aliasd, "payments.internal.") == [50, 50],
+             what="team-b's blue/green")
+    # team-a, later, asks for the same name with the heaviest weight (in one
+    # request: never an unweighted claim in between, which would be a conflict
+    # whatever the rule for weights).
+    hijack = cluster.request("POST", f"/api/v1/namespaces/{team_a}/services", {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "pay", "annotations": {"aliasd.io/alias": "payments.internal",
+                                                    "aliasd.io/weight": "10000"}},
+        "spec": {"ports": [{"name": "http", "port": 80}]}})
+    got = wait_for(lambda: [m for r, m in events(cluster, team_a, "pay")
+                            if r == "AliasConflict"], what="the AliasConflict Event")
+    assert got == [f"alias payments.internal. is already served for Service {team_b}/pay-blue "
+                   "(the older claim wins); this claim takes over when that one goes away"]
+    _, doc = aliasd.http("/v1/aliases")
+    assert [(c["name"], c["loser"]) for c in doc["conflicts"]] == [
+        ("payments.internal.", f"Service {team_a}/pay")]
+    assert weights(aliasd, "payments.internal.") == [50, 50]  # the hijack is no member
+    team_b_ips = {blue["spec"]["clusterIP"], green["spec"]["clusterIP"]}
+    counts = split(aliasd, "payments.internal.", 2000)
+    assert set(counts) == team_b_ips, counts
+    assert hijack["spec"]["clusterIP"] not in counts
+
+
 def test_invalid_weight_is_an_event_and_the_conflict_rule_holds(
         cluster: LocalCluster, aliasd: AliasdProcess, namespace: str) -> None:
     # Created in the same second maybe: then the name decides; "first" wins either way.

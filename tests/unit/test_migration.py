@@ -93,6 +93,35 @@ def test_takeover_policy() -> None:
         TakeoverPolicy.parse(["exa mple.com"])
 
 
+@pytest.mark.parametrize(("allow", "name", "why"), [
+    # The allowed suffix itself would make every name below it NXDOMAIN.
+    (["example.com"], "example.com", "example.com. is an allowed suffix itself; only names "
+     "strictly below it may be taken over"),
+    # Service discovery and reverse lookups, whatever the allowance.
+    (["namespace=shop"], "svc.cluster.local", "svc.cluster.local. overlaps cluster.local., "
+     "which the cluster DNS serves itself (Service discovery, reverse lookups); no allowance "
+     "reaches it"),
+    (["namespace=shop"], "cluster.local", "cluster.local. overlaps cluster.local., which"),
+    (["namespace=shop"], "in-addr.arpa", "in-addr.arpa. overlaps in-addr.arpa., which"),
+    (["namespace=shop"], "10.in-addr.arpa", "10.in-addr.arpa. overlaps in-addr.arpa., which"),
+    (["namespace=shop"], "1.0.0.0.ip6.arpa", "1.0.0.0.ip6.arpa. overlaps ip6.arpa., which"),
+    (["local", "namespace=shop"], "svc.cluster.local", "svc.cluster.local. overlaps "
+     "cluster.local., which"),
+    (["arpa"], "in-addr.arpa", "in-addr.arpa. overlaps in-addr.arpa., which"),
+])
+def test_takeover_never_reaches_the_suffix_itself_or_the_cluster_zones(
+        allow: list[str], name: str, why: str) -> None:
+    config = ZoneConfig.from_names(["internal"], takeover=TakeoverPolicy.parse(allow))
+    res = resolver.build([AliasClaim(name, SVC, addresses=("192.0.2.10",), takeover=True)],
+                         config=config, serial=1)
+    assert res.takeovers == ()
+    ((invalid),) = res.invalid
+    assert invalid.event == "TakeoverNotAllowed"
+    assert invalid.reason.startswith(f"takeover of {name}. refused: {why}")
+    # Strictly below the suffix is still allowed.
+    assert TakeoverPolicy.parse(["example.com"]).refusal("lb.example.com.", "shop") is None
+
+
 def test_takeover_serves_exactly_that_name_as_its_own_zone() -> None:
     config = ZoneConfig.from_names(["internal"], takeover=POLICY)
     claims = [AliasClaim("legacy-lb.example.com", SVC, addresses=("192.0.2.10",),

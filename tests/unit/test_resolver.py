@@ -127,6 +127,33 @@ def test_weighted_group_only_when_every_claimant_has_a_weight() -> None:
     assert [c.loser.name for c in res.conflicts] == ["green", "plain"]
 
 
+def test_weights_are_shared_within_one_namespace_only() -> None:
+    blue = claim("pay", created=1, ns="team-b", owner="blue", addresses=("10.0.0.1",),
+                 weight=50)
+    green = claim("pay", created=2, ns="team-b", owner="green", addresses=("10.0.0.2",),
+                  weight=50)
+    hijack = claim("pay", created=3, ns="team-a", owner="hijack", addresses=("10.0.0.66",),
+                   weight=10000)
+    res = resolver.build([hijack, green, blue], config=CFG, serial=1)
+    # team-b's blue/green stays a group of two; team-a's claim is a conflict.
+    assert res.snapshot.weighted["pay.internal."].weights == (50, 50)
+    assert [e.claim.owner.name for e in res.entries] == ["blue", "green"]
+    assert [(c.winner.name, c.loser.name) for c in res.conflicts] == [("blue", "hijack")]
+    assert {snap_a(res, "pay.internal.", r / 10) for r in range(10)} == {"10.0.0.1", "10.0.0.2"}
+    # The other way round, the older namespace keeps the name: one weighted
+    # claim alone is no group, and the newer namespace's group loses whole.
+    squat = claim("pay", created=0.5, ns="team-a", owner="squat", addresses=("10.0.0.66",),
+                  weight=1)
+    res = resolver.build([blue, green, squat], config=CFG, serial=1)
+    assert "pay.internal." not in res.snapshot.weighted
+    assert [e.claim.owner.name for e in res.entries] == ["squat"]
+    assert [c.loser.name for c in res.conflicts] == ["blue", "green"]
+
+
+def snap_a(res: resolver.Result, name: str, r: float) -> str:
+    return str(res.snapshot.lookup(name, A, rnd=draws(r)).answer[0].rdata[0])
+
+
 def test_drained_variant_is_never_drawn_and_all_drained_spreads_evenly() -> None:
     old = claim("lb", owner="old", cname="legacy.example.com", addresses=(), weight=0)
     new = claim("lb", created=2, owner="new", addresses=("10.0.0.2",), weight=100)

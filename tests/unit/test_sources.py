@@ -89,6 +89,28 @@ def test_serviceentry_prefers_spec_then_status_then_endpoints() -> None:
     assert "svc.ns.svc.cluster.local does not exist" in problems[0].message
 
 
+@pytest.mark.parametrize(("export_to", "served", "scope"), [
+    (None, True, ""), ([], True, ""), (["*"], True, ""), ([".", "*"], True, ""),
+    (["."], False, "spec.exportTo '.': the entry is exported to its own namespace only"),
+    (["~"], False, "spec.exportTo '~': the entry is exported to no namespace"),
+    (["shop", "pay"], False, "spec.exportTo 'shop', 'pay': the entry is exported to "
+                             "namespaces 'shop', 'pay' only"),
+])
+def test_serviceentry_is_an_alias_only_when_exported_to_every_namespace(
+        export_to: list[str] | None, served: bool, scope: str) -> None:
+    spec: dict[str, Any] = {"hosts": ["x.internal"], "addresses": ["240.240.0.1"]}
+    if export_to is not None:
+        spec["exportTo"] = export_to
+    se = mapping.trim_serviceentry({"metadata": {"name": "se", "namespace": "n"},
+                                    "spec": spec})
+    claims, problems = mapping.serviceentry_claims(
+        se, in_zone=lambda h: h.endswith(".internal"), services=lambda ns, n: None)
+    assert [c.name for c in claims] == (["x.internal"] if served else [])
+    assert [(p.reason, p.message) for p in problems] == ([] if served else [(
+        "NotExported", f"{scope}, and an alias answers every pod in the cluster; x.internal "
+        "not served (export it to '*' to serve it)")])
+
+
 def test_watch_events_and_relist_diff() -> None:
     cache: dict[str, dict[str, object]] = {}
     obj = {"metadata": {"name": "a", "namespace": "n", "resourceVersion": "5"}}

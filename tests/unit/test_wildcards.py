@@ -13,12 +13,15 @@ from aliasd.dns.answer import Answerer
 from aliasd.dns.stats import Stats
 from aliasd.engine import Engine
 from aliasd.model import OVERRIDE_KIND, AliasClaim, ConfigError, Owner, Port
+from aliasd.policy import NamePolicy
 from aliasd.sources import overrides
 from aliasd.sources.file import parse_aliases
 from aliasd.zone import AAAA, ANY, CNAME, SRV, A, Outcome, Rcode
 
+# A namespace claims a wildcard only where the name policy grants it: here any name.
 CFG = resolver.ZoneConfig.from_names(
-    ["internal", "corp.internal"], takeover=resolver.TakeoverPolicy.parse(["example.com"]))
+    ["internal", "corp.internal"], takeover=resolver.TakeoverPolicy.parse(["example.com"]),
+    names=NamePolicy.parse(["*"]))
 OWNER = Owner(1.0, "shop", "web")
 
 
@@ -234,8 +237,6 @@ def test_the_name_policy_treats_a_wildcard_as_a_name_under_its_parent() -> None:
     """The name policy and wildcards together: allowed `*.shop.internal` lets a
     tenant claim the wildcard *.shop.internal (it answers only names under
     shop.internal), and `shop.internal` alone does not."""
-    from aliasd.policy import NamePolicy
-
     cfg = resolver.ZoneConfig.from_names(["internal"], names=NamePolicy.parse([]))
     claims = [AliasClaim("*.shop.internal", Owner(1.0, "shop", "gw"), addresses=("10.0.0.1",)),
               AliasClaim("*.pay.internal", Owner(1.0, "shop", "gw"), addresses=("10.0.0.1",))]
@@ -246,3 +247,33 @@ def test_the_name_policy_treats_a_wildcard_as_a_name_under_its_parent() -> None:
         ("*.pay.internal", "AliasNotAllowed")]
     assert result.snapshot.lookup("x.shop.internal.", A).answer[0].rdata == ("10.0.0.1",)
     assert result.snapshot.lookup("x.pay.internal.", A).rcode == Rcode.NXDOMAIN
+
+
+def test_a_wildcard_from_a_namespace_needs_a_grant_of_the_name_policy() -> None:
+    # Without a policy any namespace may claim any name, but not a wildcard:
+    # *.team-b.internal from team-a would answer team-b's typos and every name
+    # team-b has not deployed yet.
+    open_cfg = resolver.ZoneConfig.from_names(["internal"])
+    claims = [AliasClaim("*.team-b.internal", Owner(1.0, "team-a", "gw"),
+                         addresses=("10.0.0.66",)),
+              AliasClaim("api.team-b.internal", Owner(2.0, "team-b", "api"),
+                         addresses=("10.0.0.2",))]
+    result = resolver.build(claims, config=open_cfg, serial=1)
+    assert [e.name for e in result.entries] == ["api.team-b.internal."]
+    assert [(i.claim.name, i.event, i.reason) for i in result.invalid] == [(
+        "*.team-b.internal", "AliasNotAllowed",
+        "*.team-b.internal. is a wildcard, which answers every unclaimed name under "
+        "team-b.internal.: a namespace may claim one only where its allowed names grant it, "
+        "and namespace team-a has none (no aliasd.io/allowed-names on the Namespace, no "
+        "--default-allowed-names)")]
+    assert result.snapshot.lookup("typo.team-b.internal.", A).rcode == Rcode.NXDOMAIN
+    # Granted by the Namespace's annotation (or --default-allowed-names), it is served.
+    granted = resolver.build(claims, config=open_cfg, serial=1,
+                             annotations={"team-a": "*.team-b.internal"})
+    assert granted.invalid == ()
+    assert granted.snapshot.lookup("typo.team-b.internal.", A).answer[0].rdata == (
+        "10.0.0.66",)
+    # The aliases file has no namespace: the operator wrote it.
+    file_claim = AliasClaim("*.team-b.internal", Owner(0.0, "", "aliases.yaml", "File"),
+                            addresses=("10.0.0.7",))
+    assert resolver.build([file_claim], config=open_cfg, serial=1).invalid == ()
