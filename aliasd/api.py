@@ -17,9 +17,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from aliasd.access import Refused
 from aliasd.model import ConfigError
-from aliasd.resolver import Result, ZoneConfig
+from aliasd.resolver import Result
 from aliasd.runtime.overrides import OverrideError, OverridesService
 from aliasd.status import AliasesRenderer, ReadModel
+from aliasd.zoneconfig import ZoneConfig
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aliasd.dns.server import ServerConfig
-from aliasd.resolver import ZoneConfig
+from aliasd.zoneconfig import ZoneConfig
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # the commands import their modules lazily: `aliasd --help` s
     from kubernetes_asyncio.client import ApiClient
 
     from aliasd.coredns.patcher import PatcherConfig
-    from aliasd.resolver import ZoneConfig
+    from aliasd.zoneconfig import ZoneConfig
 
 log = logging.getLogger("aliasd")
 
@@ -95,7 +95,7 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def _zone_config(opts: flags.Options) -> ZoneConfig:
-    from aliasd.resolver import ZoneConfig
+    from aliasd.zoneconfig import ZoneConfig
 
     try:
         return ZoneConfig.from_names(

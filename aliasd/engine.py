@@ -28,7 +28,6 @@ from aliasd.resolver import (
     Invalid,
     Resolution,
     Result,
-    ZoneConfig,
     apex_rrsets,
     next_serial,
     owner_names,
@@ -37,6 +36,7 @@ from aliasd.resolver import (
     zone_infos,
 )
 from aliasd.zone import CNAME, MAX_CNAME_CHAIN, RRset, Snapshot, Weighted
+from aliasd.zoneconfig import ZoneConfig
 
 V = TypeVar("V")
 KEY_SEP = "\0"

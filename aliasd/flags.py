@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # parsers import their modules lazily: `aliasd --help` stays 
 
     from aliasd.coredns.plan import Forward
     from aliasd.policy import NamePolicy
-    from aliasd.resolver import TakeoverPolicy
+    from aliasd.zoneconfig import TakeoverPolicy
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -147,7 +147,7 @@ def _forward(text: str, flag: str) -> Forward:
 
 
 def _takeover(items: list[str], flag: str) -> TakeoverPolicy:
-    from aliasd.resolver import TakeoverPolicy
+    from aliasd.zoneconfig import TakeoverPolicy
 
     return TakeoverPolicy.parse(items)
 

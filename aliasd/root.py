@@ -49,7 +49,7 @@ from aliasd.metrics import (
     watch_restarts,
 )
 from aliasd.model import ConfigError
-from aliasd.resolver import Result, ZoneConfig
+from aliasd.resolver import Result
 from aliasd.runtime.checker import RelistChecker
 from aliasd.runtime.committer import Committer, Reporter, Source
 from aliasd.runtime.inbox import Inbox
@@ -62,6 +62,7 @@ from aliasd.sources.overrides import ConfigMapOverrides, FileOverrides, Override
 from aliasd.state import State, StateFile
 from aliasd.status import Component, ReadModel, aliases_document
 from aliasd.supervisor import supervise
+from aliasd.zoneconfig import ZoneConfig
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from prometheus_client.core import CounterMetricFamily
 from aliasd import resolver
 from aliasd.engine import differences
 from aliasd.model import AliasClaim
-from aliasd.resolver import ZoneConfig
 from aliasd.runtime.committer import Committer
 from aliasd.runtime.inbox import Inbox
 from aliasd.zone import Snapshot
+from aliasd.zoneconfig import ZoneConfig
 
 log = logging.getLogger(__name__)
 

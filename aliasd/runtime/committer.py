@@ -20,11 +20,12 @@ from prometheus_client.core import CounterMetricFamily
 
 from aliasd import resolver
 from aliasd.model import AliasClaim
-from aliasd.resolver import Result, ZoneConfig
+from aliasd.resolver import Result
 from aliasd.runtime.inbox import Inbox
 from aliasd.runtime.statewriter import StateWriter
 from aliasd.state import State
 from aliasd.zone import Snapshot
+from aliasd.zoneconfig import ZoneConfig
 
 log = logging.getLogger(__name__)
 

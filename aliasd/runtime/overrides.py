@@ -14,9 +14,9 @@ from prometheus_client.core import GaugeMetricFamily
 from aliasd.access import Authenticator, Refused, Trail, Write
 from aliasd.kubeapi import TRANSIENT
 from aliasd.model import ApplyError, utc_timestamp
-from aliasd.resolver import ZoneConfig
 from aliasd.sources import overrides
 from aliasd.sources.overrides import Override, OverridesSource
+from aliasd.zoneconfig import ZoneConfig
 
 log = logging.getLogger(__name__)
 

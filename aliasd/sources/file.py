@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 
 from aliasd.model import DEFAULT_TTL, AliasClaim, ConfigError, Owner, Port, parse_ip, parse_ttl
-from aliasd.resolver import ZoneConfig, qualify
+from aliasd.resolver import qualify
+from aliasd.zoneconfig import ZoneConfig
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, Di
 from aliasd.engine import KEY_SEP
 from aliasd.model import AliasClaim
 from aliasd.names import best_zone, normalize_name
-from aliasd.resolver import ZoneConfig
 from aliasd.sources import mapping
 from aliasd.sources.mapping import Problem
 from aliasd.sources.watch import Informer, NotFound, Obj
+from aliasd.zoneconfig import ZoneConfig
 
 log = logging.getLogger(__name__)
 

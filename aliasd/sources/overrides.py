@@ -33,9 +33,10 @@ from aliasd.model import (
     parse_ttl,
 )
 from aliasd.names import validate_fqdn
-from aliasd.resolver import ZoneConfig, absolute_name, qualify
+from aliasd.resolver import absolute_name, qualify
 from aliasd.sources.watch import Informer, Obj
 from aliasd.state import StateFile
+from aliasd.zoneconfig import ZoneConfig
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import dns.asyncquery
 import dns.message
 
-from aliasd import resolver
+from aliasd import resolver, zoneconfig
 from aliasd.dns.server import DnsServer, ServerConfig
 from aliasd.model import AliasClaim, Owner
 from aliasd.zone import Snapshot
 
-CFG = resolver.ZoneConfig.from_names(["internal"], ns_addresses=["127.0.0.1"])
+CFG = zoneconfig.ZoneConfig.from_names(["internal"], ns_addresses=["127.0.0.1"])
 
 
 def snapshot(api: str, *, serial: int) -> Snapshot:

@@ -9,9 +9,9 @@ import pytest
 from aliasd import resolver
 from aliasd.engine import Engine
 from aliasd.model import AliasClaim, Owner
-from aliasd.resolver import ZoneConfig
 from aliasd.runtime.inbox import Inbox
 from aliasd.zone import Snapshot
+from aliasd.zoneconfig import ZoneConfig
 
 ZONES = ZoneConfig.from_names(["internal"])
 START = 1_800_000_000.0

@@ -19,11 +19,11 @@ from aliasd import resolver
 from aliasd.engine import KEY_SEP, Engine, differences
 from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner, Port
 from aliasd.policy import NamePolicy
-from aliasd.resolver import TakeoverPolicy, ZoneConfig
 from aliasd.runtime.statewriter import stored_claims
 from aliasd.state import StateFile
 from aliasd.status import AliasesRenderer, aliases_document
 from aliasd.zone import AAAA, ANY, CNAME, NS, SOA, SRV, A, Lookup, Snapshot
+from aliasd.zoneconfig import TakeoverPolicy, ZoneConfig
 
 CFG = ZoneConfig.from_names(["internal", "corp.example"], ns_addresses=["10.0.0.53"],
                             takeover=TakeoverPolicy.parse(["example.com"]),

@@ -14,7 +14,7 @@ import dns.rdatatype
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aliasd import resolver
+from aliasd import resolver, zoneconfig
 from aliasd.dns.answer import Answerer
 from aliasd.dns.cache import CACHED_QTYPES
 from aliasd.dns.stats import Stats
@@ -22,7 +22,7 @@ from aliasd.model import AliasClaim, Owner, Port
 from aliasd.policy import NamePolicy
 from aliasd.zone import Snapshot
 
-CFG = resolver.ZoneConfig.from_names(["internal", "corp.example"], ns_addresses=["127.0.0.1"],
+CFG = zoneconfig.ZoneConfig.from_names(["internal", "corp.example"], ns_addresses=["127.0.0.1"],
                                      names=NamePolicy.parse(["*"]))  # wildcards granted
 CLAIMS = [
     AliasClaim("my-fruits.internal", Owner(1, "a", "a"), addresses=("10.96.0.10", "fd00::10"),

@@ -10,10 +10,10 @@ import pytest
 
 from aliasd import resolver
 from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner, Port
-from aliasd.resolver import TakeoverPolicy, ZoneConfig
 from aliasd.sources import overrides
 from aliasd.state import StateFile, claim_to_json
 from aliasd.zone import CNAME, A, Rcode
+from aliasd.zoneconfig import TakeoverPolicy, ZoneConfig
 
 ZONES = ZoneConfig.from_names(["internal"])
 SVC = Owner(100.0, "shop", "api")

@@ -17,9 +17,9 @@ from aliasd import resolver
 from aliasd.engine import KEY_SEP, Engine
 from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner
 from aliasd.policy import NamePolicy, Pattern, parse_allowed, parse_pattern
-from aliasd.resolver import TakeoverPolicy, ZoneConfig
 from aliasd.runtime.statewriter import stored_claims
 from aliasd.state import StateFile
+from aliasd.zoneconfig import TakeoverPolicy, ZoneConfig
 from tests.helpers import ROOT
 
 ZONE = "internal."

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aliasd import resolver
+from aliasd import resolver, zoneconfig
 from aliasd.model import AliasClaim, Owner
 from aliasd.zone import AAAA, CNAME, SOA, A, Rcode
 
-CFG = resolver.ZoneConfig.from_names(["internal", "corp.example"])
+CFG = zoneconfig.ZoneConfig.from_names(["internal", "corp.example"])
 
 
 def claim(name: str, *, created: float = 1.0, ns: str = "a", owner: str = "svc",

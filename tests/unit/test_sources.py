@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from aliasd.model import ConfigError
-from aliasd.resolver import ZoneConfig
 from aliasd.sources import mapping
 from aliasd.sources.file import parse_aliases
 from aliasd.sources.watch import Gone, Informer, apply_event, diff_relist
+from aliasd.zoneconfig import ZoneConfig
 
 CFG = ZoneConfig.from_names(["internal"])
 

@@ -8,7 +8,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from aliasd import resolver
+from aliasd import resolver, zoneconfig
 from aliasd.dns.answer import Answerer
 from aliasd.dns.stats import Stats
 from aliasd.engine import Engine
@@ -19,8 +19,8 @@ from aliasd.sources.file import parse_aliases
 from aliasd.zone import AAAA, ANY, CNAME, SRV, A, Outcome, Rcode
 
 # A namespace claims a wildcard only where the name policy grants it: here any name.
-CFG = resolver.ZoneConfig.from_names(
-    ["internal", "corp.internal"], takeover=resolver.TakeoverPolicy.parse(["example.com"]),
+CFG = zoneconfig.ZoneConfig.from_names(
+    ["internal", "corp.internal"], takeover=zoneconfig.TakeoverPolicy.parse(["example.com"]),
     names=NamePolicy.parse(["*"]))
 OWNER = Owner(1.0, "shop", "web")
 
@@ -237,7 +237,7 @@ def test_the_name_policy_treats_a_wildcard_as_a_name_under_its_parent() -> None:
     """The name policy and wildcards together: allowed `*.shop.internal` lets a
     tenant claim the wildcard *.shop.internal (it answers only names under
     shop.internal), and `shop.internal` alone does not."""
-    cfg = resolver.ZoneConfig.from_names(["internal"], names=NamePolicy.parse([]))
+    cfg = zoneconfig.ZoneConfig.from_names(["internal"], names=NamePolicy.parse([]))
     claims = [AliasClaim("*.shop.internal", Owner(1.0, "shop", "gw"), addresses=("10.0.0.1",)),
               AliasClaim("*.pay.internal", Owner(1.0, "shop", "gw"), addresses=("10.0.0.1",))]
     result = resolver.build(claims, config=cfg, serial=1,
@@ -253,7 +253,7 @@ def test_a_wildcard_from_a_namespace_needs_a_grant_of_the_name_policy() -> None:
     # Without a policy any namespace may claim any name, but not a wildcard:
     # *.team-b.internal from team-a would answer team-b's typos and every name
     # team-b has not deployed yet.
-    open_cfg = resolver.ZoneConfig.from_names(["internal"])
+    open_cfg = zoneconfig.ZoneConfig.from_names(["internal"])
     claims = [AliasClaim("*.team-b.internal", Owner(1.0, "team-a", "gw"),
                          addresses=("10.0.0.66",)),
               AliasClaim("api.team-b.internal", Owner(2.0, "team-b", "api"),

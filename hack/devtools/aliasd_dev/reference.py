@@ -105,8 +105,8 @@ help texts in the code, not here.
 def metrics_markdown() -> str:
     """The metrics reference: one row per metric family ``/metrics`` serves."""
     from aliasd.app import AppConfig
-    from aliasd.resolver import ZoneConfig
     from aliasd.root import metrics_registry
+    from aliasd.zoneconfig import ZoneConfig
 
     registry = metrics_registry(AppConfig(zones=ZoneConfig.from_names(["internal"])))
     rows = []
