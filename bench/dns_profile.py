@@ -22,12 +22,12 @@ from typing import Any
 import dns.message
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "hack" / "devtools")]  # aliasd, aliasd_dev
 
 from aliasd.dns.answer import Answerer  # noqa: E402
 from aliasd.dns.stats import Stats  # noqa: E402
 from aliasd.dns.wire import fast_shape, wire_name  # noqa: E402
-from tests.unit.test_fastpath import SNAP  # noqa: E402
+from aliasd_dev.samples import SNAP  # noqa: E402
 
 
 def load_old(commit: str) -> Any:

@@ -15,7 +15,10 @@ import pytest
 
 from aliasd.access import REFUSED_BURST, REFUSED_EVERY
 from aliasd_dev import LocalCluster
-from tests.helpers import AliasdProcess, a_records, events, http_json, run_aliasd, service, wait_for
+from tests.support.dnsclient import a_records
+from tests.support.kube import events, service
+from tests.support.process import AliasdProcess, http_json, run_aliasd
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

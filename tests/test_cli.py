@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import ROOT
+from tests.support import ROOT
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, wait_for
+from tests.support import ROOT
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -11,8 +11,7 @@ import re
 import pytest
 import yaml
 
-from tests import walkthrough
-from tests.helpers import ROOT
+from tests.support import ROOT, walkthrough
 
 WALKTHROUGHS = [walkthrough.MIGRATION, walkthrough.FAILOVER]
 

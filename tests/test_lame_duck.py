@@ -7,7 +7,9 @@ import signal
 import time
 from pathlib import Path
 
-from tests.helpers import a_records, run_aliasd, wait_for
+from tests.support.dnsclient import a_records
+from tests.support.process import run_aliasd
+from tests.support.waiting import wait_for
 
 
 def test_sigterm_fails_readyz_and_keeps_answering(tmp_path: Path) -> None:

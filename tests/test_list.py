@@ -13,7 +13,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from aliasd_dev import LocalCluster
-from tests.helpers import ROOT, a_records, query, run_aliasd, service, wait_for
+from tests.support import ROOT
+from tests.support.dnsclient import a_records, query
+from tests.support.kube import service
+from tests.support.process import run_aliasd
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -19,17 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aliasd.coredns import corefile
 from aliasd_dev import ClusterError, LocalCluster, ensure_binaries
-from tests.helpers import (
-    ALIASD_SCRIPT,
-    ROOT,
-    a_records,
-    api_refusals,
-    events,
-    http_json,
-    run_aliasd,
-    service,
-    wait_for,
-)
+from tests.support import ROOT
+from tests.support.dnsclient import a_records
+from tests.support.kube import events, service
+from tests.support.process import ALIASD_SCRIPT, api_refusals, http_json, run_aliasd
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -18,7 +18,8 @@ import schemathesis
 import yaml
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.helpers import AliasdProcess, a_records, answers, http_json, query, run_aliasd
+from tests.support.dnsclient import a_records, answers, query
+from tests.support.process import AliasdProcess, http_json, run_aliasd
 
 TOKEN = "s3cret-token-for-tests"
 SEMANTIC = re.compile(r"cannot be a cname to itself|reserved for the zone's name server")

@@ -9,7 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from tests.helpers import ROOT
+from tests.support import ROOT
 
 # What a build reads; caches, the venv and build output stay out of the copy.
 NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",

@@ -6,24 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aliasd.coredns import corefile
-from aliasd_dev.corefile import CorefilePorts, kubeadm_corefile
+from tests.support.corefiles import KUBE_DNS_STYLE, KUBEADM
 
-KUBEADM = kubeadm_corefile(ports=CorefilePorts(53, 8080, 8181, 9153, 5300),
-                           kubeconfig="/etc/kubeconfig")
 USER_OWNED = KUBEADM + "internal:53 {\n    forward . 10.0.0.1\n}\n"
-KUBE_DNS_STYLE = """.:53 {
-    errors
-    health
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-      pods insecure
-    }
-    forward . /etc/resolv.conf
-    cache 30
-}
-example.org:53 {
-    forward . 192.0.2.1
-}
-"""
 
 
 def block(zone: str = "internal") -> str:

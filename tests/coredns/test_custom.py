@@ -14,10 +14,12 @@ import pytest
 
 from aliasd.coredns import corefile
 from aliasd_dev import ClusterError, LocalCluster, free_udp_tcp_port
-from tests.coredns.conftest import CM
-from tests.coredns.shapes import SHAPES, on_loopback
-from tests.coredns.test_wiring import cli, corefile_now
-from tests.helpers import dig_short, events, run_aliasd, service, wait_for
+from tests.support.coredns import CM, corefile_now
+from tests.support.corefiles import SHAPES, on_loopback
+from tests.support.dnsclient import dig_short
+from tests.support.kube import events, service
+from tests.support.process import cli, run_aliasd
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -7,50 +7,24 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dns.rcode
 import pytest
-import yaml
 
 from aliasd.state import StateFile
 from aliasd_dev import LocalCluster, free_udp_tcp_port
-from tests.coredns.test_wiring import corefile_now, managed_zones, wired
-from tests.helpers import (
-    AliasdProcess,
-    a_records,
-    answers,
-    events,
-    http_json,
-    metric,
-    query,
-    rcode,
-    run_aliasd,
-    service,
-    wait_for,
-)
-from tests.sources.test_kube import endpoint_slice
-from tests.unit.test_fastpath import CHI2_1DF_P1E9, chi2
+from tests.support.coredns import DATACENTER_IP, corefile_now, managed_zones, wired
+from tests.support.dnsclient import a_records, answers, query, rcode
+from tests.support.kube import endpoint_slice, events, service
+from tests.support.process import AliasdProcess, http_json, metric, run_aliasd
+from tests.support.stats import CHI2_1DF_P1E9, chi2
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
-DATACENTER_IP = "192.0.2.10"
 SE_PATH = "/apis/networking.istio.io/v1/namespaces/{ns}/serviceentries"
-
-
-@pytest.fixture
-def datacenter(cluster: LocalCluster, tmp_path: Path) -> Iterator[AliasdProcess]:
-    """The "datacenter DNS": what CoreDNS's root block forwards to (its upstream)
-    serves legacy-lb.example.com. It is an aliasd too, on the upstream port."""
-    d = tmp_path / "datacenter"
-    d.mkdir()
-    (d / "aliases.yaml").write_text(yaml.safe_dump({"aliases": {
-        "legacy-lb.example.com": {"addresses": [DATACENTER_IP]}}}))
-    with run_aliasd(["--zone", "example.com", "--aliases-file", str(d / "aliases.yaml")],
-                    tmp=d, dns_port=cluster.upstream_port) as p:
-        yield p
 
 
 def via_coredns(cluster: LocalCluster, name: str, n: int = 1) -> Counter[str]:

@@ -21,30 +21,9 @@ from aliasd.coredns.plan import (
     stub_domains,
 )
 from aliasd.model import ApplyError, ConfigError
-
-from .shapes import SHAPES
-from .test_corefile import KUBE_DNS_STYLE, KUBEADM
+from tests.support.corefiles import KUBE_DNS_STYLE, KUBEADM, NODE_LOCAL, SHAPES
 
 FWD = Forward("10.96.0.53", 53)
-NODE_LOCAL = """cluster.local:53 {
-    errors
-    cache {
-        success 9984 30
-        denial 9984 5
-    }
-    bind 169.254.20.10 10.96.0.10
-    forward . __PILLAR__CLUSTER__DNS__ {
-        force_tcp
-    }
-}
-.:53 {
-    errors
-    cache 30
-    reload
-    bind 169.254.20.10 10.96.0.10
-    forward . __PILLAR__UPSTREAM__SERVERS__
-}
-"""
 
 
 INTERNAL_TAKEN = {"internal": "zone internal already has a server block aliasd does not own; "

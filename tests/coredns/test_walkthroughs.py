@@ -1,6 +1,6 @@
 """The walkthroughs of docs/guides/migrating-a-service.md and
 docs/guides/failover.md, run from those pages as written
-(tests/walkthrough.py): each ``walkthrough: steps`` block goes to bash with
+(tests/support/walkthrough.py): each ``walkthrough: steps`` block goes to bash with
 the real kubectl, curl, jq and dig against the local control plane and
 CoreDNS. The ``setup`` blocks are what this test provides
 itself (a kind pod for ``ask``, a port-forward); tests/e2e/test_walkthroughs.py
@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 
 from aliasd_dev import LocalCluster, free_udp_tcp_port
-from tests import walkthrough
-from tests.coredns.test_migration import datacenter
-from tests.coredns.test_wiring import wired
-from tests.helpers import AliasdProcess, run_aliasd
+from tests.support import walkthrough
+from tests.support.coredns import wired
+from tests.support.process import AliasdProcess, run_aliasd
 
 pytestmark = pytest.mark.cluster
-__all__ = ["datacenter"]  # the fixture, imported for these tests
+
 
 def run(cluster: LocalCluster, prelude: str, block: str, tmp: Path) -> str:
     env = {**os.environ, "PATH": f"{cluster.bin_dir}:{os.environ['PATH']}",

@@ -12,17 +12,10 @@ import dns.rcode
 import pytest
 
 from aliasd_dev import LocalCluster, free_udp_tcp_port
-from tests.helpers import (
-    a_records,
-    dig,
-    dig_short,
-    events,
-    query,
-    rcode,
-    run_aliasd,
-    service,
-    wait_for,
-)
+from tests.support.dnsclient import a_records, dig, dig_short, query, rcode
+from tests.support.kube import events, service
+from tests.support.process import run_aliasd
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -25,47 +25,15 @@ from aliasd.coredns.plan import Forward
 from aliasd.coredns.wiring import Action, wire
 from aliasd.model import ApplyError
 from aliasd_dev import LocalCluster, free_udp_tcp_port
-from tests.coredns.conftest import CM
-from tests.helpers import (
-    ROOT,
-    AliasdProcess,
-    dig_short,
-    events,
-    metric,
-    metric_or_none,
-    run_aliasd,
-    service,
-    wait_for,
-)
+from tests.support import ROOT
+from tests.support.coredns import CM, corefile_now, managed_zones, set_corefile, wired
+from tests.support.corefiles import NODE_LOCAL
+from tests.support.dnsclient import dig_short
+from tests.support.kube import events, service
+from tests.support.process import AliasdProcess, cli, metric, metric_or_none, run_aliasd
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
-
-
-
-def corefile_now(cluster: LocalCluster) -> str:
-    text: str = cluster.request("GET", f"{CM}/coredns")["data"]["Corefile"]
-    return text
-
-
-def set_corefile(cluster: LocalCluster, text: str) -> None:
-    cluster.request("PATCH", f"{CM}/coredns", {"data": {"Corefile": text}},
-                    content_type="application/merge-patch+json")
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "aliasd", *args], capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=60, check=False)
-
-
-def wired(cluster: LocalCluster, dns_port: int, *extra: str) -> list[str]:
-    return ["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal",
-            "--coredns-mode", "corefile", "--forward-to", f"127.0.0.1:{dns_port}",
-            "--leader-election", "off", *extra]
-
-
-def managed_zones(text: str) -> list[str]:
-    return [r.zone for r in corefile.managed_regions(text)]
 
 
 def test_pod_path_through_coredns_restart_writes_nothing_remove_is_exact(
@@ -387,8 +355,6 @@ def test_kube_dns_mode_keeps_other_stub_domains(coredns: LocalCluster,
 
 def test_auto_mode_wires_node_local_dns_too(coredns: LocalCluster,
                                             extra_configmap: Any) -> None:
-    from tests.coredns.test_plan import NODE_LOCAL
-
     extra_configmap("node-local-dns", {"Corefile": NODE_LOCAL})
     kc = str(coredns.kubeconfig)
     r = cli("coredns", "apply", "--kubeconfig", kc, "--forward-to", "10.96.0.53:53")

@@ -14,7 +14,8 @@ from kubernetes_asyncio.client import (
 )
 
 from aliasd_dev import LocalCluster
-from tests.helpers import dig, dig_short, wait_for
+from tests.support.dnsclient import dig, dig_short
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aliasd_dev import reference
-from tests.helpers import ROOT
+from tests.support import ROOT
 
 
 def test_flags_page_is_up_to_date() -> None:

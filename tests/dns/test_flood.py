@@ -15,7 +15,8 @@ from pathlib import Path
 import dns.rcode
 import pytest
 
-from tests.helpers import AliasdProcess, answers, dig, metric, query, run_aliasd
+from tests.support.dnsclient import answers, dig, query
+from tests.support.process import AliasdProcess, metric, run_aliasd
 
 NAMES = 2000
 FLOOD = 200_000

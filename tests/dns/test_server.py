@@ -20,15 +20,9 @@ import dns.rdatatype
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import (
-    AliasdProcess,
-    answers,
-    dig,
-    query,
-    replace_file,
-    run_aliasd,
-    wait_for,
-)
+from tests.support.dnsclient import answers, dig, query
+from tests.support.process import AliasdProcess, replace_file, run_aliasd
+from tests.support.waiting import wait_for
 
 MANY_V6 = [f"fd00::{i:x}" for i in range(1, 41)]  # 40 AAAA: > 512 bytes
 

@@ -16,7 +16,9 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.helpers import AliasdProcess, dig, http_json, metric, query, run_aliasd, wait_for
+from tests.support.dnsclient import dig, query
+from tests.support.process import AliasdProcess, http_json, metric, run_aliasd
+from tests.support.waiting import wait_for
 
 # RFC 4592 2.2.1, with example. → example.internal. (a wildcard directly under
 # a zone apex is refused), TXT/MX → A/AAAA (aliasd serves A, AAAA,

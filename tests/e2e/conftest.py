@@ -6,27 +6,19 @@ image, dig image). One cluster per session, deleted at the end
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT, wait_for
+from tests.support import ROOT
+from tests.support.kind import REPORT, Kind, say
 
 CLUSTER = os.environ.get("ALIASD_E2E_CLUSTER") or "aliasd-e2e"
-REPORT: list[str] = []
-"""Measured figures, printed at the end of the run (never asserted)."""
-
-
-def say(line: str) -> None:
-    REPORT.append(line)
-    print(line)
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle
@@ -46,7 +38,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("e2e: measured in kind")
         for line in REPORT:
             terminalreporter.write_line(line)
-PROBER = (Path(__file__).parent / "prober.py").read_text()
 
 
 def _run(cmd: list[str], *, env: dict[str, str], log: Path, what: str,
@@ -63,62 +54,6 @@ def _run(cmd: list[str], *, env: dict[str, str], log: Path, what: str,
                              f"log {log}:\n{tail}")
     say(f"e2e time: {what}: {seconds:.1f} s")
     return p.stdout, seconds
-
-
-@dataclass
-class Kind:
-    env: dict[str, str]
-    initial_corefile: str
-    control_plane: str
-    times: dict[str, float] = field(default_factory=dict)
-
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                timeout: float = 120) -> str:
-        p = subprocess.run(["kubectl", *args], env=self.env, input=input, text=True,
-                           capture_output=True, timeout=timeout, check=False)
-        if check and p.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)}: exit {p.returncode}: {p.stderr}")
-        return p.stdout
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.kubectl(*args, "-o", "json"))
-
-    def corefile(self) -> str:
-        return str(self.json("-n", "kube-system", "get", "configmap", "coredns")["data"][
-            "Corefile"])
-
-    def cluster_ip(self, namespace: str, name: str) -> str:
-        return str(self.json("-n", namespace, "get", "service", name)["spec"]["clusterIP"])
-
-    def aliasd_pods(self) -> list[dict[str, Any]]:
-        return list(self.json("-n", "aliasd-system", "get", "pods", "-l",
-                              "app.kubernetes.io/name=aliasd")["items"])
-
-    def settled(self, replicas: int = 2) -> bool:
-        """Exactly ``replicas`` aliasd pods, all Ready, none terminating."""
-        pods = self.aliasd_pods()
-        return len(pods) == replicas and all(
-            "deletionTimestamp" not in p["metadata"] and any(
-                c["type"] == "Ready" and c["status"] == "True"
-                for c in p["status"].get("conditions", [])) for p in pods)
-
-    def wait_settled(self, replicas: int = 2) -> None:
-        wait_for(lambda: self.settled(replicas), timeout=180, interval=0.5,
-                 what=f"{replicas} ready aliasd pods and no terminating one")
-
-    def pod(self, name: str, image: str, command: list[str], *, namespace: str = "default",
-            service_account: str = "default") -> None:
-        """A pod on the control-plane node (never drained, never restarted)."""
-        ns = ["-n", namespace]
-        self.kubectl(*ns, "delete", "pod", name, "--ignore-not-found", "--wait=true")
-        spec = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {
-            "nodeName": self.control_plane, "restartPolicy": "Never",
-            "serviceAccountName": service_account,
-            "tolerations": [{"operator": "Exists"}], "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
-                            "command": command}]}}
-        self.kubectl(*ns, "apply", "-f", "-", input=json.dumps(spec))
-        self.kubectl(*ns, "wait", "--for=condition=Ready", f"pod/{name}", "--timeout=120s")
 
 
 @pytest.fixture(scope="session")
@@ -159,26 +94,3 @@ def client(kind: Kind) -> str:
     return "client"
 
 
-@dataclass
-class Prober:
-    kind: Kind
-    name: str
-
-    def stop(self) -> dict[str, Any]:
-        self.kind.kubectl("exec", self.name, "--", "python", "-c",
-                          "open('/tmp/stop', 'w').close()")
-        wait_for(lambda: "RESULT " in self.kind.kubectl("logs", self.name), timeout=30,
-                 what=f"{self.name}'s result")
-        logs = self.kind.kubectl("logs", self.name)
-        result: dict[str, Any] = json.loads(logs.split("RESULT ", 1)[1])
-        result["fail_lines"] = [ln for ln in logs.splitlines() if ln.startswith("FAIL")][:20]
-        self.kind.kubectl("delete", "pod", self.name, "--wait=false")
-        return result
-
-
-def start_prober(kind: Kind, name: str, *, server: str, port: int = 53,
-                 qname: str = "my-fruits.internal", want: str, rate: int = 25) -> Prober:
-    """A pod querying ``server`` ``rate`` times a second until stopped."""
-    kind.pod(name, "aliasd:dev", ["python", "-c", PROBER, server, str(port), qname, want,
-                                  str(rate)])
-    return Prober(kind, name)

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Kind, Prober, say, start_prober
-from tests.helpers import wait_for
+from tests.support.kind import Kind, Prober, lease_holder, say, start_prober
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 ALIAS = "my-fruits.internal"
@@ -132,11 +132,6 @@ def test_zero_failed_lookups_during_rollout_restart(kind: Kind, fruits_ip: str) 
     a, b = via_coredns.stop(), direct.stop()
     report("rollout restart", via_coredns=a, direct=b)
     assert (a["failed"], b["failed"]) == (0, 0)
-
-
-def lease_holder(kind: Kind) -> str:
-    lease = kind.json("-n", "aliasd-system", "get", "lease", "aliasd")
-    return str(lease["spec"].get("holderIdentity") or "")
 
 
 def test_zero_failed_lookups_deleting_the_lease_holder(kind: Kind, fruits_ip: str) -> None:

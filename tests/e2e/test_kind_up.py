@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Kind, say
-from tests.helpers import ROOT
+from tests.support import ROOT
+from tests.support.kind import Kind, say
 
 pytestmark = pytest.mark.e2e
 MISSING = "aliasd.local/no-such-image:0"

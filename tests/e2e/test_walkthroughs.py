@@ -1,6 +1,6 @@
 """The walkthroughs of docs/guides/migrating-a-service.md and
 docs/guides/failover.md in kind, run from those pages as written
-(tests/walkthrough.py): the setup blocks too (the
+(tests/support/walkthrough.py): the setup blocks too (the
 agnhost pod for ``ask``, ``set env``, the token Secret, the overrides-api
 overlay, the port-forward; only the port-forward's local port is a free one
 instead of 8080), every ``# =>`` answer asserted from a pod through CoreDNS;
@@ -20,11 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from tests import walkthrough
-from tests.e2e.conftest import Kind, say
-from tests.e2e.test_kind import lease_holder
-from tests.helpers import wait_for
-from tests.unit.test_fastpath import CHI2_1DF_P1E9, chi2
+from tests.support import walkthrough
+from tests.support.kind import Kind, lease_holder, say
+from tests.support.stats import CHI2_1DF_P1E9, chi2
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 MIGRATION = walkthrough.MIGRATION

@@ -9,7 +9,7 @@ from aliasd.resolver import Result
 from aliasd.runtime.committer import Committer
 from aliasd.state import State
 from aliasd.status import aliases_document
-from tests.runtime.conftest import ZONES, Clock, Dns, WholeSource, claim, new_inbox
+from tests.support.runtime import ZONES, Clock, Dns, WholeSource, claim, new_inbox
 
 
 def addresses(result: Result, name: str) -> list[str]:

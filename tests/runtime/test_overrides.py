@@ -15,7 +15,7 @@ from aliasd.runtime.overrides import OverrideError, OverridesService
 from aliasd.sources.overrides import FileOverrides
 from aliasd.state import StateFile
 from aliasd.status import ReadModel
-from tests.runtime.conftest import ZONES, Clock, WholeSource, new_inbox
+from tests.support.runtime import ZONES, Clock, WholeSource, new_inbox
 
 
 class Trail(LogTrail):

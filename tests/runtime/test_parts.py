@@ -17,7 +17,7 @@ from aliasd.runtime.process import LameDuck, ProcessTuning
 from aliasd.runtime.statewriter import StateWriter
 from aliasd.state import StateFile
 from aliasd.status import aliases_document
-from tests.runtime.conftest import ZONES, Clock, Dns, WholeSource, claim, new_inbox
+from tests.support.runtime import ZONES, Clock, Dns, WholeSource, claim, new_inbox
 
 
 async def until(check: Callable[[], object]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from aliasd_dev import ClusterError, LocalCluster
-from tests.helpers import AliasdProcess, run_aliasd
+from tests.support.process import AliasdProcess, run_aliasd
 
 
 @pytest.fixture

@@ -10,15 +10,10 @@ from typing import Any
 import pytest
 
 from aliasd_dev import LocalCluster
-from tests.helpers import (
-    AliasdProcess,
-    a_records,
-    metric,
-    query,
-    run_aliasd,
-    service,
-    wait_for,
-)
+from tests.support.dnsclient import a_records, query
+from tests.support.kube import service
+from tests.support.process import AliasdProcess, metric, run_aliasd
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -13,17 +13,10 @@ import dns.rcode
 import pytest
 
 from aliasd_dev import ClusterError, LocalCluster
-from tests.helpers import (
-    AliasdProcess,
-    a_records,
-    answers,
-    events,
-    query,
-    rcode,
-    run_aliasd,
-    service,
-    wait_for,
-)
+from tests.support.dnsclient import a_records, answers, query, rcode
+from tests.support.kube import endpoint_slice, events, service
+from tests.support.process import AliasdProcess, run_aliasd
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -188,30 +181,6 @@ def test_serviceentry_exported_to_its_namespace_only_is_no_alias(
                     content_type="application/merge-patch+json")
     wait_for(lambda: a_records(aliasd, "se-private.internal.") == ["10.99.0.7"],
              what="the entry exported to every namespace")
-
-
-def endpoint_slice(cluster: LocalCluster, ns: str, service_name: str,
-                   ready: dict[str, bool | None]) -> dict[str, Any]:
-    eps = []
-    for ip, r in ready.items():
-        ep: dict[str, Any] = {"addresses": [ip]}
-        if r is not None:
-            ep["conditions"] = {"ready": r}
-        eps.append(ep)
-    body: dict[str, Any] = {
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": f"{service_name}-abc",
-                     "labels": {"kubernetes.io/service-name": service_name}},
-        "addressType": "IPv4", "endpoints": eps,
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}
-    path = f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
-    try:
-        existing = cluster.request("GET", f"{path}/{service_name}-abc")
-        body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-        out: dict[str, Any] = cluster.request("PUT", f"{path}/{service_name}-abc", body)
-    except ClusterError:
-        out = cluster.request("POST", path, body)
-    return out
 
 
 def test_headless_service_ready_endpoints_only(cluster: LocalCluster, aliasd: AliasdProcess,

@@ -19,19 +19,11 @@ import pytest
 import yaml
 
 from aliasd_dev import ClusterError, LocalCluster
-from tests.helpers import (
-    ROOT,
-    AliasdProcess,
-    a_records,
-    events,
-    metric,
-    metric_or_none,
-    query,
-    rcode,
-    run_aliasd,
-    service,
-    wait_for,
-)
+from tests.support import ROOT
+from tests.support.dnsclient import a_records, query, rcode
+from tests.support.kube import events, service
+from tests.support.process import AliasdProcess, metric, metric_or_none, run_aliasd
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

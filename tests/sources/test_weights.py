@@ -8,8 +8,11 @@ from collections import Counter
 import pytest
 
 from aliasd_dev import LocalCluster
-from tests.helpers import AliasdProcess, events, query, service, wait_for
-from tests.unit.test_fastpath import CHI2_1DF_P1E9, chi2
+from tests.support.dnsclient import query
+from tests.support.kube import events, service
+from tests.support.process import AliasdProcess
+from tests.support.stats import CHI2_1DF_P1E9, chi2
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 

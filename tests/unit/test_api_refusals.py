@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.helpers import api_refusals
+from tests.support.process import api_refusals
 
 
 def test_the_refusals_check_reads_no_free_text() -> None:

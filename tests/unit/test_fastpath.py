@@ -14,39 +14,15 @@ import dns.rdatatype
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aliasd import resolver, zoneconfig
+from aliasd import resolver
 from aliasd.dns.answer import Answerer
 from aliasd.dns.cache import CACHED_QTYPES
 from aliasd.dns.stats import Stats
-from aliasd.model import AliasClaim, Owner, Port
-from aliasd.policy import NamePolicy
+from aliasd.model import AliasClaim, Owner
 from aliasd.zone import Snapshot
+from aliasd_dev.samples import CFG, CLAIMS, SNAP
+from tests.support.stats import CHI2_1DF_P1E9, chi2
 
-CFG = zoneconfig.ZoneConfig.from_names(["internal", "corp.example"], ns_addresses=["127.0.0.1"],
-                                     names=NamePolicy.parse(["*"]))  # wildcards granted
-CLAIMS = [
-    AliasClaim("my-fruits.internal", Owner(1, "a", "a"), addresses=("10.96.0.10", "fd00::10"),
-               ports=(Port("http", "TCP", 80),)),
-    AliasClaim("legacy-db", Owner(1, "a", "b"), cname="db.example.com"),
-    AliasClaim("v2.internal", Owner(1, "a", "c"), cname="my-fruits.internal"),
-    AliasClaim("big.internal", Owner(1, "a", "d"),
-               addresses=tuple(f"fd00::{i:x}" for i in range(1, 41))),
-    AliasClaim("api.team.corp.example", Owner(1, "a", "e"), addresses=("10.0.0.7",)),
-    # Wildcards (RFC 4592): one that a name and an empty non-terminal
-    # block, CNAMEs chased in the zone, out of it, and to a name the wildcard
-    # itself answers (whose answers share more of some qnames than the closest
-    # encloser), and one next to the empty non-terminal team.corp.example.
-    AliasClaim("*.wild.internal", Owner(1, "w", "a"), addresses=("10.7.0.1", "fd00::7:1"),
-               ports=(Port("http", "TCP", 80),)),
-    AliasClaim("host1.wild.internal", Owner(1, "w", "b"), addresses=("10.7.0.2",)),
-    AliasClaim("deep.ent.wild.internal", Owner(1, "w", "c"), addresses=("10.7.0.3",)),
-    AliasClaim("*.cn.internal", Owner(1, "w", "d"), cname="my-fruits.internal"),
-    AliasClaim("*.ext.internal", Owner(1, "w", "e"), cname="db.example.com"),
-    AliasClaim("*.dang.internal", Owner(1, "w", "f"), cname="t.dang.internal"),
-    AliasClaim("*.team.corp.example", Owner(1, "w", "g"), addresses=("10.0.0.8",)),
-    AliasClaim("*.down.internal", Owner(1, "w", "h")),  # no usable target: SERVFAIL
-]
-SNAP = resolver.build(CLAIMS, config=CFG, serial=1_800_000_000).snapshot
 WILD_NAMES = ["a.wild.internal.", "a.b.wild.internal.", "host1.wild.internal.",
               "ent.wild.internal.", "x.ent.wild.internal.", "wild.internal.", "*.wild.internal.",
               "x.*.wild.internal.", "sub.host1.wild.internal.", "q.cn.internal.",
@@ -226,18 +202,6 @@ def test_garbage_never_raises(data: bytes) -> None:
     out = a.respond(data)
     assert out is None or out[:2] == data[:2]
     assert a.stats.problems["internal_error"] == 0
-
-
-# Chi-square critical value, 1 degree of freedom, p = 1e-9: a right split fails
-# once in a billion runs (p = 0.001 failed a correct server one run in a thousand,
-# per check), while a wrong one (10/90 served as 50/50, or not drawn per query)
-# still lands in the hundreds or thousands with these sample sizes.
-CHI2_1DF_P1E9 = 37.32
-
-
-def chi2(counts: dict[str, int], expected_share: dict[str, float]) -> float:
-    n = sum(counts.values())
-    return sum((counts.get(k, 0) - n * p) ** 2 / (n * p) for k, p in expected_share.items())
 
 
 def test_weighted_name_is_drawn_per_query_on_the_fast_path() -> None:

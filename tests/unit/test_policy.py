@@ -20,7 +20,7 @@ from aliasd.policy import NamePolicy, Pattern, parse_allowed, parse_pattern
 from aliasd.runtime.statewriter import stored_claims
 from aliasd.state import StateFile
 from aliasd.zoneconfig import TakeoverPolicy, ZoneConfig
-from tests.helpers import ROOT
+from tests.support import ROOT
 
 ZONE = "internal."
 

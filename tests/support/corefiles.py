@@ -1,4 +1,7 @@
-"""Corefiles of managed distributions, as they ship, and adapted to loopback.
+"""Corefiles the tests share: kubeadm's (as the local control plane writes
+it, on port 53), a short one with a user's server block (``KUBE_DNS_STYLE``),
+node-local-dns's, and those of managed distributions, as they ship and
+adapted to loopback.
 
 k3s: ``manifests/coredns.yaml`` in k3s-io/k3s (CoreDNS mounts the optional
 ``coredns-custom`` ConfigMap at /etc/coredns/custom). AKS: ``kubectl -n
@@ -11,7 +14,42 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aliasd_dev.corefile import CorefilePorts
+from aliasd_dev.corefile import CorefilePorts, kubeadm_corefile
+
+KUBEADM = kubeadm_corefile(ports=CorefilePorts(53, 8080, 8181, 9153, 5300),
+                           kubeconfig="/etc/kubeconfig")
+KUBE_DNS_STYLE = """.:53 {
+    errors
+    health
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+      pods insecure
+    }
+    forward . /etc/resolv.conf
+    cache 30
+}
+example.org:53 {
+    forward . 192.0.2.1
+}
+"""
+NODE_LOCAL = """cluster.local:53 {
+    errors
+    cache {
+        success 9984 30
+        denial 9984 5
+    }
+    bind 169.254.20.10 10.96.0.10
+    forward . __PILLAR__CLUSTER__DNS__ {
+        force_tcp
+    }
+}
+.:53 {
+    errors
+    cache 30
+    reload
+    bind 169.254.20.10 10.96.0.10
+    forward . __PILLAR__UPSTREAM__SERVERS__
+}
+"""
 
 K3S = """.:53 {
     errors

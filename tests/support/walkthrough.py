@@ -15,7 +15,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from tests.helpers import ROOT
+from tests.support import ROOT
 
 DOCS = ROOT / "docs"
 # The pages the tests run, relative to docs/.

@@ -1,4 +1,6 @@
-"""Shared test helpers: run ``aliasd`` as a real process, ask it with real clients."""
+"""Run ``aliasd`` as a real process (the daemon and the command line), read
+its HTTP API and /metrics, and swap the files it watches the way a ConfigMap
+volume does."""
 
 from __future__ import annotations
 
@@ -13,36 +15,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dns.message
-import dns.query
-import dns.rcode
-import dns.rdatatype
 from prometheus_client.parser import text_string_to_metric_families
 
-from aliasd_dev import LocalCluster
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_for(check: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.05,
-             what: str = "condition") -> Any:
-    """Poll ``check`` until it returns a truthy value (returned) or time runs out."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except Exception as e:  # a check may fail while the thing is starting
-            last = e
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+from tests.support import ROOT
+from tests.support.waiting import wait_for
 
 
 @dataclass
@@ -201,67 +182,6 @@ def replace_file(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def query(server: tuple[str, int], name: str, rdtype: dns.rdatatype.RdataType | str = "A", *,
-          tcp: bool = False, use_edns: int | bool = False, payload: int = 1232,
-          timeout: float = 3.0, **kw: Any) -> dns.message.Message:
-    """One query with dnspython (RD set, as a stub resolver sends it); no retries."""
-    q = dns.message.make_query(name, rdtype, use_edns=use_edns, payload=payload, **kw)
-    if tcp:
-        return dns.query.tcp(q, server[0], port=server[1], timeout=timeout)
-    return dns.query.udp(q, server[0], port=server[1], timeout=timeout, ignore_trailing=False)
-
-
-def answers(msg: dns.message.Message, rdtype: str) -> list[str]:
-    t = dns.rdatatype.from_text(rdtype)
-    return sorted(rd.to_text() for rrset in msg.answer if rrset.rdtype == t for rd in rrset)
-
-
-def dig_short(server: tuple[str, int], *args: str) -> list[str]:
-    """``dig +short``'s answer lines; [] when dig reports an error (``;;`` lines)."""
-    out = dig(server, "+short", *args)
-    return [] if ";;" in out else out.split()
-
-
-def dig(server: tuple[str, int], *args: str) -> str:
-    """Run the real ``dig`` and return its stdout."""
-    out = subprocess.run(
-        ["dig", f"@{server[0]}", "-p", str(server[1]), "+tries=1", "+time=3", *args],
-        capture_output=True, text=True, timeout=30, check=False,
-    )
-    return out.stdout
-
-
-def service(cluster: LocalCluster, ns: str, name: str, *, alias: str | None = None,
-            ttl: str | None = None, headless: bool = False, **spec: Any) -> dict[str, Any]:
-    ann = {}
-    if alias is not None:
-        ann["aliasd.io/alias"] = alias
-    if ttl is not None:
-        ann["aliasd.io/ttl"] = ttl
-    body_spec: dict[str, Any] = {"ports": [{"name": "http", "port": 80}], **spec}
-    if headless:
-        body_spec["clusterIP"] = "None"
-    obj: dict[str, Any] = cluster.request("POST", f"/api/v1/namespaces/{ns}/services", {
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "annotations": ann}, "spec": body_spec})
-    return obj
-
-
-def events(cluster: LocalCluster, ns: str, name: str) -> list[tuple[str, str]]:
-    items = cluster.request(
-        "GET", f"/api/v1/namespaces/{ns}/events?fieldSelector=involvedObject.name%3D{name}")
-    return [(e["reason"], e["message"]) for e in items["items"]]
-
-
-def rcode(p: AliasdProcess, name: str) -> str:
-    """The rcode of an A query, as text (``NOERROR``, ``NXDOMAIN``...)."""
-    return str(dns.rcode.to_text(query(p.dns, name, "A").rcode()))
-
-
-def a_records(p: AliasdProcess, name: str) -> list[str]:
-    return answers(query(p.dns, name, "A"), "A")
-
-
 def metric_or_none(p: AliasdProcess, sample: str, **labels: str) -> float | None:
     """The value of one sample on aliasd's /metrics, named as exposed (a
     counter's ``_total`` included) with exactly ``labels``; None when there is
@@ -296,3 +216,9 @@ def metric(p: AliasdProcess, sample: str, **labels: str) -> float:
         shown = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
         raise AssertionError(f"/metrics has no sample {sample}{shown}")
     return value
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "aliasd", *args], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=60, check=False)
