@@ -1,4 +1,4 @@
-"""Who may switch an override (issue 16, part 4), against the real API server:
+"""Who may switch an override, against the real API server:
 Kubernetes bearer tokens are reviewed (TokenReview) and each write authorized
 by RBAC (SubjectAccessReview on overrides.aliasd.io named after the alias);
 every write, allowed or refused, leaves an Event on the overrides ConfigMap."""

@@ -1,4 +1,4 @@
-"""Graceful shutdown (issue 14): after SIGTERM, /readyz fails at once while DNS
+"""Graceful shutdown: after SIGTERM, /readyz fails at once while DNS
 keeps answering for the lame-duck period; then aliasd exits 0."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The overrides API (issue 7) standalone: a real aliasd process with an
+"""The overrides API standalone: a real aliasd process with an
 aliases file and a state file, real HTTP requests, real DNS answers; the
 OpenAPI document checked against the running server with schemathesis."""
 

@@ -1,4 +1,4 @@
-"""Issue 7 end to end, through the real API server and the real CoreDNS: a
+"""A migration end to end, through the real API server and the real CoreDNS: a
 takeover migration with shifting weights, a refused takeover, the HTTP
 failover switch across restarts and replicas, the state file while the API
 server is down, and aliasd.io/fallback."""

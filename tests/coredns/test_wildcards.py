@@ -1,5 +1,5 @@
-"""Wildcard hosts through the real API server and the real CoreDNS (issue 16
-part 3): a ServiceEntry host *.wild-se.internal and a Service annotated
+"""Wildcard hosts through the real API server and the real CoreDNS
+(RFC 4592): a ServiceEntry host *.wild-se.internal and a Service annotated
 *.wild-svc.internal answer any name below them, asked of aliasd and of CoreDNS
 forwarding the zone; a name that exists below, and the wildcard's parent, are
 not taken; a wildcard at the apex is refused with an Event."""

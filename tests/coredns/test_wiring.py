@@ -113,7 +113,7 @@ def test_cli_errors_are_one_line(coredns: LocalCluster, tmp_path: Path) -> None:
 
 def test_remove_refuses_while_aliasd_holds_the_lease(coredns: LocalCluster,
                                                     lease_ns: str) -> None:
-    """A running aliasd would put its blocks back at once (issue 14): `remove`
+    """A running aliasd would put its blocks back at once: `remove`
     says how to stop it, changes nothing, and exits 2; --force removes anyway."""
     kc = str(coredns.kubeconfig)
     assert cli("coredns", "apply", "--kubeconfig", kc, "--forward-to",

@@ -1,4 +1,4 @@
-"""The users' path for real (issue 14): a kind cluster from kind-config.yaml,
+"""The users' path for real: a kind cluster from kind-config.yaml,
 built offline by hack/kind/build.sh and set up by hack/kind-up.sh exactly as
 `make kind-up` does, with the overrides only tests need (node image, base
 image, dig image). One cluster per session, deleted at the end

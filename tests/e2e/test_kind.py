@@ -1,6 +1,6 @@
 """From pods in a real kind cluster: aliases resolve through CoreDNS, and no
 lookup fails while aliasd is restarted, loses its leader or its node is drained
-(issue 14). The tests run in this order and share one cluster; each leaves
+The tests run in this order and share one cluster; each leaves
 aliasd at two ready replicas (the last one removes it)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """hack/kind-up.sh run again on the e2e cluster, as a user reruns it: an image
 that cannot be pulled fails at once with one line naming it; a code change
-rolls aliasd to the new image, no change restarts nothing (issue 14)."""
+rolls aliasd to the new image, no change restarts nothing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Issue 13 through the real API server and a real DNS client: events that
+"""Cost in proportion to the change, through the real API server and a real
+DNS client: events that
 change no answer produce no snapshot (the SOA serial stays), and a quiet
 cluster without the ServiceEntry CRD produces no engine runs at all."""
 

@@ -186,7 +186,7 @@ def test_serviceentry_exported_to_its_namespace_only_is_no_alias(
 def test_headless_service_ready_endpoints_only(cluster: LocalCluster, aliasd: AliasdProcess,
                                                namespace: str) -> None:
     service(cluster, namespace, "db", alias="headless-db.internal", headless=True)
-    # No ready endpoint and no aliasd.io/fallback: SERVFAIL (issue 7: the last
+    # No ready endpoint and no aliasd.io/fallback: SERVFAIL (the last
     # stage of the fallback chain), neither a cached "no address" nor NXDOMAIN.
     wait_for(lambda: any(a["name"] == "headless-db.internal."
                          for a in aliasd.http("/v1/aliases")[1]["aliases"]), what="alias")

@@ -1,4 +1,4 @@
-"""The name policy (issue 16 part 1) against the real API server: a claim
+"""The name policy against the real API server: a claim
 outside its namespace's allowed names is not served and gets its Event; the
 policy changed on the Namespace takes effect without a restart; the default
 with {namespace}; takeovers are subject to it; a malformed pattern fails

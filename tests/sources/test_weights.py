@@ -1,4 +1,4 @@
-"""Weighted answers (issue 7) against the real API server with a real client:
+"""Weighted answers against the real API server with a real client:
 Services sharing a name by ``aliasd.io/weight``, ServiceEntry endpoint weights."""
 
 from __future__ import annotations

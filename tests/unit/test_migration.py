@@ -1,4 +1,4 @@
-"""Pure parts of issue 7 beyond weights: override parsing, overrides and
+"""Pure parts of a migration beyond weights: override parsing, overrides and
 takeovers in the resolver, the state file format."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The name policy (issue 16): pattern matching, malformed patterns failing
+"""The name policy: pattern matching, malformed patterns failing
 closed, the default with {namespace}, who is subject to it, and the engine
 re-validating only the namespace whose policy changed."""
 
