@@ -1,5 +1,5 @@
 """From pods in a real kind cluster: aliases resolve through CoreDNS, and no
-lookup fails while aliasd is restarted, loses its leader or its node is drained
+lookup fails while aliasd is restarted, loses its leader or its node is drained.
 The tests run in this order and share one cluster; each leaves
 aliasd at two ready replicas (the last one removes it)."""
 
