@@ -18,7 +18,7 @@ import yaml
 
 from aliasd.coredns import corefile
 from aliasd_dev import ClusterError, LocalCluster, ensure_binaries
-from tests.helpers import ALIASD_SCRIPT, ROOT, run_aliasd, wait_for
+from tests.helpers import ALIASD_SCRIPT, ROOT, api_refusals, run_aliasd, wait_for
 
 CHART = ROOT / "charts" / "aliasd"
 HOOK = "helm.sh/hook"
@@ -308,9 +308,11 @@ def test_uninstall_hook_stops_aliasd_and_restores_the_corefile(
         assert before == cluster.initial_corefile
         assert replicas(cluster, namespace, full) == 2
         log = tmp_path / "hook.log"
-        with run_aliasd([], tmp=tmp_path, env=run_env, argv=["aliasd", *c["args"]]):
+        with run_aliasd([], tmp=tmp_path, env=run_env, argv=["aliasd", *c["args"]]) as p:
             wait_for(lambda: corefile.managed_regions(corefile_now(cluster)) != [],
                      what="CoreDNS wired by the running replica")
+            # The chart's own RBAC under another release name: nothing refused.
+            assert api_refusals(p.http("/metrics")[1]) == {}, p.logs()
             with log.open("w") as out:
                 hook = subprocess.Popen(hook_argv, env=hook_env, stdout=out,
                                         stderr=subprocess.STDOUT, text=True)
@@ -353,3 +355,54 @@ def test_uninstall_hook_without_the_coredns_configmap_stops_nothing(
             "nothing was changed"]
         assert replicas(cluster, namespace, full) == 2
         assert corefile_now(cluster) == cluster.initial_corefile
+
+
+def review(cluster: LocalCluster, user: str, namespace: str, verb: str, resource: str,
+           group: str, ns: str, name: str) -> bool:
+    """Whether a ServiceAccount of NAMESPACE may do this (a SubjectAccessReview)."""
+    body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": user, "groups": ["system:serviceaccounts",
+                                              f"system:serviceaccounts:{namespace}"],
+                     "resourceAttributes": {"verb": verb, "resource": resource.split("/")[0],
+                                            "subresource": resource.partition("/")[2],
+                                            "group": group, "namespace": ns, "name": name}}}
+    allowed: bool = cluster.request(
+        "POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body)["status"].get(
+        "allowed", False)
+    return allowed
+
+
+@pytest.mark.cluster
+def test_the_uninstall_hook_is_granted_exactly_what_it_uses(cluster: LocalCluster,
+                                                            namespace: str) -> None:
+    full = "grants-aliasd"
+    docs = render(release="grants", namespace=namespace)
+    user = f"system:serviceaccount:{namespace}:{full}-uninstall"
+    with installed(cluster, hook_docs(docs)):
+        allowed = [
+            ("get", "deployments/scale", "apps", namespace, full),
+            ("patch", "deployments/scale", "apps", namespace, full),
+            ("get", "leases", "coordination.k8s.io", namespace, full),
+            ("get", "configmaps", "", "kube-system", "coredns"),
+            ("patch", "configmaps", "", "kube-system", "coredns"),
+            ("patch", "configmaps", "", "kube-system", "coredns-custom"),
+            ("patch", "configmaps", "", "kube-system", "kube-dns"),
+            ("patch", "configmaps", "", "kube-system", "node-local-dns"),
+        ]
+        assert [a for a in allowed if not review(cluster, user, namespace, *a)] == []
+        denied = [
+            ("patch", "deployments", "apps", namespace, full),
+            ("delete", "deployments", "apps", namespace, full),
+            ("patch", "deployments/scale", "apps", namespace, "someone-else"),
+            ("patch", "deployments/scale", "apps", "kube-system", "coredns"),
+            ("update", "leases", "coordination.k8s.io", namespace, full),
+            ("delete", "leases", "coordination.k8s.io", namespace, full),
+            ("list", "configmaps", "", "kube-system", ""),
+            ("update", "configmaps", "", "kube-system", "coredns"),
+            ("delete", "configmaps", "", "kube-system", "coredns"),
+            ("patch", "configmaps", "", "kube-system", "kube-proxy"),
+            ("get", "secrets", "", namespace, "x"),
+            ("create", "pods", "", namespace, ""),
+            ("list", "services", "", "", ""),
+        ]
+        assert [d for d in denied if review(cluster, user, namespace, *d)] == []
