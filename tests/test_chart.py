@@ -7,6 +7,7 @@ real API server, stops aliasd and gives the Corefile back byte for byte."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import subprocess
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import yaml
 
 from aliasd.coredns import corefile
 from aliasd_dev import ClusterError, LocalCluster, ensure_binaries
+from aliasd_dev.cluster import resource_path
 from tests.helpers import ALIASD_SCRIPT, ROOT, api_refusals, run_aliasd, wait_for
 
 CHART = ROOT / "charts" / "aliasd"
@@ -406,3 +408,170 @@ def test_the_uninstall_hook_is_granted_exactly_what_it_uses(cluster: LocalCluste
             ("list", "services", "", "", ""),
         ]
         assert [d for d in denied if review(cluster, user, namespace, *d)] == []
+
+
+# ---- helm itself against the API server ------------------------------------------------
+
+
+def helm_env(cluster: LocalCluster, tmp_path: Path) -> dict[str, str]:
+    """helm with the admin kubeconfig and its cache and config under tmp_path."""
+    return {"KUBECONFIG": str(cluster.kubeconfig), "HOME": str(tmp_path),
+            "XDG_CACHE_HOME": str(tmp_path / "cache"),
+            "XDG_CONFIG_HOME": str(tmp_path / "config"),
+            "XDG_DATA_HOME": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"}
+
+
+def run_helm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(ensure_binaries() / "helm"), *args], env=env,
+                          capture_output=True, text=True, timeout=180, check=False)
+
+
+def get_or_none(cluster: LocalCluster, path: str) -> Any:
+    try:
+        return cluster.request("GET", path)
+    except ClusterError:
+        return None
+
+
+def finish_job(cluster: LocalCluster, namespace: str, name: str, *, succeeded: bool) -> None:
+    """The Job controller's part: record that the Job's pod succeeded or failed."""
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if succeeded:
+        conditions = [
+            {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
+             "message": "", "lastProbeTime": now, "lastTransitionTime": now},
+            {"type": "Complete", "status": "True", "reason": "CompletionsReached",
+             "message": "", "lastProbeTime": now, "lastTransitionTime": now}]
+        status = {"startTime": now, "completionTime": now, "succeeded": 1,
+                  "conditions": conditions}
+    else:
+        conditions = [
+            {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded",
+             "message": "", "lastProbeTime": now, "lastTransitionTime": now},
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+             "message": "", "lastProbeTime": now, "lastTransitionTime": now}]
+        status = {"startTime": now, "failed": 2, "conditions": conditions}
+    cluster.request("PATCH", f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}/status",
+                    {"status": status}, content_type="application/merge-patch+json")
+
+
+def run_hook_job(cluster: LocalCluster, namespace: str, name: str,
+                 tmp_path: Path) -> subprocess.Popen[str]:
+    """The hook Job's command as its pod would run it: its container's args and
+    env, authenticated as its ServiceAccount. Output in tmp_path/NAME.log."""
+    job = cluster.request("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}")
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    sa = pod["serviceAccountName"]
+    env = container_env(c, namespace) | {"KUBECONFIG": str(cluster.write_kubeconfig(
+        tmp_path / f"{name}-kubeconfig", user=sa, token=token(cluster, namespace, sa)))}
+    with (tmp_path / f"{name}.log").open("w") as out:
+        return subprocess.Popen([*ALIASD_SCRIPT, *c["args"]], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.cluster
+def test_helm_install_then_uninstall_gives_the_corefile_back(
+        cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
+    """``helm install`` and ``helm uninstall`` themselves, on the local control
+    plane. It runs no controllers, so the test plays their parts: aliasd runs
+    as the release's pod (as its ServiceAccount), stopped once the hook scaled
+    the Deployment to 0; the hook Job's command runs as its pod would, and its
+    outcome is written to the Job's status, which helm waits for."""
+    env = helm_env(cluster, tmp_path)
+    release, full = "lifecycle", "lifecycle-aliasd"
+    before = corefile_now(cluster)
+    out = run_helm(env, "install", release, str(CHART), "-n", namespace)
+    assert out.returncode == 0, out.stderr
+    try:
+        pod_spec = cluster.request(
+            "GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/{full}")["spec"][
+            "template"]["spec"]
+        (c,) = pod_spec["containers"]
+        run_env = container_env(c, namespace) | {
+            "POD_NAME": f"{full}-7d9f-x1", "ALIASD_COREDNS_MODE": "auto",
+            "ALIASD_STATE_FILE": str(tmp_path / "state.json"),
+            "KUBECONFIG": str(cluster.write_kubeconfig(
+                tmp_path / "aliasd-kubeconfig", user=full,
+                token=token(cluster, namespace, full)))}
+        job = f"{full}-uninstall"
+        with run_aliasd([], tmp=tmp_path, env=run_env, argv=["aliasd", *c["args"]]):
+            wait_for(lambda: corefile.managed_regions(corefile_now(cluster)) != [],
+                     what="CoreDNS wired by the release's replica")
+            uninstall = subprocess.Popen(
+                [str(ensure_binaries() / "helm"), "uninstall", release, "-n", namespace,
+                 "--timeout", "120s"], env=env, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True)
+            wait_for(lambda: get_or_none(
+                cluster, f"/apis/batch/v1/namespaces/{namespace}/jobs/{job}"),
+                timeout=60, what="helm creating the hook Job")
+            hook = run_hook_job(cluster, namespace, job, tmp_path)
+            wait_for(lambda: replicas(cluster, namespace, full) == 0 or hook.poll() is not None,
+                     timeout=30, what="the hook scaling the Deployment to 0")
+        assert hook.wait(timeout=90) == 0, (tmp_path / f"{job}.log").read_text()
+        finish_job(cluster, namespace, job, succeeded=True)
+        stdout, stderr = uninstall.communicate(timeout=150)
+        assert uninstall.returncode == 0, stderr
+        assert stdout.splitlines() == [f'release "{release}" uninstalled']
+        assert corefile_now(cluster) == before
+        # The release's objects and the hook's are gone.
+        for path in (f"/apis/apps/v1/namespaces/{namespace}/deployments/{full}",
+                     f"/api/v1/namespaces/{namespace}/serviceaccounts/{job}",
+                     f"/apis/batch/v1/namespaces/{namespace}/jobs/{job}",
+                     f"/apis/rbac.authorization.k8s.io/v1/namespaces/kube-system/roles/{job}",
+                     f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{full}"):
+            assert get_or_none(cluster, path) is None, path
+        # Twice: helm says the release is gone and changes nothing.
+        again = run_helm(env, "uninstall", release, "-n", namespace)
+        assert again.returncode == 1
+        assert again.stderr.splitlines() == [
+            f"Error: uninstall: Release not loaded: {release}: release: not found"]
+    finally:
+        run_helm(env, "uninstall", release, "-n", namespace, "--no-hooks")
+
+
+@pytest.mark.cluster
+def test_a_failed_uninstall_hook_leaves_the_release_whole(
+        cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
+    """The cluster DNS ConfigMap the release wires is gone: the hook says so and
+    stops nothing, helm uninstall fails, and the release is still deployed with
+    all its objects and its replicas."""
+    env = helm_env(cluster, tmp_path)
+    release, full = "broken", "broken-aliasd"
+    out = run_helm(env, "install", release, str(CHART), "-n", namespace,
+                   "--set", "coredns.mode=corefile",
+                   "--set", "coredns.configMap=kube-system/no-such-coredns")
+    assert out.returncode == 0, out.stderr
+    try:
+        job = f"{full}-uninstall"
+        uninstall = subprocess.Popen(
+            [str(ensure_binaries() / "helm"), "uninstall", release, "-n", namespace,
+             "--timeout", "120s"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        wait_for(lambda: get_or_none(
+            cluster, f"/apis/batch/v1/namespaces/{namespace}/jobs/{job}"),
+            timeout=60, what="helm creating the hook Job")
+        hook = run_hook_job(cluster, namespace, job, tmp_path)
+        assert hook.wait(timeout=60) == 2
+        assert (tmp_path / f"{job}.log").read_text().splitlines() == [
+            "aliasd: error: ConfigMap kube-system/no-such-coredns not found; nothing was changed"]
+        finish_job(cluster, namespace, job, succeeded=False)
+        _, stderr = uninstall.communicate(timeout=150)
+        assert uninstall.returncode == 1
+        # The reason is the Job's: its log says why (kubectl logs job/...).
+        assert f"\t* job {job} failed: BackoffLimitExceeded" in stderr.splitlines(), stderr
+        assert replicas(cluster, namespace, full) == 2
+        # Helm 3 marks the release before it runs the hook, and leaves the mark;
+        # every object of the release is still there.
+        status = run_helm(env, "status", release, "-n", namespace, "-o", "json")
+        assert json.loads(status.stdout)["info"]["status"] == "uninstalling"
+        manifest = run_helm(env, "get", "manifest", release, "-n", namespace).stdout
+        for d in yaml.safe_load_all(manifest):
+            if d:
+                assert get_or_none(cluster, f"{resource_path(d)}/{d['metadata']['name']}"), key(d)
+        # The failed Job stays, for its pod's log.
+        assert get_or_none(cluster, f"/apis/batch/v1/namespaces/{namespace}/jobs/{job}")
+    finally:
+        # With nothing to restore, --no-hooks skips the hook.
+        done = run_helm(env, "uninstall", release, "-n", namespace, "--no-hooks")
+        assert done.returncode == 0, done.stderr
