@@ -72,12 +72,19 @@ async def stop_and_remove(api: ApiClient, config: PatcherConfig, stop: Stop, *,
         async for change in wire(api, config, action="remove"):
             yield change
     except (ApplyError, LeaseError, *TRANSIENT) as e:
-        if previous:
+        if not previous:
+            raise ApplyError(_first_line(e)) from None
+        try:
             await _scale(api, stop, previous)
-            raise ApplyError(f"{_first_line(e)}; scaled Deployment {stop.ref} back to "
-                             f"{previous} replicas, so aliasd serves with its blocks in "
-                             f"place") from None
-        raise ApplyError(_first_line(e)) from None
+        except ApplyError as back:
+            raise ApplyError(
+                f"{_first_line(e)}; scaling Deployment {stop.ref} back failed too ({back}): "
+                f"aliasd is stopped with its blocks in place, scale it back: kubectl -n "
+                f"{stop.namespace} scale deployment {stop.deployment} --replicas={previous}"
+            ) from None
+        raise ApplyError(f"{_first_line(e)}; scaled Deployment {stop.ref} back to "
+                         f"{previous} replicas, so aliasd serves with its blocks in "
+                         f"place") from None
 
 
 async def _plan_removal(api: ApiClient, config: PatcherConfig) -> None:
