@@ -575,3 +575,41 @@ def test_a_failed_uninstall_hook_leaves_the_release_whole(
         # With nothing to restore, --no-hooks skips the hook.
         done = run_helm(env, "uninstall", release, "-n", namespace, "--no-hooks")
         assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.cluster
+def test_helm_upgrade_and_rollback_leave_the_hook_alone(
+        cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
+    """An upgrade to an image that cannot start, then a rollback: the API server
+    takes both (no immutable field changes, e.g. the selector), and neither runs
+    the uninstall hook. That the old pods keep serving through such an upgrade
+    is the Deployment controller's part, measured in kind."""
+    env = helm_env(cluster, tmp_path)
+    release, full = "rolling", "rolling-aliasd"
+    path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{full}"
+
+    def image() -> str:
+        (c,) = cluster.request("GET", path)["spec"]["template"]["spec"]["containers"]
+        value: str = c["image"]
+        return value
+
+    assert run_helm(env, "install", release, str(CHART), "-n", namespace).returncode == 0
+    try:
+        assert image() == "ghcr.io/aliasd/aliasd:0.1.0"
+        out = run_helm(env, "upgrade", release, str(CHART), "-n", namespace,
+                       "--set", "image.tag=does-not-exist", "--set", "replicas=3")
+        assert out.returncode == 0, out.stderr
+        assert image() == "ghcr.io/aliasd/aliasd:does-not-exist"
+        out = run_helm(env, "rollback", release, "1", "-n", namespace)
+        assert out.returncode == 0, out.stderr
+        assert image() == "ghcr.io/aliasd/aliasd:0.1.0"
+        assert replicas(cluster, namespace, full) == 2
+        history = json.loads(run_helm(env, "history", release, "-n", namespace,
+                                      "-o", "json").stdout)
+        assert [(h["revision"], h["status"]) for h in history] == [
+            (1, "superseded"), (2, "superseded"), (3, "deployed")]
+        assert get_or_none(
+            cluster, f"/apis/batch/v1/namespaces/{namespace}/jobs/{full}-uninstall") is None
+        assert corefile_now(cluster) == cluster.initial_corefile
+    finally:
+        run_helm(env, "uninstall", release, "-n", namespace, "--no-hooks")
