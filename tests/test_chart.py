@@ -272,6 +272,17 @@ def replicas(cluster: LocalCluster, namespace: str, name: str) -> int:
     return value
 
 
+@pytest.fixture
+def coredns(cluster: LocalCluster) -> Iterator[LocalCluster]:
+    """The shared CoreDNS ConfigMap, put back as it was even when a test fails
+    half way (the tests below wire it and expect the hook to unwire it)."""
+    yield cluster
+    cluster.request("PUT", "/api/v1/namespaces/kube-system/configmaps/coredns", {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "coredns", "namespace": "kube-system"},
+        "data": {"Corefile": cluster.initial_corefile}})
+
+
 def corefile_now(cluster: LocalCluster) -> str:
     text: str = cluster.request(
         "GET", "/api/v1/namespaces/kube-system/configmaps/coredns")["data"]["Corefile"]
@@ -279,6 +290,7 @@ def corefile_now(cluster: LocalCluster) -> str:
 
 
 @pytest.mark.cluster
+@pytest.mark.usefixtures("coredns")
 def test_uninstall_hook_stops_aliasd_and_restores_the_corefile(
         cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
     """The release's objects applied, aliasd running as the chart's
@@ -471,6 +483,7 @@ def run_hook_job(cluster: LocalCluster, namespace: str, name: str,
 
 
 @pytest.mark.cluster
+@pytest.mark.usefixtures("coredns")
 def test_helm_install_then_uninstall_gives_the_corefile_back(
         cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
     """``helm install`` and ``helm uninstall`` themselves, on the local control
