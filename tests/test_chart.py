@@ -38,8 +38,8 @@ def render(*sets: str, values: dict[str, Any] | None = None, release: str = "ali
            namespace: str = "aliasd-system") -> list[dict[str, Any]]:
     """``helm template`` with ``--set`` SETS and VALUES (hooks included)."""
     args = [a for v in sets for a in ("--set", v)]
-    out = helm("template", release, str(CHART), "--namespace", namespace, *args,
-               values=values)
+    out = helm("template", release, str(CHART), "--namespace", namespace, "--include-crds",
+               *args, values=values)
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
@@ -79,6 +79,8 @@ def test_default_values_render_what_manifests_base_renders() -> None:
             assert got["rules"] == want["rules"], k
         if k[0] in ("ClusterRoleBinding", "RoleBinding"):
             assert (got["roleRef"], got["subjects"]) == (want["roleRef"], want["subjects"]), k
+        if k[0] == "CustomResourceDefinition":  # charts/aliasd/crds/, as Helm installs them
+            assert got == want, k
         if k[0] in ("ServiceAccount", "ConfigMap"):
             assert {f for f in got if f != "metadata"} == {f for f in want if f != "metadata"}
     dep, base_dep = chart["Deployment", "aliasd-system", "aliasd"], base[
@@ -606,6 +608,12 @@ def test_helm_upgrade_and_rollback_leave_the_hook_alone(
         value: str = c["image"]
         return value
 
+    typo = run_helm(env, "install", release, str(CHART), "-n", namespace, "--set", "replica=3")
+    assert typo.returncode == 1
+    assert [line for line in typo.stderr.splitlines() if line] == [
+        "Error: INSTALLATION FAILED: values don't meet the specifications of the schema(s) "
+        "in the following chart(s):", "aliasd:",
+        "- at '': additional properties 'replica' not allowed"]
     assert run_helm(env, "install", release, str(CHART), "-n", namespace).returncode == 0
     try:
         assert image() == "ghcr.io/aliasd/aliasd:0.1.0"
