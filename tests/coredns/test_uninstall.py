@@ -1,7 +1,7 @@
 """``aliasd coredns remove --stop-deployment`` against the real API server: the
 removal is planned before anything is stopped, the Deployment is scaled back
 when the removal cannot finish, and a missing Deployment is nothing to stop.
-(tests/test_chart.py runs the whole path as the chart's uninstall hook.)"""
+(tests/chart/ runs the whole path as the chart's uninstall hook.)"""
 
 from __future__ import annotations
 
