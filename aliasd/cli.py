@@ -175,7 +175,7 @@ async def _coredns(opts: flags.Options, action: Action) -> int:
             from aliasd.coredns.uninstall import Stop, stop_and_remove
 
             changes = stop_and_remove(
-                api, config, Stop(stop[0], stop[1], lease=opts.value(flags.LEADER_LEASE)),
+                api, config, stop=Stop(stop[0], stop[1], lease=opts.value(flags.LEADER_LEASE)),
                 say=lambda text: print(f"aliasd: {text}", file=sys.stderr))
         else:
             if action == "remove" and not opts.get(flags.FORCE):

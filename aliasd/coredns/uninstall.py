@@ -51,7 +51,7 @@ class Stop:
         return f"{self.namespace}/{self.deployment}"
 
 
-async def stop_and_remove(api: ApiClient, config: PatcherConfig, stop: Stop, *,
+async def stop_and_remove(api: ApiClient, config: PatcherConfig, *, stop: Stop,
                           say: Callable[[str], None]) -> AsyncIterator[Change]:
     """The removal's change of each target ConfigMap, as written, after the
     Deployment is stopped. ``say`` is told each step. ``ApplyError`` when
@@ -62,7 +62,7 @@ async def stop_and_remove(api: ApiClient, config: PatcherConfig, stop: Stop, *,
         raise ApplyError(f"Kubernetes API: {_first_line(e)}; nothing was changed") from None
     except ApplyError as e:
         raise ApplyError(f"{e}; nothing was changed") from None
-    previous = await _scale(api, stop, 0)
+    previous = await _scale(api, stop, replicas=0)
     if previous is None:
         say(f"Deployment {stop.ref} not found: nothing to stop")
     elif previous:
@@ -75,7 +75,7 @@ async def stop_and_remove(api: ApiClient, config: PatcherConfig, stop: Stop, *,
         if not previous:
             raise ApplyError(_first_line(e)) from None
         try:
-            await _scale(api, stop, previous)
+            await _scale(api, stop, replicas=previous)
         except ApplyError as back:
             raise ApplyError(
                 f"{_first_line(e)}; scaling Deployment {stop.ref} back failed too ({back}): "
@@ -93,7 +93,7 @@ async def _plan_removal(api: ApiClient, config: PatcherConfig) -> None:
         await patcher.plan(target, remove=True)
 
 
-async def _scale(api: ApiClient, stop: Stop, replicas: int) -> int | None:
+async def _scale(api: ApiClient, stop: Stop, *, replicas: int) -> int | None:
     """Set the Deployment's replicas; its replicas before (None: no such Deployment)."""
     apps = AppsV1Api(api)
     try:

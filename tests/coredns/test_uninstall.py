@@ -51,7 +51,7 @@ def held_lease(cluster: LocalCluster, namespace: str) -> None:
 
 
 async def removal(api: ApiClient, stop: Stop, said: list[str]) -> list[Change]:
-    return [c async for c in stop_and_remove(api, CONFIG, stop, say=said.append)]
+    return [c async for c in stop_and_remove(api, CONFIG, stop=stop, say=said.append)]
 
 
 async def test_a_replica_that_never_stops_gets_its_replicas_back(
@@ -83,9 +83,8 @@ async def test_nothing_is_stopped_when_the_removal_cannot_be_planned(
                            coredns_configmap="kube-system/no-such-coredns")
     said: list[str] = []
     with pytest.raises(ApplyError) as e:
-        async for _ in stop_and_remove(kube, config, Stop(namespace, "aliasd",
-                                                          lease=(namespace, "aliasd")),
-                                       say=said.append):
+        stop = Stop(namespace, "aliasd", lease=(namespace, "aliasd"))
+        async for _ in stop_and_remove(kube, config, stop=stop, say=said.append):
             pass
     assert str(e.value) == "ConfigMap kube-system/no-such-coredns not found; nothing was changed"
     assert said == []
