@@ -62,7 +62,10 @@ async def stop_and_remove(api: ApiClient, config: PatcherConfig, *, stop: Stop,
         raise ApplyError(f"Kubernetes API: {_first_line(e)}; nothing was changed") from None
     except ApplyError as e:
         raise ApplyError(f"{e}; nothing was changed") from None
-    previous = await _scale(api, stop, replicas=0)
+    try:
+        previous = await _scale(api, stop, replicas=0)
+    except ApplyError as e:
+        raise ApplyError(f"{e}; nothing was changed") from None
     if previous is None:
         say(f"Deployment {stop.ref} not found: nothing to stop")
     elif previous:
