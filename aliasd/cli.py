@@ -166,12 +166,23 @@ async def _coredns(opts: flags.Options, action: Action) -> int:
     config = _patcher_config(opts, _zone_config(opts))
     if config.mode == "off":
         raise ConfigError("--coredns-mode off: nothing to do")
+    stop = opts.get(flags.STOP_DEPLOYMENT)
+    if stop is not None and action != "remove":
+        raise ConfigError(f"{flags.STOP_DEPLOYMENT.name} goes with remove only")
     api = await make_client(opts.get(flags.KUBECONFIG))
     try:
-        if action == "remove" and not opts.get(flags.FORCE):
-            await _refuse_while_running(api, opts)
+        if stop is not None:
+            from aliasd.coredns.uninstall import Stop, stop_and_remove
+
+            changes = stop_and_remove(
+                api, config, stop=Stop(stop[0], stop[1], lease=opts.value(flags.LEADER_LEASE)),
+                say=lambda text: print(f"aliasd: {text}", file=sys.stderr))
+        else:
+            if action == "remove" and not opts.get(flags.FORCE):
+                await _refuse_while_running(api, opts)
+            changes = wire(api, config, action=action)
         pending = False
-        async for change in wire(api, config, action=action):
+        async for change in changes:
             ref = change.target.ref
             sys.stdout.write(change.diff())
             for why in change.conflicts.values():

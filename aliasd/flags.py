@@ -281,6 +281,11 @@ LEADER_LEASE_DURATION = Flag(name="--leader-lease-duration", commands=(RUN,), pa
 FORCE = Switch(name="--force", commands=(COREDNS,),
                help="remove even while a running aliasd holds the Lease (it puts the block "
                     "back at once unless it is stopped)")
+STOP_DEPLOYMENT = Flag(name="--stop-deployment", commands=(COREDNS,), parse=_ref,
+                       help="coredns remove: first scale this NAMESPACE/NAME Deployment (aliasd's) "
+                            "to zero and wait until no replica holds the Lease; nothing is "
+                            "stopped when the removal cannot be planned, and the Deployment is "
+                            "scaled back when it fails (the Helm chart's uninstall hook)")
 SERVER = Flag(name="--server", commands=(LIST,), parse=_text,
               help="URL of a running aliasd's HTTP endpoint, e.g. http://127.0.0.1:8080")
 OUTPUT = Flag(name="--output", short="-o", commands=(LIST,), parse=_text, default="table",
@@ -293,7 +298,7 @@ FLAGS: tuple[AnyFlag, ...] = (
     KUBERNETES, KUBECONFIG, NAMESPACES, STATE_FILE, API_TOKEN_FILE, OVERRIDES_CONFIGMAP,
     ALLOW_TAKEOVER, DEFAULT_ALLOWED_NAMES,
     COREDNS_MODE, FORWARD_TO, DNS_SERVICE, COREDNS_CONFIGMAP,
-    LEADER_ELECTION, LEADER_LEASE, LEADER_LEASE_DURATION, FORCE,
+    LEADER_ELECTION, LEADER_LEASE, LEADER_LEASE_DURATION, FORCE, STOP_DEPLOYMENT,
     SERVER, OUTPUT,
 )
 GLOBAL = (LOG_LEVEL, LOG_FORMAT)

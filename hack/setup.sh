@@ -2,7 +2,7 @@
 # Install everything the demo and the tests need, idempotently:
 #   - Debian tools (dig, dnsperf, curl, jq, nsd for bench/dns_qps.py) with apt-get
 #   - Python deps into ./.venv
-#   - kube-apiserver, etcd, coredns and kustomize built with Go into ~/.cache/aliasd/bin
+#   - kube-apiserver, etcd, coredns, kubectl, kustomize and helm built with Go into ~/.cache/aliasd/bin
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

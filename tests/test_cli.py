@@ -86,3 +86,13 @@ def test_env_vars_are_flags(tmp_path: Path) -> None:
                          env={"ALIASD_DNS_LISTEN": "bogus", "PATH": "/usr/bin"})
     assert out.returncode == 1
     assert "--dns-listen 'bogus'" in out.stderr
+
+
+def test_stop_deployment_goes_with_remove_only() -> None:
+    for action in ("diff", "apply"):
+        out = run("coredns", action, "--stop-deployment", "aliasd-system/aliasd")
+        assert (out.returncode, out.stderr) == (
+            2, "aliasd: error: --stop-deployment goes with remove only\n")
+    out = run("coredns", "remove", "--stop-deployment", "aliasd")
+    assert (out.returncode, out.stderr) == (
+        2, "aliasd: error: --stop-deployment 'aliasd': expected NAMESPACE/NAME\n")

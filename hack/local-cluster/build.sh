@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build kube-apiserver, etcd, coredns, kubectl and kustomize from the Go module proxy into a cache
+# Build kube-apiserver, etcd, coredns, kubectl, kustomize and helm from the Go module proxy into a cache
 # outside the repository. Idempotent: binaries already present are kept.
 #
 #   hack/local-cluster/build.sh          # build what is missing, print the bin dir
@@ -21,9 +21,12 @@ log() { echo "local-cluster: $*" >&2; }
 die() { echo "local-cluster: error: $*" >&2; exit 2; }
 
 kustomize_ok() { [[ -x "$bindir/kustomize" ]] && [[ "$("$bindir/kustomize" version 2>/dev/null)" == "${KUSTOMIZE_VERSION}" ]]; }
+# helm reports the version given at link time (as its Makefile sets it for a release).
+helm_ok() { [[ -x "$bindir/helm" ]] && [[ "$("$bindir/helm" version --template '{{.Version}}' 2>/dev/null)" == "${HELM_VERSION}" ]]; }
 have_all=1
 for b in kube-apiserver etcd coredns kubectl; do [[ -x "$bindir/$b" ]] || have_all=0; done
 kustomize_ok || have_all=0
+helm_ok || have_all=0
 if [[ $have_all == 1 ]]; then
   echo "$bindir"
   exit 0
@@ -50,6 +53,20 @@ if ! kustomize_ok; then
     "sigs.k8s.io/kustomize/kustomize/v5@${KUSTOMIZE_VERSION}" \
     || die "building kustomize ${KUSTOMIZE_VERSION} failed (above); is the Go module proxy ($(go env GOPROXY)) reachable?"
   log "kustomize done ($((SECONDS - t0))s)"
+fi
+
+if ! helm_ok; then
+  log "building helm ${HELM_VERSION}"
+  # The link-time values helm's Makefile sets for a release: the version, and
+  # the Kubernetes version `helm template` and `helm lint` assume without a
+  # cluster (here the local control plane's, not that of helm's client-go).
+  k8s_minor="${K8S_VERSION#v1.}"; k8s_minor="${k8s_minor%%.*}"
+  helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.metadata="
+  helm_ldflags+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${k8s_minor}"
+  helm_ldflags+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${k8s_minor}"
+  GOBIN="$bindir" go install -trimpath -ldflags "$helm_ldflags" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" \
+    || die "building helm ${HELM_VERSION} failed (above); is the Go module proxy ($(go env GOPROXY)) reachable?"
+  log "helm done ($((SECONDS - t0))s)"
 fi
 
 if [[ ! -x "$bindir/kube-apiserver" || ! -x "$bindir/etcd" || ! -x "$bindir/kubectl" ]]; then

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from aliasd_dev import reference
 from tests.support import ROOT
@@ -76,3 +77,39 @@ def test_check_from_the_command_line(tmp_path: Path) -> None:
     fresh = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60,
                            check=False, cwd=tmp_path)
     assert (fresh.returncode, fresh.stdout, fresh.stderr) == (0, "", "")
+
+
+def test_chart_readme_values_table_is_up_to_date() -> None:
+    page = ROOT / "charts" / "aliasd" / "README.md"
+    assert page.read_text() == reference.chart_readme(), (
+        "charts/aliasd/README.md is stale: run "
+        "PYTHONPATH=hack/devtools .venv/bin/python -m aliasd_dev.reference chart")
+
+
+def test_chart_values_table_has_a_row_per_documented_value(tmp_path: Path) -> None:
+    """A ``# --`` comment makes a row, nested keys by their dotted path, and a
+    README without the markers is an error, not a README without a table."""
+    import json
+
+    from aliasd_dev import chart
+
+    (tmp_path / "values.yaml").write_text(
+        "# -- how many\nreplicas: 2\nimage:\n  # -- where from\n  repository: r\n"
+        "  tag: ''\nlist:\n  - name: x\n# -- on or off\nflag: true\n")
+    (tmp_path / "values.schema.json").write_text(json.dumps(
+        {"properties": {"replicas": {"type": "integer"}}}))
+    assert chart.values_table(tmp_path).splitlines()[2:] == [
+        "| replicas | int | `2` | how many |",
+        "| image.repository | string | `\"r\"` | where from |",
+        "| flag | boolean | `true` | on or off |"]
+    (tmp_path / "README.md").write_text(f"# x\n\n{chart.BEGIN}\nold\n{chart.END}\n\nafter\n")
+    assert chart.readme(tmp_path) == (
+        f"# x\n\n{chart.BEGIN}\n\n{chart.values_table(tmp_path)}\n{chart.END}\n\nafter\n")
+    (tmp_path / "README.md").write_text("# x\n")
+    with pytest.raises(ValueError):
+        chart.readme(tmp_path)
+    values = yaml.safe_load((ROOT / "charts" / "aliasd" / "values.yaml").read_text())
+    documented = {k for k, _ in chart.documented_keys(
+        (ROOT / "charts" / "aliasd" / "values.yaml").read_text())}
+    # Every top-level value is in the table, itself or by its keys.
+    assert {k.split(".")[0] for k in documented} == set(values)

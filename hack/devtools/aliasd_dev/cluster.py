@@ -93,16 +93,16 @@ def free_port() -> int:
 
 
 def ensure_binaries() -> Path:
-    """Directory holding kube-apiserver, etcd, coredns and kustomize; builds them
-    if missing.
+    """Directory holding kube-apiserver, etcd, coredns, kubectl, kustomize and
+    helm; builds them if missing.
 
     ``ALIASD_BIN_DIR`` points at prebuilt binaries and skips the build.
     """
     preset = os.environ.get("ALIASD_BIN_DIR")
     if preset:
         d = Path(preset)
-        missing = [b for b in ("kube-apiserver", "etcd", "coredns", "kubectl", "kustomize")
-                   if not (d / b).is_file()]
+        missing = [b for b in ("kube-apiserver", "etcd", "coredns", "kubectl", "kustomize",
+                               "helm") if not (d / b).is_file()]
         if missing:
             raise ClusterError(f"ALIASD_BIN_DIR={d} lacks {', '.join(missing)}")
         return d

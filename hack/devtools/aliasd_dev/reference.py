@@ -4,10 +4,12 @@ describe, so that they cannot drift from it:
     PYTHONPATH=hack/devtools .venv/bin/python -m aliasd_dev.reference flags
     PYTHONPATH=hack/devtools .venv/bin/python -m aliasd_dev.reference metrics
     PYTHONPATH=hack/devtools .venv/bin/python -m aliasd_dev.reference metrics --check
+    PYTHONPATH=hack/devtools .venv/bin/python -m aliasd_dev.reference chart
 
 ``flags`` renders ``aliasd.flags.FLAGS``; ``metrics`` the registry ``/metrics``
-serves. ``--check`` writes nothing and exits 1 with one line when the page is
-stale (tests/devtools/test_reference.py compares the pages the same way)."""
+serves; ``chart`` the values table of the chart README (``aliasd_dev.chart``).
+``--check`` writes nothing and exits 1 with one line when the page is stale
+(tests/devtools/test_reference.py compares the pages the same way)."""
 
 from __future__ import annotations
 
@@ -118,9 +120,17 @@ def metrics_markdown() -> str:
     return _METRICS_HEADER + "".join(rows)
 
 
+def chart_readme() -> str:
+    """``charts/aliasd/README.md`` with its values table regenerated from values.yaml."""
+    from aliasd_dev import chart
+
+    return chart.readme(ROOT / "charts" / "aliasd")
+
+
 REFERENCES: dict[str, tuple[Callable[[], str], str]] = {
     "flags": (flags_markdown, "docs/reference/flags.md"),
     "metrics": (metrics_markdown, "docs/reference/metrics.md"),
+    "chart": (chart_readme, "charts/aliasd/README.md"),
 }
 """What ``python -m aliasd_dev.reference NAME`` writes: (render, path from the root)."""
 
