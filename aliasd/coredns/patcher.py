@@ -283,7 +283,7 @@ class Patcher:
             raise ApplyError(f"Service {ns}/{name} has no DNS port (name it 'dns')")
         return Forward(ip, int(port["port"]))
 
-    async def _plan(self, target: Target, *, remove: bool = False) -> Change:
+    async def plan(self, target: Target, *, remove: bool = False) -> Change:
         obj = await self._read(target)
         exists = obj is not None
         if obj is None:
@@ -331,7 +331,7 @@ class Patcher:
         """Plan and (when ``write``) patch until it sticks; the final change."""
         backoff = Backoff(initial=0.1, cap=2.0)
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            change = await self._plan(target, remove=remove)
+            change = await self.plan(target, remove=remove)
             if not write:
                 return change
             if not change.changed:

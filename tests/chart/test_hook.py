@@ -13,7 +13,7 @@ import pytest
 
 from aliasd.coredns import corefile
 from aliasd_dev import LocalCluster
-from tests.chart.helpers import (
+from tests.support.chart import (
     OPTIONAL,
     container_env,
     corefile_now,
@@ -25,7 +25,8 @@ from tests.chart.helpers import (
     review,
     token,
 )
-from tests.helpers import ALIASD_SCRIPT, api_refusals, run_aliasd, wait_for
+from tests.support.process import ALIASD_SCRIPT, api_refusals, run_aliasd
+from tests.support.waiting import wait_for
 
 
 @pytest.mark.cluster

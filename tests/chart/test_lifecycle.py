@@ -13,7 +13,7 @@ import yaml
 from aliasd.coredns import corefile
 from aliasd_dev import LocalCluster, ensure_binaries
 from aliasd_dev.cluster import resource_path
-from tests.chart.helpers import (
+from tests.support.chart import (
     CHART,
     container_env,
     corefile_now,
@@ -26,7 +26,8 @@ from tests.chart.helpers import (
     run_hook_job,
     token,
 )
-from tests.helpers import run_aliasd, wait_for
+from tests.support.process import run_aliasd
+from tests.support.waiting import wait_for
 
 
 @pytest.mark.cluster

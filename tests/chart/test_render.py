@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.chart.helpers import (
+from tests.support.chart import (
     CHART,
     OPTIONAL,
     helm,

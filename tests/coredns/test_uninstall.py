@@ -17,7 +17,7 @@ from aliasd.coredns.uninstall import Stop, stop_and_remove
 from aliasd.coredns.wiring import wire
 from aliasd.model import ApplyError
 from aliasd_dev import LocalCluster
-from tests.coredns.conftest import CM
+from tests.support.coredns import CM
 
 pytestmark = pytest.mark.cluster
 

@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 
 from aliasd_dev import ClusterError, LocalCluster, ensure_binaries
-from tests.helpers import ALIASD_SCRIPT, ROOT
+from tests.support import ROOT
+from tests.support.process import ALIASD_SCRIPT
 
 CHART = ROOT / "charts" / "aliasd"
 HOOK = "helm.sh/hook"
