@@ -245,13 +245,14 @@ class _TcpProtocol(asyncio.Protocol):
     def _answer(self) -> None:
         """Answer the complete queries in the buffer until the peer stops reading."""
         buf = self.buf
+        if len(buf) >= 2 and len(buf) >= 2 + (buf[0] << 8 | buf[1]):
+            self._last = self._loop.time()  # a complete message: not idle
         while len(buf) >= 2 and not self._paused:
             length = buf[0] << 8 | buf[1]
             if len(buf) < 2 + length:
                 return
             msg = bytes(buf[2:2 + length])
             del buf[:2 + length]
-            self._last = self._loop.time()
             if length == 0:
                 self.server.stats.problems["dropped_short"] += 1
                 continue

@@ -5,6 +5,7 @@ flags, counters, peak memory), never how long something took."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import select
@@ -19,6 +20,9 @@ import dns.message
 import dns.rcode
 import pytest
 
+from aliasd import resolver
+from aliasd.dns.server import DnsServer, ServerConfig
+from aliasd.model import AliasClaim, ConfigError, Owner
 from tests.helpers import AliasdProcess, answers, metric_or_none, query, run_aliasd, wait_for
 
 WIDE = [f"fd00::1:{i:x}" for i in range(1, 21)]  # 20 AAAA: an answer of ~600 bytes
@@ -63,6 +67,12 @@ def framed(name: str, rdtype: str, qid: int) -> bytes:
     return struct.pack("!H", len(wire)) + wire
 
 
+def pipeline(name: str, rdtype: str, n: int) -> bytes:
+    """``n`` framed queries for the same question, IDs 0, 1, 2... (modulo 2**16)."""
+    one = framed(name, rdtype, 0)
+    return b"".join(one[:2] + (i % 65536).to_bytes(2, "big") + one[4:] for i in range(n))
+
+
 def connect(p: AliasdProcess, source: str, *, rcvbuf: int | None = None) -> socket.socket:
     """A TCP connection to aliasd from ``source`` (any of 127/8: Linux routes it to lo)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -98,7 +108,7 @@ def closed_by_server(s: socket.socket) -> bool:
 
 def test_a_client_that_pipelines_and_never_reads_is_not_read(server: AliasdProcess) -> None:
     queries = 100_000
-    blob = b"".join(framed("wide.internal.", "AAAA", i % 65536) for i in range(queries))
+    blob = pipeline("wide.internal.", "AAAA", queries)
     peak_before = status_kib(server, "VmHWM")
     not_reading = bad(server, "tcp_client_not_reading")
     idle = bad(server, "tcp_idle_timeout")
@@ -215,3 +225,35 @@ def test_udp_answers_are_capped_at_1232_bytes(server: AliasdProcess, name: str) 
     # An answer under the cap still comes whole over UDP.
     r = dns.message.from_wire(udp_raw(server, "wide.internal.", payload=65000))
     assert not r.flags & dns.flags.TC and answers(r, "AAAA") == sorted(WIDE)
+
+
+async def test_backpressure_on_the_asyncio_loop() -> None:
+    """The same flood in process, on asyncio's own loop (aliasd's without uvloop):
+    answering stops once the client stops reading, and the idle timeout ends it."""
+    config = resolver.ZoneConfig.from_names(["internal"], ns_addresses=["127.0.0.1"])
+    claims = [AliasClaim("wide.internal", Owner(1, "a", "wide"), addresses=tuple(WIDE))]
+    server = DnsServer(resolver.build(claims, config=config, serial=1).snapshot,
+                       ServerConfig(host="127.0.0.1", port=0, tcp_idle_timeout=1))
+    for attempt in range(3):  # TCP binds the port UDP got, which another socket may hold
+        try:
+            await server.start()
+            break
+        except ConfigError:
+            if attempt == 2:
+                raise
+    try:
+        queries = 100_000
+        blob = pipeline("wide.internal.", "AAAA", queries)
+        _, writer = await asyncio.open_connection(*server.address, limit=1024)
+        writer.transport.set_write_buffer_limits(high=len(blob))  # never wait for aliasd
+        writer.write(blob)  # and never read
+        problems = server.stats.problems
+        deadline = asyncio.get_running_loop().time() + 20
+        while not problems["tcp_idle_timeout"]:
+            assert asyncio.get_running_loop().time() < deadline, dict(problems)
+            await asyncio.sleep(0.05)
+        assert problems["tcp_client_not_reading"] == 1
+        assert server.stats.answers[("NOERROR", "AAAA")] < queries // 2
+        writer.close()
+    finally:
+        await server.stop()
