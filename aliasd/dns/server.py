@@ -222,8 +222,13 @@ class _TcpProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def close(self) -> None:
+        """Close after the answers already written; a peer that stopped reading
+        them would hold the connection (and the shutdown) open: abort it."""
         if self.transport is not None:
-            self.transport.close()
+            if self._paused:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     def pause_writing(self) -> None:
         self._paused = True
