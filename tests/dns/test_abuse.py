@@ -166,7 +166,6 @@ def test_a_dribbler_is_cut_off_after_the_idle_timeout(server: AliasdProcess) -> 
 
 
 def test_one_client_cannot_take_every_connection(server: AliasdProcess) -> None:
-    refused = bad(server, "tcp_client_connection_limit")
     # 127.0.0.4's connections from an earlier run of this test may not be reaped yet.
     conns: list[socket.socket] = []
 
@@ -177,6 +176,7 @@ def test_one_client_cannot_take_every_connection(server: AliasdProcess) -> None:
         return all(ask(c, 1) is not None for c in conns)
 
     wait_for(all_served, timeout=10, what=f"{PER_CLIENT} connections from 127.0.0.4")
+    refused = bad(server, "tcp_client_connection_limit")
     try:
         with connect(server, "127.0.0.4") as extra:
             assert ask(extra, 2) is None  # closed by the server, unanswered
