@@ -128,7 +128,9 @@ async def _serve(opts: flags.Options) -> int:
         dns=ServerConfig(host=dns_host, port=dns_port,
                          allow_transfer=opts.get(flags.ALLOW_TRANSFER),
                          tcp_idle_timeout=opts.value(flags.TCP_IDLE_TIMEOUT),
-                         tcp_max_connections=opts.value(flags.TCP_MAX_CONNECTIONS)),
+                         tcp_max_connections=opts.value(flags.TCP_MAX_CONNECTIONS),
+                         tcp_max_connections_per_client=opts.value(
+                             flags.TCP_MAX_CONNECTIONS_PER_CLIENT)),
         http_host=http_host, http_port=http_port,
         aliases_file=opts.get(flags.ALIASES_FILE),
         state_file=opts.get(flags.STATE_FILE),

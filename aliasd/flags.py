@@ -216,9 +216,14 @@ ALLOW_TRANSFER = ListFlag(name="--allow-transfer", commands=(RUN,), parse=_netwo
                           help="CIDR allowed to AXFR the zones; others get REFUSED")
 TCP_IDLE_TIMEOUT = Flag(name="--tcp-idle-timeout", commands=(RUN,), parse=_seconds,
                         default="10",
-                        help="seconds before an idle TCP connection is closed (RFC 7766)")
+                        help="seconds a TCP connection may go without a complete query "
+                             "before it is closed (RFC 7766 6.2.3)")
 TCP_MAX_CONNECTIONS = Flag(name="--tcp-max-connections", commands=(RUN,), parse=_count,
                            default="256", help="concurrent TCP connections")
+TCP_MAX_CONNECTIONS_PER_CLIENT = Flag(
+    name="--tcp-max-connections-per-client", commands=(RUN,), parse=_count, default="16",
+    help="concurrent TCP connections from one client address, so that one client cannot "
+         "take every connection; raise it when a few forwarders (CoreDNS) send all the TCP")
 LAME_DUCK = Flag(name="--lame-duck", commands=(RUN,), parse=_seconds_or_zero, default="0",
                  help="seconds to keep answering DNS after SIGTERM with /readyz failing, so "
                       "that Services stop sending queries first (in a pod: a few seconds, "
@@ -294,7 +299,7 @@ OUTPUT = Flag(name="--output", short="-o", commands=(LIST,), parse=_text, defaul
 FLAGS: tuple[AnyFlag, ...] = (
     LOG_LEVEL, LOG_FORMAT,
     ZONE, DNS_LISTEN, HTTP_LISTEN, ALIASES_FILE, NS_ADDRESS, ALLOW_TRANSFER,
-    TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, LAME_DUCK,
+    TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, TCP_MAX_CONNECTIONS_PER_CLIENT, LAME_DUCK,
     KUBERNETES, KUBECONFIG, NAMESPACES, STATE_FILE, API_TOKEN_FILE, OVERRIDES_CONFIGMAP,
     ALLOW_TAKEOVER, DEFAULT_ALLOWED_NAMES,
     COREDNS_MODE, FORWARD_TO, DNS_SERVICE, COREDNS_CONFIGMAP,

@@ -50,6 +50,7 @@ from aliasd.dns.wire import (
     RD,
     Shape,
     fast_shape,
+    udp_limit,
     wire_name,
 )
 from aliasd.zone import AXFR, IXFR, Outcome, Rcode, Snapshot
@@ -64,6 +65,7 @@ _NXDOMAIN, _NODATA, _WEIGHTED, _REFUSED = (Outcome.NXDOMAIN, Outcome.NODATA, Out
 _DATA, _CNAME = Outcome.DATA, Outcome.CNAME
 _RCODE_REFUSED, _RCODE_SERVFAIL = Rcode.REFUSED, Rcode.SERVFAIL
 _RCODE_NXDOMAIN, _RCODE_NOERROR = Rcode.NXDOMAIN, Rcode.NOERROR
+_NO_EDNS_LIMIT = udp_limit(0)
 TemplateKey = tuple[str, int, int]
 """(anchor, rcode, EDNS shape) or (wildcard, qtype, EDNS shape)."""
 
@@ -127,13 +129,13 @@ class Answerer:
             if counts == COUNTS_NO_EDNS:
                 qend = n
                 entry = self._entries.get(data[12:].lower() + NO_EDNS)
-                limit = MAX_TCP if tcp else 512
+                limit = MAX_TCP if tcp else _NO_EDNS_LIMIT
             elif (counts == COUNTS_EDNS and data[n - 11:n - 8] == OPT_HEAD
                   and not data[n - 5] and not data[n - 2] and not data[n - 1]):
                 qend = n - 11
                 entry = self._entries.get(data[12:qend].lower()
                                           + (EDNS_DO if data[n - 4] & 0x80 else EDNS))
-                limit = MAX_TCP if tcp else max(512, data[n - 8] << 8 | data[n - 7])
+                limit = MAX_TCP if tcp else udp_limit(data[n - 8] << 8 | data[n - 7])
             else:
                 entry = None
             if type(entry) is CachedAnswer and entry[4] <= limit:

@@ -14,6 +14,7 @@ import logging
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -25,6 +26,11 @@ from aliasd.zone import Snapshot
 
 log = logging.getLogger(__name__)
 
+# A TCP connection's write buffer: past WRITE_HIGH bytes of answers the peer has
+# not read, its queries are no longer read (asyncio's defaults, written down
+# because the bound on memory per connection depends on them).
+WRITE_HIGH, WRITE_LOW = 64 * 1024, 16 * 1024
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -32,6 +38,7 @@ class ServerConfig:
     port: int = 5353
     tcp_idle_timeout: float = 10.0  # RFC 7766 6.2.3: a few seconds
     tcp_max_connections: int = 256
+    tcp_max_connections_per_client: int = 16
     allow_transfer: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
@@ -45,7 +52,7 @@ class DnsServer:
                                  allow_transfer=config.allow_transfer)
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
-        self._tcp_conns: set[_TcpProtocol] = set()
+        self.connections = _Connections(config, self.stats)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -95,8 +102,7 @@ class DnsServer:
             self._udp = None
         if self._tcp is not None:
             self._tcp.close()
-            for conn in list(self._tcp_conns):
-                conn.close()
+            self.connections.close_all()
             await self._tcp.wait_closed()
             self._tcp = None
 
@@ -127,60 +133,138 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.server.stats.problems["udp_socket_error"] += 1
 
 
+class _Connections:
+    """The TCP connection manager: admits a connection under the global cap and
+    the per-client cap, and closes them all on shutdown.
+
+    The per-client cap keeps one address (a pod opening connections and
+    holding them) from taking every slot: TCP fallback stays open to the others."""
+
+    def __init__(self, config: ServerConfig, stats: Stats) -> None:
+        self._max = config.tcp_max_connections
+        self._per_client = config.tcp_max_connections_per_client
+        self._stats = stats
+        self._open: set[_TcpProtocol] = set()
+        self._by_client: Counter[str] = Counter()
+
+    def admit(self, conn: _TcpProtocol) -> bool:
+        """Count ``conn`` in, or count the refusal and return False."""
+        if len(self._open) >= self._max:
+            self._stats.problems["tcp_connection_limit"] += 1
+            return False
+        if self._by_client[conn.client] >= self._per_client:
+            self._stats.problems["tcp_client_connection_limit"] += 1
+            return False
+        self._open.add(conn)
+        self._by_client[conn.client] += 1
+        return True
+
+    def release(self, conn: _TcpProtocol) -> None:
+        if conn in self._open:
+            self._open.discard(conn)
+            left = self._by_client[conn.client] - 1
+            if left:
+                self._by_client[conn.client] = left
+            else:
+                del self._by_client[conn.client]
+
+    def close_all(self) -> None:
+        for conn in list(self._open):
+            conn.close()
+
+
 class _TcpProtocol(asyncio.Protocol):
     """RFC 7766: 2-byte length prefix, pipelined queries answered in order,
-    idle timeout, and a cap on concurrent connections."""
+    idle timeout, and caps on concurrent connections.
+
+    Backpressure the way aiohttp's ``web_protocol`` does it: while the peer
+    does not read (the transport calls :meth:`pause_writing`), its queries are
+    no longer read nor answered, so a client that pipelines and never reads
+    holds at most one read's worth of queries and the write buffer's high-water
+    mark of answers here; the rest waits in the kernel's socket buffers."""
 
     def __init__(self, server: DnsServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.client = ""
+        self._loop = asyncio.get_running_loop()
         self._idle: asyncio.TimerHandle | None = None
+        self._last = 0.0  # loop time of the last complete message
+        self._paused = False  # the peer is not reading our answers
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         peer = self.transport.get_extra_info("peername")
         self.client = str(peer[0]) if peer else ""
-        conns = self.server._tcp_conns
-        if len(conns) >= self.server.config.tcp_max_connections:
-            self.server.stats.problems["tcp_connection_limit"] += 1
+        if not self.server.connections.admit(self):
             self.transport.abort()
             return
-        conns.add(self)
-        self._arm()
-
-    def _arm(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        loop = asyncio.get_running_loop()
-        self._idle = loop.call_later(self.server.config.tcp_idle_timeout, self._timeout)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        self._last = self._loop.time()
+        self._idle = self._loop.call_at(self._last + self.server.config.tcp_idle_timeout,
+                                        self._timeout)
 
     def _timeout(self) -> None:
+        # RFC 7766 6.2.3: idle is the time since the last complete message, so
+        # bytes that never make a message (a dribbler) do not keep a connection.
+        # One timer a connection: a message only moves _last, and the timer,
+        # when it fires early, is set again for what is left.
+        deadline = self._last + self.server.config.tcp_idle_timeout
+        if self._loop.time() < deadline:
+            self._idle = self._loop.call_at(deadline, self._timeout)
+            return
+        self._idle = None
         self.server.stats.problems["tcp_idle_timeout"] += 1
-        self.close()
+        if self.transport is not None:
+            # Not close(): answers a peer that stopped reading left in the
+            # buffer would be kept waiting for it.
+            self.transport.abort()
 
     def close(self) -> None:
+        """Close after the answers already written; a peer that stopped reading
+        them would hold the connection (and the shutdown) open: abort it."""
         if self.transport is not None:
-            self.transport.close()
+            if self._paused:
+                self.transport.abort()
+            else:
+                self.transport.close()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        self.server.stats.problems["tcp_client_not_reading"] += 1
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._last = self._loop.time()  # the peer read: not idle
+        self._answer()
+        if not self._paused and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        self._arm()
-        while len(self.buf) >= 2:
-            (length,) = struct.unpack_from("!H", self.buf)
-            if len(self.buf) < 2 + length:
-                if len(self.buf) > 2 + 65535:  # cannot happen with a 16-bit length
-                    self.close()
+        self._answer()
+
+    def _answer(self) -> None:
+        """Answer the complete queries in the buffer until the peer stops reading."""
+        buf = self.buf
+        if len(buf) >= 2 and len(buf) >= 2 + (buf[0] << 8 | buf[1]):
+            self._last = self._loop.time()  # a complete message: not idle
+        while len(buf) >= 2 and not self._paused:
+            length = buf[0] << 8 | buf[1]
+            if len(buf) < 2 + length:
                 return
-            msg = bytes(self.buf[2:2 + length])
-            del self.buf[:2 + length]
+            msg = bytes(buf[2:2 + length])
+            del buf[:2 + length]
             if length == 0:
                 self.server.stats.problems["dropped_short"] += 1
                 continue
+            transport = self.transport
+            assert transport is not None
             for out in self.server.answerer.respond_tcp(msg, client=self.client):
-                assert self.transport is not None
-                self.transport.write(struct.pack("!H", len(out)) + out)
+                transport.write(struct.pack("!H", len(out)) + out)
 
     def eof_received(self) -> bool | None:
         return None  # close our side too once the client is done
@@ -188,7 +272,8 @@ class _TcpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._idle is not None:
             self._idle.cancel()
-        self.server._tcp_conns.discard(self)
+            self._idle = None
+        self.server.connections.release(self)
 
 
 def _why(e: OSError) -> str:

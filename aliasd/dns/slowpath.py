@@ -17,13 +17,13 @@ from dnslib import EDNS0, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 from aliasd.dns.records import CLASS_IN, to_rrs
 from aliasd.dns.stats import Stats, qtype_name
-from aliasd.dns.wire import MAX_TCP, QR, question_len
+from aliasd.dns.wire import MAX_TCP, MAX_UDP, QR, question_len, udp_limit
 from aliasd.dns.xfr import Networks, transfer_allowed
 from aliasd.zone import AXFR, IXFR, OPT, Lookup, Rcode, Snapshot
 
 CLASS_ANY = 255
-# RFC 6891 6.2.5 / DNS flag day 2020: advertise 1232 to avoid fragmentation.
-OUR_UDP_SIZE = 1232
+# RFC 6891 6.2.5 / DNS flag day 2020: advertise what we send, to avoid fragmentation.
+OUR_UDP_SIZE = MAX_UDP
 BADVERS = 16
 
 
@@ -48,7 +48,7 @@ def answer(snapshot: Snapshot, data: bytes, *, tcp: bool, client: str, allow: Ne
     q = req.questions[0]
     opt = next((rr for rr in req.ar if rr.rtype == OPT), None)
     do = bool(opt is not None and opt.ttl & 0x8000)
-    limit = MAX_TCP if tcp else (max(512, opt.rclass) if opt is not None else 512)
+    limit = MAX_TCP if tcp else udp_limit(opt.rclass if opt is not None else 0)
     qname = DNSLabel([label.lower() for label in q.qname.label])
     qtext = str(qname).lower()  # odd bytes escaped (\ddd, \.)
     header = DNSHeader(id=req.header.id, qr=1, rd=req.header.rd, ra=0)

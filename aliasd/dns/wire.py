@@ -12,6 +12,11 @@ from typing import NamedTuple
 from aliasd.zone import OPT
 
 MAX_TCP = 65535
+# The largest answer sent over UDP, whatever EDNS buffer size the client asks
+# for (DNS Flag Day 2020; BIND's and NSD's default): bigger answers are
+# truncated (TC=1) and the client retries over TCP. Above it, answers would be
+# fragmented, and any client could make this server reflect up to 64 KiB per query.
+MAX_UDP = 1232
 QR, AA, TC, RD = 0x80, 0x04, 0x02, 0x01  # in header byte 2
 CD = 0x10  # in header byte 3
 # Header counts (QD, AN, NS, AR) of a query with one question, without and with an OPT.
@@ -52,6 +57,13 @@ class Shape(NamedTuple):
     edns: int  # 0 no OPT, 1 OPT, 2 OPT with DO
 
 
+def udp_limit(requested: int) -> int:
+    """The size an answer over UDP may have, for a query that asked for
+    ``requested`` bytes (0: no EDNS): 512 at least (RFC 1035 4.2.1), then what
+    the client asked for (RFC 6891 6.2.5), never more than :data:`MAX_UDP`."""
+    return 512 if requested < 512 else (requested if requested < MAX_UDP else MAX_UDP)
+
+
 def fast_shape(data: bytes, tcp: bool) -> Shape | None:
     """Recognise ``QUERY, 1 question, [1 OPT v0]`` from the raw bytes, or None."""
     n = len(data)
@@ -67,7 +79,7 @@ def fast_shape(data: bytes, tcp: bool) -> Shape | None:
         if qend != n:
             return None
         return tuple.__new__(Shape, (qend, data[12:qend].lower() + NO_EDNS,
-                                     MAX_TCP if tcp else 512, 0))
+                                     MAX_TCP if tcp else udp_limit(0), 0))
     if counts != COUNTS_EDNS or n < qend + 11:
         return None
     if data[qend] != 0 or data[qend + 1] != 0 or data[qend + 2] != OPT or data[qend + 6] != 0:
@@ -84,7 +96,7 @@ def fast_shape(data: bytes, tcp: bool) -> Shape | None:
     if j != end:
         return None
     udp = (data[qend + 3] << 8) | data[qend + 4]
-    limit = MAX_TCP if tcp else max(512, udp)
+    limit = MAX_TCP if tcp else udp_limit(udp)
     if data[qend + 7] & 0x80:
         return tuple.__new__(Shape, (qend, data[12:qend].lower() + EDNS_DO, limit, 2))
     return tuple.__new__(Shape, (qend, data[12:qend].lower() + EDNS, limit, 1))
