@@ -221,9 +221,10 @@ TCP_IDLE_TIMEOUT = Flag(name="--tcp-idle-timeout", commands=(RUN,), parse=_secon
 TCP_MAX_CONNECTIONS = Flag(name="--tcp-max-connections", commands=(RUN,), parse=_count,
                            default="256", help="concurrent TCP connections")
 TCP_MAX_CONNECTIONS_PER_CLIENT = Flag(
-    name="--tcp-max-connections-per-client", commands=(RUN,), parse=_count, default="16",
+    name="--tcp-max-connections-per-client", commands=(RUN,), parse=_count, default="64",
     help="concurrent TCP connections from one client address, so that one client cannot "
-         "take every connection; raise it when a few forwarders (CoreDNS) send all the TCP")
+         "take every connection (a quarter of the default total: the few CoreDNS pods "
+         "forward every query, and a truncated answer is retried over TCP)")
 LAME_DUCK = Flag(name="--lame-duck", commands=(RUN,), parse=_seconds_or_zero, default="0",
                  help="seconds to keep answering DNS after SIGTERM with /readyz failing, so "
                       "that Services stop sending queries first (in a pod: a few seconds, "

@@ -38,7 +38,7 @@ class ServerConfig:
     port: int = 5353
     tcp_idle_timeout: float = 10.0  # RFC 7766 6.2.3: a few seconds
     tcp_max_connections: int = 256
-    tcp_max_connections_per_client: int = 16
+    tcp_max_connections_per_client: int = 64
     allow_transfer: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 

@@ -23,7 +23,10 @@ import pytest
 from aliasd import resolver
 from aliasd.dns.server import DnsServer, ServerConfig
 from aliasd.model import AliasClaim, ConfigError, Owner
-from tests.helpers import AliasdProcess, answers, metric_or_none, query, run_aliasd, wait_for
+from aliasd.zoneconfig import ZoneConfig
+from tests.support.dnsclient import answers, query
+from tests.support.process import AliasdProcess, metric_or_none, run_aliasd
+from tests.support.waiting import wait_for
 
 WIDE = [f"fd00::1:{i:x}" for i in range(1, 21)]  # 20 AAAA: an answer of ~600 bytes
 MANY = [f"fd00::2:{i:x}" for i in range(1, 101)]  # 100 AAAA: ~2.9 KB, more than 1232
@@ -230,7 +233,7 @@ def test_udp_answers_are_capped_at_1232_bytes(server: AliasdProcess, name: str) 
 async def test_backpressure_on_the_asyncio_loop() -> None:
     """The same flood in process, on asyncio's own loop (aliasd's without uvloop):
     answering stops once the client stops reading, and the idle timeout ends it."""
-    config = resolver.ZoneConfig.from_names(["internal"], ns_addresses=["127.0.0.1"])
+    config = ZoneConfig.from_names(["internal"], ns_addresses=["127.0.0.1"])
     claims = [AliasClaim("wide.internal", Owner(1, "a", "wide"), addresses=tuple(WIDE))]
     server = DnsServer(resolver.build(claims, config=config, serial=1).snapshot,
                        ServerConfig(host="127.0.0.1", port=0, tcp_idle_timeout=1))
