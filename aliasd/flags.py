@@ -270,7 +270,7 @@ COREDNS_CONFIGMAP = Flag(name="--coredns-configmap", commands=WIRING, parse=_ref
 LEADER_ELECTION = Flag(name="--leader-election", commands=(RUN,), parse=_text, default="on",
                        choices=("on", "off"),
                        help="with several replicas, only the holder of a Lease patches the "
-                            "cluster DNS")
+                            "cluster DNS and writes the status of Alias objects")
 LEADER_LEASE = Flag(name="--leader-lease", commands=WIRING, parse=_ref,
                     default=f"{POD_NAMESPACE}/aliasd",
                     help="NAMESPACE/NAME of the leader-election Lease (coredns remove: "
