@@ -261,3 +261,24 @@ def test_state_file_serves_aliases_with_the_api_server_down(
             assert p.http("/readyz")[1]["degraded"] is True
     finally:
         cluster.start_apiserver()
+
+
+def test_the_reference_example_is_accepted_and_served(cluster: LocalCluster,
+                                                      aliasd: AliasdProcess,
+                                                      namespace: str) -> None:
+    """The complete example of docs/reference/alias.md, applied as it is (in
+    the test's namespace): the API server accepts it and the names answer."""
+    page = (ROOT / "docs" / "reference" / "alias.md").read_text()
+    block = page.split("```yaml\n", 1)[1].split("```", 1)[0]
+    docs = [d for d in yaml.safe_load_all(block) if d]
+    assert [d["metadata"]["name"] for d in docs] == ["orders-db", "fruits"]
+    ip = service(cluster, namespace, "fruits-api-service")["spec"]["clusterIP"]
+    for d in docs:
+        d["metadata"]["namespace"] = namespace
+        cluster.apply(d)
+    wait_for(lambda: a_records(aliasd, "my-fruits.internal.") == [ip], what="the Service alias")
+    assert answers(query(aliasd.dns, "_http._tcp.my-fruits.internal.", "SRV"), "SRV") == [
+        "0 100 80 my-fruits.internal."]
+    wait_for(lambda: conditions(cluster, namespace, "orders-db").get("Ready")
+             == ("True", "Ready", 1), what="the weighted Alias ready")
+    assert rcode(aliasd, "orders-db-rw.internal.") == "NOERROR"

@@ -543,7 +543,7 @@ def resource_path(obj: dict[str, Any]) -> str:
 
 
 _PLURALS = {
-    "EndpointSlice": "endpointslices", "ServiceEntry": "serviceentries",
+    "EndpointSlice": "endpointslices", "ServiceEntry": "serviceentries", "Alias": "aliases",
     "CustomResourceDefinition": "customresourcedefinitions", "PodDisruptionBudget":
     "poddisruptionbudgets", "NetworkPolicy": "networkpolicies",
     "ClusterRoleBinding": "clusterrolebindings", "RoleBinding": "rolebindings",
