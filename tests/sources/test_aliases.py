@@ -282,3 +282,27 @@ def test_the_reference_example_is_accepted_and_served(cluster: LocalCluster,
     wait_for(lambda: conditions(cluster, namespace, "orders-db").get("Ready")
              == ("True", "Ready", 1), what="the weighted Alias ready")
     assert rcode(aliasd, "orders-db-rw.internal.") == "NOERROR"
+
+
+def test_only_the_leader_writes_status(cluster: LocalCluster, alias_crd: None,
+                                       namespace: str, tmp_path: Path) -> None:
+    """Two replicas, leader election on a Lease in the test's namespace (and no
+    CoreDNS wiring, so the election is the status writer's own): both serve
+    the name, exactly one writes the status."""
+    args = ["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal",
+            "--coredns-mode", "off", "--leader-lease", f"{namespace}/aliasd",
+            "--leader-lease-duration", "3"]
+    with run_aliasd(args, tmp=tmp_path) as a, run_aliasd(args, tmp=tmp_path) as b:
+        create(cluster, namespace, "shared", {"hostnames": ["crd-shared.internal"],
+                                              "targets": [{"address": "10.20.0.7"}]})
+        for p in (a, b):
+            wait_for(functools.partial(lambda p: a_records(p, "crd-shared.internal.")
+                                       == ["10.20.0.7"], p), what="both replicas serve the name")
+        wait_for(lambda: conditions(cluster, namespace, "shared").get("Ready")
+                 == ("True", "Ready", 1), what="Ready")
+
+        def writers() -> list[tuple[bool, int]]:
+            return sorted((s["leader"], s["writes"]) for s in (
+                p.http("/readyz")[1]["alias-status"] for p in (a, b)))
+
+        wait_for(lambda: writers() == [(False, 0), (True, 1)], what="one leader, one write")
