@@ -278,6 +278,10 @@ LEADER_LEASE = Flag(name="--leader-lease", commands=WIRING, parse=_ref,
 LEADER_LEASE_DURATION = Flag(name="--leader-lease-duration", commands=(RUN,), parse=_seconds,
                              default="15",
                              help="seconds a leader's Lease lasts without renewal")
+ALIAS_STATUS_RATE = Flag(name="--alias-status-rate", commands=(RUN,), parse=_seconds,
+                         default="100",
+                         help="Alias status writes per second at most (a token bucket whose "
+                              "burst is the same number); only the leader writes")
 FORCE = Switch(name="--force", commands=(COREDNS,),
                help="remove even while a running aliasd holds the Lease (it puts the block "
                     "back at once unless it is stopped)")
@@ -293,7 +297,7 @@ FLAGS: tuple[AnyFlag, ...] = (
     KUBERNETES, KUBECONFIG, NAMESPACES, STATE_FILE, API_TOKEN_FILE, OVERRIDES_CONFIGMAP,
     ALLOW_TAKEOVER, DEFAULT_ALLOWED_NAMES,
     COREDNS_MODE, FORWARD_TO, DNS_SERVICE, COREDNS_CONFIGMAP,
-    LEADER_ELECTION, LEADER_LEASE, LEADER_LEASE_DURATION, FORCE,
+    LEADER_ELECTION, LEADER_LEASE, LEADER_LEASE_DURATION, ALIAS_STATUS_RATE, FORCE,
     SERVER, OUTPUT,
 )
 GLOBAL = (LOG_LEVEL, LOG_FORMAT)

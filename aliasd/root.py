@@ -34,7 +34,7 @@ from aliasd.access import (
 )
 from aliasd.api import make_app, start_http
 from aliasd.app import AppConfig
-from aliasd.coredns.lease import LeaderElector
+from aliasd.coredns.lease import Election, LeaderElector
 from aliasd.coredns.patcher import Patcher, PatcherConfig
 from aliasd.dns.answer import Stats
 from aliasd.dns.server import DnsServer
@@ -58,7 +58,7 @@ from aliasd.runtime.inbox import Inbox
 from aliasd.runtime.overrides import OverridesService
 from aliasd.runtime.process import LameDuck, ProcessTuning
 from aliasd.runtime.statewriter import StateWriter
-from aliasd.runtime.statuswriter import DEFAULT_BURST, DEFAULT_RATE, AliasStatusWriter
+from aliasd.runtime.statuswriter import DEFAULT_RATE, AliasStatusWriter
 from aliasd.sources.aliases import GROUP as ALIAS_GROUP
 from aliasd.sources.aliases import KIND as ALIAS_KIND
 from aliasd.sources.aliases import PLURAL as ALIAS_PLURAL
@@ -85,8 +85,7 @@ class KubeConfig:
     patcher: PatcherConfig | None = None  # None: the cluster DNS wiring is off
     leader_lease: tuple[str, str] | None = None  # None: no leader election
     lease_duration: float = 15.0
-    status_rate: float = DEFAULT_RATE  # Alias status writes per second...
-    status_burst: int = DEFAULT_BURST  # ...and at most this many at once
+    status_rate: float = DEFAULT_RATE  # Alias status writes per second (burst: as many)
 
 
 @dataclass(frozen=True)
@@ -246,7 +245,7 @@ def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig
         source=KubeSource.name, patch=functools.partial(_patch_alias_status, CustomObjectsApi(api)),
         zones=zones, leading=(lambda: leader.leading) if leader is not None else (lambda: True),
         send=events.send, clock=time.time, results=parts.status_writes.counts,
-        rate=config.status_rate, burst=config.status_burst)
+        rate=config.status_rate)
     parts.components.append(statuses)
     source = KubeSource(api, zones=zones, namespaces=list(config.namespaces),
                         on_claims=inbox.update_claims, on_change=inbox.changed,
@@ -283,7 +282,7 @@ def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig
 
 
 def _wire_leader(parts: _Parts, api: ApiClient, recorder: EventRecorder, *, config: KubeConfig,
-                 me: str) -> tuple[Patcher | None, _Election | None]:
+                 me: str) -> tuple[Patcher | None, Election | None]:
     """The CoreDNS patcher (None: the wiring is off) and the leader election:
     the patcher's own, or, without the wiring, one for the Alias status alone
     (None: no election, this process is the only writer)."""
@@ -300,29 +299,11 @@ def _wire_leader(parts: _Parts, api: ApiClient, recorder: EventRecorder, *, conf
                                  on_change=on_change)
 
     if config.patcher is None:
-        return None, _Election(elect(lambda leading: None)) if elect is not None else None
+        return None, Election(elect(lambda leading: None)) if elect is not None else None
     patcher = Patcher(api, config.patcher, results=parts.patches.counts,
                       report=recorder.reporter("corefile"), elect=elect)
     parts.components.append(patcher)
     return patcher, None
-
-
-class _Election:
-    """Leader election without the CoreDNS wiring (which runs its own)."""
-
-    name = "leader-election"
-
-    def __init__(self, elector: LeaderElector) -> None:
-        self.elector = elector
-
-    def status(self) -> dict[str, Any]:
-        return {"leader": self.elector.leading, "error": self.elector.error}
-
-    async def run(self) -> None:
-        try:
-            await self.elector.run()
-        finally:
-            await asyncio.shield(self.elector.release())
 
 
 async def _patch_alias_status(custom: CustomObjectsApi, namespace: str, name: str,

@@ -42,11 +42,10 @@ from aliasd.sources.aliases import AliasView
 log = logging.getLogger(__name__)
 
 DEFAULT_RATE = 100.0
-"""Status writes per second (the bucket refills at this rate)..."""
-DEFAULT_BURST = 100
-"""...and at most this many at once: 10,000 Aliases are written in under
-two minutes, well under an API server's default max-in-flight of 200 mutating
-requests that other controllers share."""
+"""Status writes per second (``--alias-status-rate``; the bucket holds as many
+at once): 10,000 new Aliases are written in under two minutes, each write one
+short request, far from an API server's default 200 mutating requests in
+flight that every controller shares."""
 SLICE = 256
 """Aliases compared per loop turn."""
 LEADER_POLL = 1.0
@@ -81,8 +80,7 @@ class AliasStatusWriter:
 
     def __init__(self, *, source: str, patch: Patch, zones: ZoneConfig,
                  leading: Callable[[], bool], send: Send, clock: Callable[[], float],
-                 results: Counter[str], rate: float = DEFAULT_RATE,
-                 burst: int = DEFAULT_BURST) -> None:
+                 results: Counter[str], rate: float = DEFAULT_RATE) -> None:
         self._source = source  # the name of the source the Aliases' claims come from
         self._aliases: dict[str, AliasView] = {}
         self._patch = patch
@@ -90,7 +88,7 @@ class AliasStatusWriter:
         self._leading = leading
         self._send = send
         self._clock = clock
-        self._bucket = TokenBucket(rate, burst)
+        self._bucket = TokenBucket(rate, max(1, round(rate)))
         self._result: Result | None = None
         self._rescan = False
         self._dirty: set[str] = set()
