@@ -97,6 +97,7 @@ class AliasStatusWriter:
         self._written: dict[str, dict[str, Any]] = {}  # key -> status written, not yet watched
         self._wake = asyncio.Event()
         self._results = results  # written / refused (the aliasd_alias_status_writes metric)
+        self._failing = False
 
     # ---- inputs (cheap, synchronous) -------------------------------------------
 
@@ -191,10 +192,16 @@ class AliasStatusWriter:
         if status >= 300:
             self._results["refused"] += 1
             if status != 404:  # 404: deleted meanwhile, nothing to write
-                log.warning("could not write the status of Alias %s/%s: HTTP %d: %s",
-                            owner.namespace, owner.name, status, answer.get("message", ""))
+                # A failure streak (an API server outage) is logged once at WARNING.
+                log.log(logging.DEBUG if self._failing else logging.WARNING,
+                        "could not write the status of Alias %s/%s: HTTP %d: %s",
+                        owner.namespace, owner.name, status, answer.get("message", ""))
+                self._failing = True
                 self._retry.add(key)
             return
+        if self._failing:
+            log.info("Alias status writes succeed again")
+            self._failing = False
         self._results["written"] += 1
         self._written[key] = body
         for c in transitions(want, current):

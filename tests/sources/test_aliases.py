@@ -8,6 +8,7 @@ import contextlib
 import functools
 import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -306,3 +307,22 @@ def test_only_the_leader_writes_status(cluster: LocalCluster, alias_crd: None,
                 p.http("/readyz")[1]["alias-status"] for p in (a, b)))
 
         wait_for(lambda: writers() == [(False, 0), (True, 1)], what="one leader, one write")
+
+
+def test_aliasd_list_and_the_http_api_include_aliases(cluster: LocalCluster,
+                                                      aliasd: AliasdProcess,
+                                                      namespace: str) -> None:
+    create(cluster, namespace, "listed", {"hostnames": ["crd-listed.internal"],
+                                          "targets": [{"address": "10.20.0.8"}]})
+    wait_for(lambda: a_records(aliasd, "crd-listed.internal.") == ["10.20.0.8"],
+             what="the alias")
+    _, doc = aliasd.http("/v1/aliases")
+    want = ("crd-listed.internal.", ["10.20.0.8"], f"Alias {namespace}/listed")
+    assert want in [(a["name"], a["addresses"], a["owner"]) for a in doc["aliases"]]
+    computed = subprocess.run(
+        [sys.executable, "-m", "aliasd", "list", "-o", "json", "--kubeconfig",
+         str(cluster.kubeconfig), "--namespaces", namespace], capture_output=True, text=True,
+        cwd=ROOT, timeout=60, check=False)
+    assert computed.returncode == 0, computed.stderr
+    assert [(a["name"], a["addresses"], a["owner"])
+            for a in json.loads(computed.stdout)["aliases"]] == [want]
