@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from tests.helpers import (
     a_records,
     answers,
     events,
+    metric_or_none,
     query,
     rcode,
     run_aliasd,
@@ -326,3 +329,37 @@ def test_aliasd_list_and_the_http_api_include_aliases(cluster: LocalCluster,
     assert computed.returncode == 0, computed.stderr
     assert [(a["name"], a["addresses"], a["owner"])
             for a in json.loads(computed.stdout)["aliases"]] == [want]
+
+
+def test_a_relist_that_changes_nothing_writes_nothing(cluster: LocalCluster,
+                                                      aliasd: AliasdProcess,
+                                                      namespace: str) -> None:
+    create(cluster, namespace, "still", {"hostnames": ["crd-still.internal"],
+                                         "targets": [{"address": "10.20.0.9"}]})
+    wait_for(lambda: conditions(cluster, namespace, "still").get("Ready")
+             == ("True", "Ready", 1), what="Ready")
+    rv = cluster.request("GET", path(namespace, "still"))["metadata"]["resourceVersion"]
+    restarts = metric_or_none(aliasd, "aliasd_watch_restarts_total", resource="aliases") or 0
+    os.kill(aliasd.proc.pid, signal.SIGSTOP)  # freeze the watches at their resourceVersion
+    try:
+        cluster.stop_apiserver()  # drop the open watch streams
+        cluster.start_apiserver()
+        for i in range(5):  # move the revision on, then compact it away: 410 on resume
+            cluster.request("POST", f"/api/v1/namespaces/{namespace}/configmaps",
+                            {"metadata": {"name": f"churn-{i}"}})
+        cluster.compact_etcd()
+        cluster.stop_apiserver()  # the new watch cache starts after the compaction
+        cluster.start_apiserver()
+    finally:
+        os.kill(aliasd.proc.pid, signal.SIGCONT)
+    wait_for(lambda: (metric_or_none(aliasd, "aliasd_watch_restarts_total",
+                                     resource="aliases") or 0) > restarts,
+             timeout=60, what="the Alias watch restarted (relist)")
+    create(cluster, namespace, "marker", {"hostnames": ["crd-marker2.internal"],
+                                          "targets": [{"address": "10.20.0.10"}]})
+    wait_for(lambda: conditions(cluster, namespace, "marker").get("Ready")
+             == ("True", "Ready", 1), timeout=30, what="the marker's status")
+    wait_for(lambda: aliasd.http("/readyz")[1]["alias-status"]["pending"] == 0,
+             what="nothing left to compare")
+    assert aliasd.http("/readyz")[1]["alias-status"]["writes"] == 2  # "still", then the marker
+    assert cluster.request("GET", path(namespace, "still"))["metadata"]["resourceVersion"] == rv
