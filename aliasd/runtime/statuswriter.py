@@ -3,8 +3,10 @@ changed, coalesced per object and rate-limited, never on the DNS path.
 
 After each commit the committer hands over the result (a reference, no work);
 the Kubernetes source names each Alias whose inputs or status on the API server
-changed. The writer's own task then compares, for each named Alias and, after
-a commit, for each Alias whose inputs are not the same objects as last time
+changed, and has the reporters run after the next commit, so an Alias is
+compared only with a result that holds its claims. The writer's own task then
+compares each named Alias, and each Alias whose inputs are not the same
+objects as last time
 (in slices, so DNS queries get in between), the status it should have with
 the one the API server holds, and patches ``aliases/status`` where they
 differ: one write per object however many changes came in meanwhile (the set
@@ -92,6 +94,8 @@ class AliasStatusWriter:
         self._result: Result | None = None
         self._rescan = False
         self._dirty: set[str] = set()
+        # Updated since the last commit: compared once a result holds their claims.
+        self._waiting: set[str] = set()
         self._retry: set[str] = set()  # refused writes, tried again on the next wake-up
         self._seen: dict[str, tuple[object, ...]] = {}  # key -> inputs last compared
         self._written: dict[str, dict[str, Any]] = {}  # key -> status written, not yet watched
@@ -105,22 +109,24 @@ class AliasStatusWriter:
         """A committer reporter: compare the Aliases against ``result`` later."""
         self._result = result
         self._rescan = True
+        self._dirty |= self._waiting
+        self._waiting.clear()
         self._wake.set()
 
     def update(self, key: str, alias: AliasView | None) -> None:
         """The source's word: the Alias ``key`` ("ns/name"), its inputs or its
-        status on the API server changed (None: it is gone)."""
+        status on the API server changed (None: it is gone). Compared after
+        the next commit (the source has the reporters run then)."""
         if alias is None:
             self._aliases.pop(key, None)
             self._seen.pop(key, None)
         else:
             self._aliases[key] = alias
-        self._dirty.add(key)
+        self._waiting.add(key)
         self._written.pop(key, None)
-        self._wake.set()
 
     def status(self) -> dict[str, Any]:
-        return {"leader": self._leading(), "pending": len(self._dirty),
+        return {"leader": self._leading(), "pending": len(self._dirty) + len(self._waiting),
                 "writes": self._results["written"]}
 
     # ---- the task ------------------------------------------------------------------

@@ -232,7 +232,7 @@ class KubeSource:
         if obj is None:
             self._set(f"alias/{k}", [], [])
             if self._alias_infos.pop(k, None) is not None:
-                self._alias_sink(k, None)
+                self._alias_changed(k, None)
             return
 
         def lookup(namespace: str, name: str) -> tuple[Obj, list[Obj]] | None:
@@ -248,7 +248,14 @@ class KubeSource:
         self._set(f"alias/{k}", list(info.claims), [])
         if self._alias_infos.get(k) != info:
             self._alias_infos[k] = info
-            self._alias_sink(k, self.alias(k))
+            self._alias_changed(k, self.alias(k))
+
+    def _alias_changed(self, k: str, view: AliasView | None) -> None:
+        """Hand an Alias to the status writer, and have the reporters run after
+        the next commit, which carries its claims (a status is never derived
+        from a result that does not hold them yet)."""
+        self._alias_sink(k, view)
+        self._problems_changed()
 
     def _derive_serviceentry(self, k: str) -> None:
         for svc in self._se_uses.pop(k, ()):
@@ -324,7 +331,7 @@ class KubeSource:
             self._aliases[k] = new
         self._derive_alias(k)
         if new is not None and (old or {}).get("status") != new.get("status"):
-            self._alias_sink(k, self.alias(k))  # the status on the API server moved
+            self._alias_changed(k, self.alias(k))  # the status on the API server moved
 
     def _se_changed(self, k: str, old: Obj | None, new: Obj | None) -> None:
         if new is None:

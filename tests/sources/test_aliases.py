@@ -39,10 +39,12 @@ CRD = ROOT / "manifests" / "base" / "crd-alias.yaml"
 CRD_NAME = "aliases.aliasd.io"
 
 
-def aliasd_args(cluster: LocalCluster) -> list[str]:
-    """aliasd on the session's API server; the only replica, so the status writer."""
+def aliasd_args(cluster: LocalCluster, namespace: str) -> list[str]:
+    """aliasd on the session's API server, watching the test's namespace only
+    (what other tests leave elsewhere is not counted); the only replica, so
+    the status writer."""
     return ["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal",
-            "--leader-election", "off"]
+            "--namespaces", namespace, "--leader-election", "off"]
 
 
 @pytest.fixture
@@ -74,8 +76,9 @@ def reasons(cluster: LocalCluster, ns: str, name: str) -> list[str]:
 
 
 @pytest.fixture
-def aliasd(cluster: LocalCluster, alias_crd: None, tmp_path: Path) -> Iterator[AliasdProcess]:
-    with run_aliasd(aliasd_args(cluster), tmp=tmp_path) as p:
+def aliasd(cluster: LocalCluster, alias_crd: None, namespace: str,
+           tmp_path: Path) -> Iterator[AliasdProcess]:
+    with run_aliasd(aliasd_args(cluster, namespace), tmp=tmp_path) as p:
         yield p
 
 
@@ -210,7 +213,7 @@ def test_status_is_not_rewritten_by_a_restart(cluster: LocalCluster, alias_crd: 
                                               namespace: str, tmp_path: Path) -> None:
     """A new process (another serial, another leader) finds every status right
     and writes nothing: the object's resourceVersion stays."""
-    args = aliasd_args(cluster)
+    args = aliasd_args(cluster, namespace)
     create(cluster, namespace, "steady", {"hostnames": ["crd-steady.internal"],
                                           "targets": [{"address": "10.20.0.3"}]})
     with run_aliasd(args, tmp=tmp_path) as p:
@@ -237,7 +240,7 @@ def test_runs_without_the_crd_and_picks_it_up(cluster: LocalCluster, namespace: 
                                               tmp_path: Path) -> None:
     with contextlib.suppress(ClusterError):  # not installed
         cluster.uninstall_crd(CRD_NAME)
-    with run_aliasd(aliasd_args(cluster), tmp=tmp_path) as p:
+    with run_aliasd(aliasd_args(cluster, namespace), tmp=tmp_path) as p:
         status, ready = p.http("/readyz")
         assert status == 200 and ready["ready"] is True
         cluster.install_crd(yaml.safe_load(CRD.read_text()))
@@ -250,7 +253,7 @@ def test_runs_without_the_crd_and_picks_it_up(cluster: LocalCluster, namespace: 
 def test_state_file_serves_aliases_with_the_api_server_down(
         cluster: LocalCluster, alias_crd: None, namespace: str, tmp_path: Path) -> None:
     state = tmp_path / "state.json"
-    args = [*aliasd_args(cluster), "--state-file", str(state)]
+    args = [*aliasd_args(cluster, namespace), "--state-file", str(state)]
     create(cluster, namespace, "kept", {"hostnames": ["crd-kept.internal"],
                                         "targets": [{"address": "10.20.0.6"}]})
     with run_aliasd(args, tmp=tmp_path) as p:
@@ -265,6 +268,10 @@ def test_state_file_serves_aliases_with_the_api_server_down(
             assert p.http("/readyz")[1]["degraded"] is True
     finally:
         cluster.start_apiserver()
+        # A restarted API server serves custom resources a moment after it
+        # answers: wait, so the namespace's cleanup finds (and deletes) the Alias.
+        wait_for(lambda: cluster.request("GET", path(namespace))["items"],
+                 what="Aliases served again")
 
 
 def test_the_reference_example_is_accepted_and_served(cluster: LocalCluster,
@@ -295,7 +302,7 @@ def test_only_the_leader_writes_status(cluster: LocalCluster, alias_crd: None,
     the name, exactly one writes the status."""
     args = ["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal",
             "--coredns-mode", "off", "--leader-lease", f"{namespace}/aliasd",
-            "--leader-lease-duration", "3"]
+            "--leader-lease-duration", "3", "--namespaces", namespace]
     with run_aliasd(args, tmp=tmp_path) as a, run_aliasd(args, tmp=tmp_path) as b:
         create(cluster, namespace, "shared", {"hostnames": ["crd-shared.internal"],
                                               "targets": [{"address": "10.20.0.7"}]})
