@@ -151,7 +151,8 @@ async def _serve(opts: flags.Options) -> int:
             patcher=None if patcher.mode == "off" else patcher,
             leader_lease=(opts.value(flags.LEADER_LEASE)
                           if opts.value(flags.LEADER_ELECTION) == "on" else None),
-            lease_duration=opts.value(flags.LEADER_LEASE_DURATION))
+            lease_duration=opts.value(flags.LEADER_LEASE_DURATION),
+            status_rate=opts.value(flags.ALIAS_STATUS_RATE))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 COMPONENT = "aliasd"
 API_VERSIONS = {"Service": "v1", "ConfigMap": "v1", "ServiceEntry": "networking.istio.io/v1",
-                "Namespace": "v1"}
+                "Namespace": "v1", "Alias": "aliasd.io/v1alpha1"}
 """Kinds aliasd records Events on."""
 CLUSTER_EVENTS_NAMESPACE = "default"
 """Where Events about cluster-scoped objects (a Namespace) go, as for Nodes."""

@@ -276,7 +276,7 @@ COREDNS_CONFIGMAP = Flag(name="--coredns-configmap", commands=WIRING, parse=_ref
 LEADER_ELECTION = Flag(name="--leader-election", commands=(RUN,), parse=_text, default="on",
                        choices=("on", "off"),
                        help="with several replicas, only the holder of a Lease patches the "
-                            "cluster DNS")
+                            "cluster DNS and writes the status of Alias objects")
 LEADER_LEASE = Flag(name="--leader-lease", commands=WIRING, parse=_ref,
                     default=f"{POD_NAMESPACE}/aliasd",
                     help="NAMESPACE/NAME of the leader-election Lease (coredns remove: "
@@ -284,6 +284,10 @@ LEADER_LEASE = Flag(name="--leader-lease", commands=WIRING, parse=_ref,
 LEADER_LEASE_DURATION = Flag(name="--leader-lease-duration", commands=(RUN,), parse=_seconds,
                              default="15",
                              help="seconds a leader's Lease lasts without renewal")
+ALIAS_STATUS_RATE = Flag(name="--alias-status-rate", commands=(RUN,), parse=_seconds,
+                         default="100",
+                         help="Alias status writes per second at most (a token bucket whose "
+                              "burst is the same number); only the leader writes")
 FORCE = Switch(name="--force", commands=(COREDNS,),
                help="remove even while a running aliasd holds the Lease (it puts the block "
                     "back at once unless it is stopped)")
@@ -304,7 +308,8 @@ FLAGS: tuple[AnyFlag, ...] = (
     KUBERNETES, KUBECONFIG, NAMESPACES, STATE_FILE, API_TOKEN_FILE, OVERRIDES_CONFIGMAP,
     ALLOW_TAKEOVER, DEFAULT_ALLOWED_NAMES,
     COREDNS_MODE, FORWARD_TO, DNS_SERVICE, COREDNS_CONFIGMAP,
-    LEADER_ELECTION, LEADER_LEASE, LEADER_LEASE_DURATION, FORCE, STOP_DEPLOYMENT,
+    LEADER_ELECTION, LEADER_LEASE, LEADER_LEASE_DURATION, ALIAS_STATUS_RATE, FORCE,
+    STOP_DEPLOYMENT,
     SERVER, OUTPUT,
 )
 GLOBAL = (LOG_LEVEL, LOG_FORMAT)

@@ -96,8 +96,14 @@ def watch_restarts() -> CountsBy:
 
 
 def crd_probes() -> CountsBy:
-    return CountsBy("aliasd_crd_probes", "Attempts to watch the ServiceEntry CRD (polled "
-                    "while absent)")
+    return CountsBy("aliasd_crd_probes", "Attempts to watch a followed CRD (ServiceEntry, "
+                    "Alias; polled while absent)")
+
+
+def alias_status_writes() -> CountsBy:
+    return CountsBy("aliasd_alias_status_writes", "Alias status writes by the leader, by "
+                    "result (written, refused = the API server did not accept it)",
+                    label="result")
 
 
 def corefile_patches() -> CountsBy:

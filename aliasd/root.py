@@ -10,6 +10,7 @@ CLI's business: everything here takes typed values.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client import ApiClient, CustomObjectsApi
 from prometheus_client import CollectorRegistry
 
 from aliasd import resolver
@@ -33,16 +34,17 @@ from aliasd.access import (
 )
 from aliasd.api import make_app, start_http
 from aliasd.app import AppConfig
-from aliasd.coredns.lease import LeaderElector
+from aliasd.coredns.lease import Election, LeaderElector
 from aliasd.coredns.patcher import Patcher, PatcherConfig
 from aliasd.dns.server import DnsServer
 from aliasd.dns.stats import Stats
 from aliasd.engine import Engine
 from aliasd.events import EventRecorder, EventSink, instance, resolver_problems
-from aliasd.kubeapi import make_client
+from aliasd.kubeapi import TRANSIENT, call, make_client
 from aliasd.metrics import (
     CountsBy,
     DnsMetrics,
+    alias_status_writes,
     build_registry,
     corefile_patches,
     crd_probes,
@@ -56,6 +58,11 @@ from aliasd.runtime.inbox import Inbox
 from aliasd.runtime.overrides import OverridesService
 from aliasd.runtime.process import LameDuck, ProcessTuning
 from aliasd.runtime.statewriter import StateWriter
+from aliasd.runtime.statuswriter import DEFAULT_RATE, AliasStatusWriter
+from aliasd.sources.aliases import GROUP as ALIAS_GROUP
+from aliasd.sources.aliases import KIND as ALIAS_KIND
+from aliasd.sources.aliases import PLURAL as ALIAS_PLURAL
+from aliasd.sources.aliases import VERSIONS as ALIAS_VERSIONS
 from aliasd.sources.file import FileSource
 from aliasd.sources.kube import KubeSource
 from aliasd.sources.overrides import ConfigMapOverrides, FileOverrides, OverridesSource
@@ -79,6 +86,7 @@ class KubeConfig:
     patcher: PatcherConfig | None = None  # None: the cluster DNS wiring is off
     leader_lease: tuple[str, str] | None = None  # None: no leader election
     lease_duration: float = 15.0
+    status_rate: float = DEFAULT_RATE  # Alias status writes per second (burst: as many)
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,7 @@ class _Parts:
     restarts: CountsBy = field(default_factory=watch_restarts)
     probes: CountsBy = field(default_factory=crd_probes)
     patches: CountsBy = field(default_factory=corefile_patches)
+    status_writes: CountsBy = field(default_factory=alias_status_writes)
     overrides: OverridesSource | None = None
     authenticator: Authenticator | None = None
     trail: Trail = field(default_factory=LogTrail)
@@ -179,7 +188,8 @@ def _assemble(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callable
                      lame_duck=lame_duck)
     metrics = build_registry([
         DnsMetrics(stats, cache_entries=lambda: dns.answerer.cache_size), read, inbox,
-        committer, checker, service, parts.restarts, parts.probes, parts.patches])
+        committer, checker, service, parts.restarts, parts.probes, parts.patches,
+        parts.status_writes])
     return _Process(dns, tuning, lame_duck, committer, checker, service, read, metrics)
 
 
@@ -221,19 +231,29 @@ async def _run(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callabl
 
 def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig,
                config: KubeConfig) -> None:
-    """The Kubernetes source, the overrides ConfigMap, one Event recorder, and
-    the CoreDNS patcher; the effects after each commit."""
+    """The Kubernetes source, the overrides ConfigMap, one Event recorder, the
+    CoreDNS patcher and the Alias status writer; the effects after each commit."""
     restarts, probes = parts.restarts, parts.probes
-
+    me = instance()  # the Events' reportingInstance and the lease holder's name
+    events = EventSink(api, instance=me)
+    recorder = EventRecorder(events.send)
+    patcher, election = _wire_leader(parts, api, recorder, config=config, me=me)
+    if election is not None:
+        parts.components.append(election)
+    leader = patcher.elector if patcher is not None else (
+        election.elector if election is not None else None)
+    statuses = AliasStatusWriter(
+        source=KubeSource.name, patch=functools.partial(_patch_alias_status, CustomObjectsApi(api)),
+        zones=zones, leading=(lambda: leader.leading) if leader is not None else (lambda: True),
+        send=events.send, clock=time.time, results=parts.status_writes.counts,
+        rate=config.status_rate)
+    parts.components.append(statuses)
     source = KubeSource(api, zones=zones, namespaces=list(config.namespaces),
                         on_claims=inbox.update_claims, on_change=inbox.changed,
                         on_relist=inbox.relisted, on_problems=inbox.problems_changed,
                         on_namespace=inbox.update_namespace, restarts=restarts.counts,
-                        probes=probes.counts)
+                        probes=probes.counts, on_alias=statuses.update)
     parts.sources.append(source)
-    me = instance()  # the Events' reportingInstance and the lease holder's name
-    events = EventSink(api, instance=me)
-    recorder = EventRecorder(events.send)
     cm_ns, cm_name = config.overrides_configmap
     parts.overrides = ConfigMapOverrides(api, zones, inbox.notifier("overrides"),
                                          namespace=cm_ns, name=cm_name,
@@ -246,11 +266,27 @@ def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig
     parts.trail = EventTrail(api, send=events.send, namespace=cm_ns, name=cm_name)
 
     def report(result: Result, changed: bool) -> None:
-        recorder.sync(source.problems + resolver_problems(result))
+        # An Alias's problems are its status conditions, with their own Events.
+        recorder.sync([p for p in source.problems + resolver_problems(result)
+                       if p.owner.kind != ALIAS_KIND])
 
     parts.reporters.append(report)
-    if config.patcher is None:
+    parts.reporters.append(statuses.report)
+    if patcher is None:
         return
+
+    def wire_takeovers(result: Result, changed: bool) -> None:
+        if result.snapshot.ready:
+            patcher.set_takeovers(result.takeovers)
+
+    parts.reporters.append(wire_takeovers)
+
+
+def _wire_leader(parts: _Parts, api: ApiClient, recorder: EventRecorder, *, config: KubeConfig,
+                 me: str) -> tuple[Patcher | None, Election | None]:
+    """The CoreDNS patcher (None: the wiring is off) and the leader election:
+    the patcher's own, or, without the wiring, one for the Alias status alone
+    (None: no election, this process is the only writer)."""
     elect: Callable[[Callable[[bool], None]], LeaderElector] | None = None
     if config.leader_lease is not None:
         ns, name = config.leader_lease
@@ -263,15 +299,24 @@ def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig
                                  identity=f"{me}_{secrets.token_hex(3)}", duration=duration,
                                  on_change=on_change)
 
+    if config.patcher is None:
+        return None, Election(elect(lambda leading: None)) if elect is not None else None
     patcher = Patcher(api, config.patcher, results=parts.patches.counts,
                       report=recorder.reporter("corefile"), elect=elect)
     parts.components.append(patcher)
+    return patcher, None
 
-    def wire_takeovers(result: Result, changed: bool) -> None:
-        if result.snapshot.ready:
-            patcher.set_takeovers(result.takeovers)
 
-    parts.reporters.append(wire_takeovers)
+async def _patch_alias_status(custom: CustomObjectsApi, namespace: str, name: str,
+                              body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """A JSON merge patch (RFC 7396) of one Alias's status subresource; an
+    unreachable API server is status 0."""
+    try:
+        return await call(custom.patch_namespaced_custom_object_status, ALIAS_GROUP,
+                          ALIAS_VERSIONS[0], namespace, ALIAS_PLURAL, name, body,
+                          field_manager="aliasd", _content_type="application/merge-patch+json")
+    except TRANSIENT as e:
+        return 0, {"message": str(e).splitlines()[0] if str(e) else type(e).__name__}
 
 
 async def list_from_cluster(kubeconfig: str | None, *, zones: ZoneConfig, namespaces: list[str],

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the demo and the tests need, idempotently:
-#   - Debian tools (dig, dnsperf, curl, jq, nsd for bench/dns_qps.py) with apt-get
+#   - Debian tools (dig, dnsperf, curl, jq, nsd for bench/dns_qps.py, lua5.4 for the Argo CD health check test) with apt-get
 #   - Python deps into ./.venv
 #   - kube-apiserver, etcd, coredns, kubectl, kustomize and helm built with Go into ~/.cache/aliasd/bin
 set -euo pipefail
@@ -14,6 +14,7 @@ command -v dnsperf >/dev/null 2>&1 || need_apt+=(dnsperf)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)  # the docs' walkthroughs (tests run them)
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 command -v nsd >/dev/null 2>&1 || need_apt+=(nsd)  # bench/dns_qps.py: the C reference
+command -v lua5.4 >/dev/null 2>&1 || need_apt+=(lua5.4)  # the Argo CD health check's test
 if ((${#need_apt[@]})); then
   sudo=""; [[ $(id -u) == 0 ]] || sudo="sudo"
   command -v apt-get >/dev/null 2>&1 || { echo "setup: error: need ${need_apt[*]} and apt-get is not available: install them by hand" >&2; exit 2; }

@@ -60,7 +60,8 @@ def _fresh_namespace(cluster: LocalCluster, test: str) -> Iterator[str]:
     # (their aliases must not leak into later tests), then mark it Terminating.
     for coll in (f"/api/v1/namespaces/{name}/services",
                  f"/apis/discovery.k8s.io/v1/namespaces/{name}/endpointslices",
-                 f"/apis/networking.istio.io/v1/namespaces/{name}/serviceentries"):
+                 f"/apis/networking.istio.io/v1/namespaces/{name}/serviceentries",
+                 f"/apis/aliasd.io/v1alpha1/namespaces/{name}/aliases"):
         with contextlib.suppress(ClusterError):
             for item in cluster.request("GET", coll)["items"]:
                 cluster.request("DELETE", f"{coll}/{item['metadata']['name']}")

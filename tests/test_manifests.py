@@ -64,8 +64,10 @@ def test_manifests_are_what_a_platform_team_expects(deployed: list[dict[str, Any
                                                     cluster: LocalCluster) -> None:
     assert sorted((d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"])
                   for d in deployed) == [
-        ("ClusterRole", "", "aliasd"), ("ClusterRoleBinding", "", "aliasd"),
+        ("ClusterRole", "", "aliasd"), ("ClusterRole", "", "aliasd-aliases-edit"),
+        ("ClusterRole", "", "aliasd-aliases-view"), ("ClusterRoleBinding", "", "aliasd"),
         ("ConfigMap", "aliasd-system", "aliasd-overrides"),
+        ("CustomResourceDefinition", "", "aliases.aliasd.io"),
         ("Deployment", "aliasd-system", "aliasd"), ("Namespace", "", "aliasd-system"),
         ("PodDisruptionBudget", "aliasd-system", "aliasd"),
         ("Role", "aliasd-system", "aliasd-leader-election"),
@@ -125,6 +127,8 @@ def test_rbac_grants_exactly_what_aliasd_uses(deployed: list[dict[str, Any]],
                   for r in role["rules"]) == [
         ("", "events", ("create",)), ("", "namespaces", ("list", "watch")),
         ("", "services", ("get", "list", "watch")),
+        ("aliasd.io", "aliases", ("list", "watch")),
+        ("aliasd.io", "aliases/status", ("patch",)),
         ("authentication.k8s.io", "tokenreviews", ("create",)),
         ("authorization.k8s.io", "subjectaccessreviews", ("create",)),
         ("discovery.k8s.io", "endpointslices", ("list", "watch")),
@@ -150,6 +154,10 @@ def test_rbac_grants_exactly_what_aliasd_uses(deployed: list[dict[str, Any]],
         ("update", "endpointslices", "discovery.k8s.io", "default", "x"),
         ("get", "namespaces", "", "", "default"), ("patch", "namespaces", "", "", "default"),
         ("update", "namespaces", "", "", "default"),
+        ("get", "aliases", "aliasd.io", "default", "x"),
+        ("patch", "aliases", "aliasd.io", "default", "x"),
+        ("update", "aliases/status", "aliasd.io", "default", "x"),
+        ("create", "aliases", "aliasd.io", "default", ""),
     ]
     assert [d for d in denied if review(cluster, *d)] == []
     allowed = [
@@ -165,8 +173,39 @@ def test_rbac_grants_exactly_what_aliasd_uses(deployed: list[dict[str, Any]],
         ("update", "leases", "coordination.k8s.io", "aliasd-system", "aliasd"),
         ("watch", "configmaps", "", "aliasd-system", "aliasd-overrides"),
         ("patch", "configmaps", "", "aliasd-system", "aliasd-overrides"),
+        ("list", "aliases", "aliasd.io", "", ""), ("watch", "aliases", "aliasd.io", "", ""),
+        ("patch", "aliases/status", "aliasd.io", "default", "x"),
     ]
     assert [a for a in allowed if not review(cluster, *a)] == []
+
+
+def test_aliases_roles_aggregate_to_the_built_in_roles(deployed: list[dict[str, Any]],
+                                                      cluster: LocalCluster) -> None:
+    """The shipped Alias roles carry the labels the API server's own edit,
+    admin and view roles aggregate (their aggregationRule, as served), so a
+    namespace editor may create Aliases without a cluster admin; a viewer may
+    read them; nobody but aliasd gets aliases/status. (The aggregation itself
+    is kube-controller-manager's, which the local control plane does not run.)"""
+    def selected(builtin: str) -> set[str]:
+        body = cluster.request("GET",
+                               f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{builtin}")
+        chosen = set()
+        for sel in body["aggregationRule"]["clusterRoleSelectors"]:
+            for d in deployed:
+                labels = d["metadata"].get("labels") or {}
+                if d["kind"] == "ClusterRole" and all(
+                        labels.get(k) == v for k, v in sel["matchLabels"].items()):
+                    chosen.add(d["metadata"]["name"])
+        return chosen
+
+    assert selected("edit") == selected("admin") == {"aliasd-aliases-edit"}
+    assert selected("view") == {"aliasd-aliases-view"}
+    edit = by_kind(deployed, "ClusterRole", "aliasd-aliases-edit")["rules"]
+    view = by_kind(deployed, "ClusterRole", "aliasd-aliases-view")["rules"]
+    assert [(r["apiGroups"], r["resources"]) for r in edit + view] == [
+        (["aliasd.io"], ["aliases"])] * 2
+    assert {"create", "update", "patch", "delete"} <= set(edit[0]["verbs"])
+    assert sorted(view[0]["verbs"]) == ["get", "list", "watch"]
 
 
 def dockerfile() -> tuple[list[str], dict[str, str], str]:

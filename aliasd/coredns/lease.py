@@ -139,6 +139,26 @@ class LeaderElector:
             log.warning("could not release Lease %s: %s", self.lease_ref, e)
 
 
+class Election:
+    """A leader election run on its own, as a component (the CoreDNS patcher
+    runs its elector itself; without the wiring, the Alias status writer still
+    needs one leader)."""
+
+    name = "leader-election"
+
+    def __init__(self, elector: LeaderElector) -> None:
+        self.elector = elector
+
+    def status(self) -> dict[str, Any]:
+        return {"leader": self.elector.leading, "error": self.elector.error}
+
+    async def run(self) -> None:
+        try:
+            await self.elector.run()
+        finally:
+            await asyncio.shield(self.elector.release())
+
+
 class LeaseError(Exception):
     """The API server refused a Lease request (other than a lost race)."""
 

@@ -407,6 +407,12 @@ class Patcher:
     def _mark_dirty(self) -> None:
         self._dirty.set()
 
+    @property
+    def elector(self) -> LeaderElector | None:
+        """The Lease election that decides whether this replica writes (None:
+        every replica writes); other leader-only writers follow it too."""
+        return self._elector
+
     def status(self) -> dict[str, Any]:
         return {
             "mode": self._config.mode,

@@ -1,11 +1,13 @@
-"""Kubernetes sources: Services, EndpointSlices and Istio ServiceEntries, and
-the Namespaces' ``aliasd.io/allowed-names`` (the name policy).
+"""Kubernetes sources: Services, EndpointSlices, Istio ServiceEntries and
+aliasd's own Alias objects, and the Namespaces' ``aliasd.io/allowed-names``
+(the name policy).
 
 Each resource is list-watched (paged) into a cache of objects trimmed to the
 fields aliasd reads (``watch.Informer`` with a ``mapping.trim_*`` transform).
 An object's claims are derived when that object changes: a Service's when it
-or one of its slices changes, a ServiceEntry's when it or a Service one of its
-endpoints names changes (so it follows that Service live), and handed to the
+or one of its slices changes, a ServiceEntry's (an Alias's) when it or a
+Service one of its endpoints names (its serviceRef) changes, so it follows that
+Service live, and handed to the
 engine only when they differ. A Namespace event reaches the engine only when
 its ``aliasd.io/allowed-names`` value changed.
 """
@@ -17,6 +19,7 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, DiscoveryV1Api
@@ -24,7 +27,8 @@ from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, Di
 from aliasd.engine import KEY_SEP
 from aliasd.model import AliasClaim
 from aliasd.names import best_zone, normalize_name
-from aliasd.sources import mapping
+from aliasd.sources import aliases, mapping
+from aliasd.sources.aliases import AliasInfo, AliasSink, AliasView
 from aliasd.sources.mapping import Problem
 from aliasd.sources.watch import Informer, NotFound, Obj
 from aliasd.zoneconfig import ZoneConfig
@@ -68,7 +72,8 @@ class KubeSource:
                  restarts: Counter[str], on_relist: Callable[[], None] = lambda: None,
                  on_problems: Callable[[], None] = lambda: None,
                  on_namespace: PolicySink = lambda namespace, value: None,
-                 probes: Counter[str] | None = None) -> None:
+                 probes: Counter[str] | None = None,
+                 on_alias: AliasSink = lambda key, alias: None) -> None:
         self.api = api
         self.zones = zones
         self.namespaces = namespaces
@@ -76,6 +81,7 @@ class KubeSource:
         self._notify = on_change  # readiness may have changed
         self._relisted = on_relist
         self._problems_changed = on_problems  # an object's problems changed, not its claims
+        self._alias_sink = on_alias  # an Alias ("ns/name"), its inputs or its status changed
         self._policy_changed = on_namespace
         self.restarts = restarts
         self.probes = probes if probes is not None else Counter()
@@ -97,16 +103,19 @@ class KubeSource:
             functools.partial(_named_namespace, core.list_namespace),
             self._namespace_changed, transform=mapping.trim_namespace)
         self.allowed_names: dict[str, str] = {}  # namespace -> aliasd.io/allowed-names
-        self.se_informers: list[Informer] = []
-        # Set once every version was tried and none is served: the source then
-        # counts as synced (like an informer, it never goes back to unsynced).
-        self.se_seen_absent = False
+        # The custom resources followed while their CRD is installed.
+        self.serviceentries = _Followed()
+        self.alias_objects = _Followed()
         self._claims: dict[str, list[AliasClaim]] = {}  # engine key -> claims
         self._problems: dict[str, list[Problem]] = {}  # engine key -> problems (non-empty)
         self._slices_of: dict[str, dict[str, Obj]] = {}  # "ns/service" -> slices
         self._ses: dict[str, Obj] = {}  # every served ServiceEntry, by "ns/name"
         self._se_uses: dict[str, set[str]] = {}  # SE key -> Service keys it follows
         self._se_followers: dict[str, set[str]] = {}  # Service key -> SE keys
+        self._aliases: dict[str, Obj] = {}  # every served Alias, by "ns/name"
+        self._alias_infos: dict[str, AliasInfo] = {}
+        self._alias_uses: dict[str, str] = {}  # Alias key -> the Service key it follows
+        self._alias_followers: dict[str, set[str]] = {}  # Service key -> Alias keys
 
     def _informers(self, name: str, all_ns: Any, one_ns: Any,
                    on_change: Callable[[str, Obj | None, Obj | None], None], *,
@@ -133,9 +142,8 @@ class KubeSource:
 
     @property
     def synced(self) -> bool:
-        se_synced = self.se_seen_absent or (
-            bool(self.se_informers) and all(i.synced for i in self.se_informers))
-        return all(i.synced for i in self._core_informers) and se_synced
+        return (all(i.synced for i in self._core_informers) and self.serviceentries.synced
+                and self.alias_objects.synced)
 
     @property
     def _core_informers(self) -> list[Informer]:
@@ -143,7 +151,8 @@ class KubeSource:
 
     @property
     def error(self) -> str | None:
-        for i in self._core_informers + self.se_informers:
+        for i in (self._core_informers + self.serviceentries.informers
+                  + self.alias_objects.informers):
             if i.error:
                 return f"{i.name}: {i.error}"
         return None
@@ -157,6 +166,20 @@ class KubeSource:
     def problems(self) -> list[Problem]:
         """Every current problem (O(objects with problems))."""
         return [p for problems in self._problems.values() for p in problems]
+
+    @property
+    def alias_keys(self) -> list[str]:
+        """Every Alias being watched ("ns/name")."""
+        return list(self._alias_infos)
+
+    def alias(self, key: str) -> AliasView | None:
+        """An Alias's status inputs and the status the API server holds for it
+        (as last watched); None: no such Alias."""
+        info = self._alias_infos.get(key)
+        obj = self._aliases.get(key)
+        if info is None or obj is None:
+            return None
+        return info, dict(obj.get("status") or {})
 
     def _set(self, key: str, claims: list[AliasClaim], problems: list[Problem]) -> None:
         engine_key = f"{self.name}{KEY_SEP}{key}"
@@ -195,6 +218,44 @@ class KubeSource:
                 svc, self._slices_of.get(k, {}).values()))
         for se in sorted(self._se_followers.get(k, ())):
             self._derive_serviceentry(se)
+        for alias in sorted(self._alias_followers.get(k, ())):
+            self._derive_alias(alias)
+
+    def _derive_alias(self, k: str) -> None:
+        used = self._alias_uses.pop(k, None)
+        if used is not None:
+            followers = self._alias_followers[used]
+            followers.discard(k)
+            if not followers:
+                del self._alias_followers[used]
+        obj = self._aliases.get(k)
+        if obj is None:
+            self._set(f"alias/{k}", [], [])
+            if self._alias_infos.pop(k, None) is not None:
+                self._alias_changed(k, None)
+            return
+
+        def lookup(namespace: str, name: str) -> tuple[Obj, list[Obj]] | None:
+            sk = f"{namespace}/{name}"
+            self._alias_uses[k] = sk
+            self._alias_followers.setdefault(sk, set()).add(k)
+            svc = self._service(sk)
+            if svc is None:
+                return None
+            return svc, list(self._slices_of.get(sk, {}).values())
+
+        info = aliases.alias_info(obj, services=lookup, in_zone=self._in_zone)
+        self._set(f"alias/{k}", list(info.claims), [])
+        if self._alias_infos.get(k) != info:
+            self._alias_infos[k] = info
+            self._alias_changed(k, self.alias(k))
+
+    def _alias_changed(self, k: str, view: AliasView | None) -> None:
+        """Hand an Alias to the status writer, and have the reporters run after
+        the next commit, which carries its claims (a status is never derived
+        from a result that does not hold them yet)."""
+        self._alias_sink(k, view)
+        self._problems_changed()
 
     def _derive_serviceentry(self, k: str) -> None:
         for svc in self._se_uses.pop(k, ()):
@@ -263,6 +324,15 @@ class KubeSource:
                   if new is not None else [])
         self._policy_changed(name, value)
 
+    def _alias_event(self, k: str, old: Obj | None, new: Obj | None) -> None:
+        if new is None:
+            self._aliases.pop(k, None)
+        else:
+            self._aliases[k] = new
+        self._derive_alias(k)
+        if new is not None and (old or {}).get("status") != new.get("status"):
+            self._alias_changed(k, self.alias(k))  # the status on the API server moved
+
     def _se_changed(self, k: str, old: Obj | None, new: Obj | None) -> None:
         if new is None:
             self._ses.pop(k, None)
@@ -274,51 +344,86 @@ class KubeSource:
 
     async def run(self) -> None:
         await asyncio.gather(*(i.run() for i in self._core_informers),
-                             self._run_serviceentries())
+                             self._follow_crd(_SERVICEENTRIES, self.serviceentries,
+                                              self._se_changed),
+                             self._follow_crd(_ALIASES, self.alias_objects, self._alias_event))
 
-    async def _run_serviceentries(self) -> None:
-        """Follow the ServiceEntry CRD: off while it is absent, on as soon as it
-        appears, off again if it is removed. Each change of state is logged
-        once; polling an absent CRD changes nothing (no claims, no rebuild)."""
+    async def _follow_crd(self, crd: _Crd, followed: _Followed,
+                          on_change: Callable[[str, Obj | None, Obj | None], None]) -> None:
+        """Follow a CRD: off while it is absent, on as soon as it appears, off
+        again if it is removed. Each change of state is logged once; polling
+        an absent CRD changes nothing (no claims, no rebuild)."""
         custom = CustomObjectsApi(self.api)
         state = ""  # "" unknown, "absent", or the version being watched
 
         while True:
-            for version in SE_VERSIONS:
+            for version in crd.versions:
                 def served(version: str = version) -> None:
                     nonlocal state
                     if state != version:
-                        log.info("watching ServiceEntries (%s/%s)", ISTIO_GROUP, version)
+                        log.info("watching %s (%s/%s)", crd.kind, crd.group, version)
                         state = version
 
                 informers = self._informers(
-                    f"serviceentries.{version}",
-                    functools.partial(custom.list_cluster_custom_object, ISTIO_GROUP, version,
-                                      "serviceentries"),
-                    functools.partial(_namespaced_custom, custom, version),
-                    self._se_changed, resource="serviceentries",
-                    transform=mapping.trim_serviceentry)
+                    f"{crd.plural}.{version}",
+                    functools.partial(custom.list_cluster_custom_object, crd.group, version,
+                                      crd.plural),
+                    functools.partial(_namespaced_custom, custom, crd.group, version,
+                                      crd.plural),
+                    on_change, resource=crd.plural, transform=crd.transform)
                 for inf in informers:
                     inf.on_sync = functools.partial(_chain, served, inf.on_sync)
-                self.se_informers = informers
+                followed.informers = informers
                 self.probes["crd_probes"] += 1
                 try:
                     await asyncio.gather(*(i.run() for i in informers))
                 except NotFound:
-                    self.se_informers = []
+                    followed.informers = []
                     gone = [k for i in informers for k in i.items]
                     if gone:
-                        log.info("ServiceEntry %s no longer served; its aliases are removed",
-                                 version)
+                        log.info("%s %s no longer served; its aliases are removed",
+                                 crd.kind, version)
                     for k in gone:
-                        self._se_changed(k, None, None)
+                        on_change(k, None, None)
             if state != "absent":
-                log.info("ServiceEntry CRD (%s) not installed: ServiceEntry aliases are off "
-                         "until it appears", ISTIO_GROUP)
+                log.info("%s CRD (%s) not installed: %s aliases are off until it appears",
+                         crd.kind, crd.group, crd.kind)
                 state = "absent"
-                self.se_seen_absent = True
+                followed.absent = True
                 self._notify()
             await asyncio.sleep(CRD_POLL_SECONDS)
+
+
+@dataclass(frozen=True)
+class _Crd:
+    """A custom resource the source follows while its CRD is installed."""
+
+    kind: str
+    group: str
+    versions: tuple[str, ...]  # preference order
+    plural: str
+    transform: Callable[[Obj], Obj]
+
+
+_SERVICEENTRIES = _Crd("ServiceEntry", ISTIO_GROUP, SE_VERSIONS, "serviceentries",
+                       mapping.trim_serviceentry)
+_ALIASES = _Crd(aliases.KIND, aliases.GROUP, aliases.VERSIONS, aliases.PLURAL,
+                aliases.trim_alias)
+
+
+@dataclass
+class _Followed:
+    """The informers of a followed custom resource (none while its CRD is
+    absent); ``absent`` is set once every version was tried and none is
+    served: the source then counts as synced (like an informer, it never goes
+    back to unsynced)."""
+
+    informers: list[Informer] = field(default_factory=list)
+    absent: bool = False
+
+    @property
+    def synced(self) -> bool:
+        return self.absent or (bool(self.informers) and all(i.synced for i in self.informers))
 
 
 def _chain(first: Callable[[], None], second: Callable[[], None]) -> None:
@@ -335,7 +440,6 @@ def _named_namespace(list_fn: Any, name: str, **kw: Any) -> Any:
     return list_fn(field_selector=f"metadata.name={name}", **kw)
 
 
-def _namespaced_custom(custom: CustomObjectsApi, version: str, namespace: str,
-                       **kw: Any) -> Any:
-    return custom.list_namespaced_custom_object(ISTIO_GROUP, version, namespace,
-                                                "serviceentries", **kw)
+def _namespaced_custom(custom: CustomObjectsApi, group: str, version: str, plural: str,
+                       namespace: str, **kw: Any) -> Any:
+    return custom.list_namespaced_custom_object(group, version, namespace, plural, **kw)

@@ -33,7 +33,8 @@ NAMES = ["web", "api.internal", "db.corp.example", "a.b.internal", "b.internal",
          "legacy.example.com", "x.other.org", "bad_label.internal", "ns.internal",
          "*.b.internal", "*.a.b.internal", "*.internal", "x.*.b.internal"]
 OWNERS = [Owner(1.0, "a", "web"), Owner(1.0, "b", "web"), Owner(2.0, "a", "api"),
-          Owner(0.0, "", "sw", OVERRIDE_KIND), Owner(3.0, "c", "se", "ServiceEntry")]
+          Owner(0.0, "", "sw", OVERRIDE_KIND), Owner(3.0, "c", "se", "ServiceEntry"),
+          Owner(1.0, "a", "web", "Alias")]  # ties with the Service a/web but for the kind
 KEYS = [f"kubernetes{KEY_SEP}svc/{i}" for i in range(5)] + [
     f"kubernetes{KEY_SEP}se/{i}" for i in range(2)]
 PROBES = ["nothere.internal.", "b.internal.", "deep.a.b.internal.", "legacy.example.com.",

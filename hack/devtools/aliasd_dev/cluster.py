@@ -416,6 +416,38 @@ class LocalCluster:
 
         self._wait("kube-apiserver", gone, 30)
 
+    def install_crd(self, crd: dict[str, Any]) -> None:
+        """Apply a CustomResourceDefinition and wait until its resource is served."""
+        self.apply(crd)
+        spec = crd["spec"]
+        path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
+
+        def served() -> bool:
+            conds = (self.request("GET", path).get("status") or {}).get("conditions") or []
+            if not any(c["type"] == "Established" and c["status"] == "True" for c in conds):
+                return False
+            for v in spec["versions"]:  # Established comes before the REST path
+                self.request("GET", f"/apis/{spec['group']}/{v['name']}/{spec['names']['plural']}")
+            return True
+
+        self._wait("kube-apiserver", served, 30)
+
+    def uninstall_crd(self, name: str) -> None:
+        """Delete a CustomResourceDefinition and wait until it is no longer served."""
+        crd = self.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+        self.request("DELETE", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+        spec = crd["spec"]
+
+        def gone() -> bool:
+            try:
+                self.request("GET", f"/apis/{spec['group']}/{spec['versions'][0]['name']}/"
+                             f"{spec['names']['plural']}")
+            except ClusterError as e:
+                return "HTTP 404" in str(e)
+            return False
+
+        self._wait("kube-apiserver", gone, 30)
+
     def compact_etcd(self) -> int:
         """Compact etcd at its current revision (forces 410 Gone on old watches)."""
         base = f"http://127.0.0.1:{self.etcd_port}/v3"
@@ -511,7 +543,7 @@ def resource_path(obj: dict[str, Any]) -> str:
 
 
 _PLURALS = {
-    "EndpointSlice": "endpointslices", "ServiceEntry": "serviceentries",
+    "EndpointSlice": "endpointslices", "ServiceEntry": "serviceentries", "Alias": "aliases",
     "CustomResourceDefinition": "customresourcedefinitions", "PodDisruptionBudget":
     "poddisruptionbudgets", "NetworkPolicy": "networkpolicies",
     "ClusterRoleBinding": "clusterrolebindings", "RoleBinding": "rolebindings",

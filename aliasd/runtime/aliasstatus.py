@@ -1,0 +1,176 @@
+"""An Alias's status from the engine's result (pure: no I/O, no clock).
+
+Conditions follow the Kubernetes API conventions and Gateway API's names:
+``Accepted`` (every hostname is valid, inside a served zone, allowed by the
+name policy and not lost to an older claim), ``ResolvedRefs`` (the Service
+exists and has a usable address) and the summary ``Ready``. What only aliasd
+knows goes here with a reason, never into a crash or a silent drop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aliasd import names
+from aliasd.engine import KEY_SEP
+from aliasd.model import utc_timestamp
+from aliasd.resolver import NOT_ALLOWED, Invalid, Resolution, Result
+from aliasd.sources.aliases import AliasInfo
+from aliasd.zoneconfig import ZoneConfig
+
+ACCEPTED, RESOLVED_REFS, READY = "Accepted", "ResolvedRefs", "Ready"
+CONDITION_TYPES = (ACCEPTED, RESOLVED_REFS, READY)
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What the status should say, without the bookkeeping (observed
+    generation, serial, transition times) added when it is written."""
+
+    hostnames: tuple[str, ...]
+    addresses: tuple[str, ...]
+    cname: str | None
+    conditions: tuple[Condition, ...]
+
+
+def engine_key(source: str, key: str) -> str:
+    """The engine's key of the Alias ``key`` ("ns/name") of ``source``."""
+    return f"{source}{KEY_SEP}alias/{key}"
+
+
+def inputs(info: AliasInfo, result: Result, zones: ZoneConfig, key: str
+           ) -> tuple[object, ...]:
+    """What :func:`desired` reads from ``result`` for ``info``: when these are
+    the same objects as last time, the status is the same (a cheap check)."""
+    return (info, result.invalid_by_key.get(key),
+            *(result.resolutions.get(_name(h, zones)) for h in info.hostnames))
+
+
+def _name(hostname: str, zones: ZoneConfig) -> str:
+    return names.absolute_name(hostname, zones.zones[0])
+
+
+def desired(info: AliasInfo, result: Result, zones: ZoneConfig, key: str) -> Desired:
+    """The status of the Alias ``info`` (engine key ``key``) in ``result``."""
+    invalid = {i.claim.name: i for i in result.invalid_by_key.get(key, ())}
+    refused: list[tuple[str, str]] = []  # (reason, message), one per refused hostname
+    served: list[str] = []
+    addresses: list[str] = []
+    cname: str | None = None
+    if info.invalid is not None:
+        refused.append(("InvalidTargets", info.invalid))
+    for h in info.hostnames:
+        inv = invalid.get(h)
+        if inv is not None:
+            refused.append((_reason(inv, zones), inv.reason))
+            continue
+        name = _name(h, zones)
+        res: Resolution | None = result.resolutions.get(name)
+        if res is None:
+            continue  # no claim for it (a missing Service): ResolvedRefs says why
+        mine = [e.claim for e in res.entries if e.claim.owner == info.owner]
+        if not mine:
+            lost = next((c for c in (*res.conflicts, *res.overridden)
+                         if c.loser == info.owner), None)
+            winner = lost.winner.ref if lost is not None else "another claim"
+            refused.append(("Conflicted", f"{name} is served for {winner} (the older claim "
+                            f"wins); this Alias takes over when that one goes away"))
+            continue
+        served.append(name)
+        for c in mine:
+            addresses += [a for a in c.addresses if a not in addresses]
+            cname = cname or c.cname
+    if refused:
+        reason = refused[0][0]
+        accepted = Condition(ACCEPTED, False, reason, "; ".join(m for _, m in refused))
+    else:
+        accepted = Condition(ACCEPTED, True, "Accepted",
+                             f"serving {', '.join(served)}" if served else "accepted")
+    refs = Condition(RESOLVED_REFS, info.refs.ok, info.refs.reason, info.refs.message)
+    if not accepted.status:
+        ready = Condition(READY, False, accepted.reason, accepted.message)
+    elif not refs.status:
+        ready = Condition(READY, False, refs.reason, refs.message)
+    elif not served:
+        ready = Condition(READY, False, "NotServed", "no hostname is being served")
+    else:
+        ready = Condition(READY, True, "Ready", f"{', '.join(served)} answer")
+    return Desired(tuple(served), tuple(addresses), cname, (accepted, refs, ready))
+
+
+def _reason(inv: Invalid, zones: ZoneConfig) -> str:
+    """The Accepted reason of a refused hostname."""
+    if inv.event == "TakeoverNotAllowed":
+        return "TakeoverNotAllowed"
+    if inv.event == NOT_ALLOWED:
+        return "NotAllowedByPolicy"
+    name = _name(inv.claim.name, zones)
+    if names.validate_fqdn(name, wildcard=True) is not None:
+        return "InvalidHostname"
+    if not inv.claim.takeover and names.best_zone(name, zones.zones) is None:
+        return "NotInZone"
+    try:
+        names.qualify(inv.claim.name, zones.zones)
+    except ValueError:
+        return "InvalidHostname"  # the apex, the name server's name, an apex wildcard
+    return "InvalidTargets"
+
+
+def same(want: Desired, observed: Mapping[str, Any], generation: int) -> bool:
+    """Whether the status on the API server already says ``want`` for
+    ``generation`` (the serial and transition times aside: a new leader, or a
+    restart with another serial, rewrites nothing that is right)."""
+    return (observed.get("observedGeneration") == generation
+            and tuple(observed.get("hostnames") or ()) == want.hostnames
+            and tuple(observed.get("addresses") or ()) == want.addresses
+            and observed.get("cname") == want.cname
+            and _conditions(observed) == {
+                c.type: (_text(c.status), c.reason, c.message, generation)
+                for c in want.conditions})
+
+
+def _conditions(observed: Mapping[str, Any]) -> dict[str, tuple[object, ...]]:
+    return {str(c.get("type")): (c.get("status"), c.get("reason"), c.get("message"),
+                            c.get("observedGeneration"))
+            for c in observed.get("conditions") or () if isinstance(c, Mapping)}
+
+
+def _text(status: bool) -> str:
+    return "True" if status else "False"
+
+
+def status_body(want: Desired, observed: Mapping[str, Any], *, generation: int, serial: int,
+                now: float) -> dict[str, Any]:
+    """The full status to write: a condition keeps its lastTransitionTime
+    while its status stays the same."""
+    before = {c.get("type"): c for c in observed.get("conditions") or ()
+              if isinstance(c, Mapping)}
+    conditions = []
+    for c in want.conditions:
+        old = before.get(c.type) or {}
+        stamp = (old.get("lastTransitionTime") if old.get("status") == _text(c.status)
+                 and old.get("lastTransitionTime") else utc_timestamp(now))
+        conditions.append({"type": c.type, "status": _text(c.status), "reason": c.reason,
+                           "message": c.message[:1024], "observedGeneration": generation,
+                           "lastTransitionTime": stamp})
+    return {"observedGeneration": generation, "hostnames": list(want.hostnames),
+            "addresses": list(want.addresses), "cname": want.cname, "serial": serial,
+            "conditions": conditions}
+
+
+def transitions(want: Desired, observed: Mapping[str, Any]) -> list[Condition]:
+    """The conditions whose status or reason differ from ``observed`` (one
+    Event each)."""
+    before = _conditions(observed)
+    return [c for c in want.conditions
+            if before.get(c.type, (None, None))[:2] != (_text(c.status), c.reason)]

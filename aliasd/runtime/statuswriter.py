@@ -1,0 +1,218 @@
+"""The Alias status writer: the leader writes each Alias's status, only when it
+changed, coalesced per object and rate-limited, never on the DNS path.
+
+After each commit the committer hands over the result (a reference, no work);
+the Kubernetes source names each Alias whose inputs or status on the API server
+changed, and has the reporters run after the next commit, so an Alias is
+compared only with a result that holds its claims. The writer's own task then
+compares each named Alias, and each Alias whose inputs are not the same
+objects as last time
+(in slices, so DNS queries get in between), the status it should have with
+the one the API server holds, and patches ``aliases/status`` where they
+differ: one write per object however many changes came in meanwhile (the set
+of dirty keys is the queue), at most ``rate`` writes a second (a token
+bucket). A relist that changes nothing, a new leader and a restart find every
+status already right and write nothing. An Event is sent when a condition
+changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aliasd.events import Event, Send
+from aliasd.resolver import Result
+from aliasd.runtime.aliasstatus import (
+    ACCEPTED,
+    READY,
+    RESOLVED_REFS,
+    desired,
+    engine_key,
+    inputs,
+    same,
+    status_body,
+    transitions,
+)
+from aliasd.sources.aliases import AliasView
+from aliasd.zoneconfig import ZoneConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RATE = 100.0
+"""Status writes per second (``--alias-status-rate``; the bucket holds as many
+at once): 10,000 new Aliases are written in under two minutes, each write one
+short request, far from an API server's default 200 mutating requests in
+flight that every controller shares."""
+SLICE = 256
+"""Aliases compared per loop turn."""
+LEADER_POLL = 1.0
+"""Seconds between looks at leadership while nothing else wakes the writer."""
+
+Patch = Callable[[str, str, dict[str, Any]], Awaitable[tuple[int, dict[str, Any]]]]
+"""(namespace, name, merge patch of the status subresource) → (HTTP status, body)."""
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up."""
+
+    def __init__(self, rate: float, burst: int, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._tokens = float(burst)
+        self._at = clock()
+
+    def delay(self) -> float:
+        """Take a token: the seconds to wait before using it (0: now)."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        self._tokens -= 1
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+
+class AliasStatusWriter:
+    """Writes ``aliases/status`` while ``leading()`` (see the module)."""
+
+    name = "alias-status"
+
+    def __init__(self, *, source: str, patch: Patch, zones: ZoneConfig,
+                 leading: Callable[[], bool], send: Send, clock: Callable[[], float],
+                 results: Counter[str], rate: float = DEFAULT_RATE) -> None:
+        self._source = source  # the name of the source the Aliases' claims come from
+        self._aliases: dict[str, AliasView] = {}
+        self._patch = patch
+        self._zones = zones
+        self._leading = leading
+        self._send = send
+        self._clock = clock
+        self._bucket = TokenBucket(rate, max(1, round(rate)))
+        self._result: Result | None = None
+        self._rescan = False
+        self._dirty: set[str] = set()
+        # Updated since the last commit: compared once a result holds their claims.
+        self._waiting: set[str] = set()
+        self._retry: set[str] = set()  # refused writes, tried again on the next wake-up
+        self._seen: dict[str, tuple[object, ...]] = {}  # key -> inputs last compared
+        self._written: dict[str, dict[str, Any]] = {}  # key -> status written, not yet watched
+        self._wake = asyncio.Event()
+        self._results = results  # written / refused (the aliasd_alias_status_writes metric)
+        self._failing = False
+
+    # ---- inputs (cheap, synchronous) -------------------------------------------
+
+    def report(self, result: Result, changed: bool) -> None:
+        """A committer reporter: compare the Aliases against ``result`` later."""
+        self._result = result
+        self._rescan = True
+        self._dirty |= self._waiting
+        self._waiting.clear()
+        self._wake.set()
+
+    def update(self, key: str, alias: AliasView | None) -> None:
+        """The source's word: the Alias ``key`` ("ns/name"), its inputs or its
+        status on the API server changed (None: it is gone). Compared after
+        the next commit (the source has the reporters run then)."""
+        if alias is None:
+            self._aliases.pop(key, None)
+            self._seen.pop(key, None)
+        else:
+            self._aliases[key] = alias
+        self._waiting.add(key)
+        self._written.pop(key, None)
+
+    def status(self) -> dict[str, Any]:
+        return {"leader": self._leading(), "pending": len(self._dirty) + len(self._waiting),
+                "writes": self._results["written"]}
+
+    # ---- the task ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        leading = False
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), LEADER_POLL)
+            self._wake.clear()
+            self._dirty |= self._retry
+            self._retry.clear()
+            if not self._leading():
+                leading = False
+                continue
+            if not leading:  # a new leader looks at every Alias once
+                leading = True
+                self._seen.clear()
+                self._rescan = True
+            if self._result is None:
+                continue
+            if self._rescan:
+                self._rescan = False
+                await self._scan()
+            while self._dirty and self._leading():
+                key = self._dirty.pop()
+                await self._write(key)
+
+    async def _scan(self) -> None:
+        """Mark dirty each Alias whose inputs changed since it was last compared."""
+        keys = list(self._aliases)
+        for start in range(0, len(keys), SLICE):
+            if start:
+                await asyncio.sleep(0)
+            result = self._result
+            assert result is not None
+            for k in keys[start:start + SLICE]:
+                got = self._aliases.get(k)
+                if got is None:
+                    continue
+                now = inputs(got[0], result, self._zones, self._key(k))
+                before = self._seen.get(k)
+                if before is None or len(before) != len(now) or any(
+                        a is not b for a, b in zip(before, now, strict=True)):
+                    self._dirty.add(k)
+
+    def _key(self, key: str) -> str:
+        return engine_key(self._source, key)
+
+    async def _write(self, key: str) -> None:
+        got = self._aliases.get(key)
+        result = self._result
+        if got is None or result is None:
+            return
+        info, observed = got
+        engine = self._key(key)
+        self._seen[key] = inputs(info, result, self._zones, engine)
+        want = desired(info, result, self._zones, engine)
+        current = self._written.get(key, observed)
+        if same(want, current, info.generation):
+            return
+        wait = self._bucket.delay()
+        if wait:
+            await asyncio.sleep(wait)
+        body = status_body(want, current, generation=info.generation,
+                           serial=result.snapshot.serial, now=self._clock())
+        owner = info.owner
+        status, answer = await self._patch(owner.namespace, owner.name, {"status": body})
+        if status >= 300:
+            self._results["refused"] += 1
+            if status != 404:  # 404: deleted meanwhile, nothing to write
+                # A failure streak (an API server outage) is logged once at WARNING.
+                log.log(logging.DEBUG if self._failing else logging.WARNING,
+                        "could not write the status of Alias %s/%s: HTTP %d: %s",
+                        owner.namespace, owner.name, status, answer.get("message", ""))
+                self._failing = True
+                self._retry.add(key)
+            return
+        if self._failing:
+            log.info("Alias status writes succeed again")
+            self._failing = False
+        self._results["written"] += 1
+        self._written[key] = body
+        for c in transitions(want, current):
+            if c.type in (ACCEPTED, RESOLVED_REFS) and not c.status:
+                self._send(Event(owner, c.reason, c.message))
+            elif c.type == READY and c.status and current.get("conditions"):
+                self._send(Event(owner, c.reason, c.message, warning=False))
