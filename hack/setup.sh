@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the demo and the tests need, idempotently:
-#   - Debian tools (dig, dnsperf, curl, jq, nsd for bench/dns_qps.py, lua5.4 for the Argo CD health check test) with apt-get
+#   - Debian tools (dig, dnsperf, curl, jq, nsd for bench/dns_qps.py, lua5.4 for the
+#     Argo CD health check's test) with apt-get
 #   - Python deps into ./.venv
 #   - kube-apiserver, etcd, coredns, kubectl, kustomize and helm built with Go into ~/.cache/aliasd/bin
 set -euo pipefail
