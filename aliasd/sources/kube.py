@@ -74,22 +74,22 @@ class KubeSource:
                  on_namespace: PolicySink = lambda namespace, value: None,
                  probes: Counter[str] | None = None,
                  on_alias: AliasSink = lambda key, alias: None) -> None:
-        self.api = api
-        self.zones = zones
-        self.namespaces = namespaces
+        self._api = api
+        self._zones = zones
+        self._namespaces = namespaces
         self._push = on_claims
         self._notify = on_change  # readiness may have changed
         self._relisted = on_relist
         self._problems_changed = on_problems  # an object's problems changed, not its claims
         self._alias_sink = on_alias  # an Alias ("ns/name"), its inputs or its status changed
         self._policy_changed = on_namespace
-        self.restarts = restarts
-        self.probes = probes if probes is not None else Counter()
+        self._restarts = restarts
+        self._probes = probes if probes is not None else Counter()
         core, disc = CoreV1Api(api), DiscoveryV1Api(api)
-        self.services = self._informers(
+        self._services = self._informers(
             "services", core.list_service_for_all_namespaces, core.list_namespaced_service,
             self._service_changed, transform=mapping.trim_service)
-        self.slices = [
+        self._slices = [
             inf for i, selector in enumerate(SLICE_SELECTORS)
             for inf in self._informers(
                 f"endpointslices{i}", functools.partial(
@@ -98,14 +98,14 @@ class KubeSource:
                                   selector),
                 self._slice_changed, resource="endpointslices", transform=mapping.trim_slice)]
         # Namespaces, for the name policy: cached trimmed to name + annotation.
-        self.namespace_informers = self._informers(
+        self._namespace_informers = self._informers(
             "namespaces", core.list_namespace,
             functools.partial(_named_namespace, core.list_namespace),
             self._namespace_changed, transform=mapping.trim_namespace)
         self.allowed_names: dict[str, str] = {}  # namespace -> aliasd.io/allowed-names
         # The custom resources followed while their CRD is installed.
-        self.serviceentries = _Followed()
-        self.alias_objects = _Followed()
+        self._serviceentries = _Followed()
+        self._alias_objects = _Followed()
         self._claims: dict[str, list[AliasClaim]] = {}  # engine key -> claims
         self._problems: dict[str, list[Problem]] = {}  # engine key -> problems (non-empty)
         self._slices_of: dict[str, dict[str, Obj]] = {}  # "ns/service" -> slices
@@ -123,7 +123,7 @@ class KubeSource:
                    transform: Callable[[Obj], Obj] | None = None) -> list[Informer]:
         """One informer for all namespaces, or one per ``--namespaces`` entry."""
         def restarted() -> None:
-            self.restarts[resource or name] += 1
+            self._restarts[resource or name] += 1
 
         # The first list of each informer only builds what the engine already
         # has (a check then costs a build from scratch, ~1 s of CPU at 10,000
@@ -133,26 +133,26 @@ class KubeSource:
                               "page_size": PAGE_SIZE}
         if transform is not None:
             kw["transform"] = transform
-        if not self.namespaces:
+        if not self._namespaces:
             return [Informer(name, all_ns, **kw)]
         return [Informer(f"{name}/{ns}", functools.partial(one_ns, ns), **kw)
-                for ns in self.namespaces]
+                for ns in self._namespaces]
 
     # ---- state for the app ----------------------------------------------------------
 
     @property
     def synced(self) -> bool:
-        return (all(i.synced for i in self._core_informers) and self.serviceentries.synced
-                and self.alias_objects.synced)
+        return (all(i.synced for i in self._core_informers) and self._serviceentries.synced
+                and self._alias_objects.synced)
 
     @property
     def _core_informers(self) -> list[Informer]:
-        return self.namespace_informers + self.services + self.slices
+        return self._namespace_informers + self._services + self._slices
 
     @property
     def error(self) -> str | None:
-        for i in (self._core_informers + self.serviceentries.informers
-                  + self.alias_objects.informers):
+        for i in (self._core_informers + self._serviceentries.informers
+                  + self._alias_objects.informers):
             if i.error:
                 return f"{i.name}: {i.error}"
         return None
@@ -198,10 +198,10 @@ class KubeSource:
         self._push(engine_key, claims)
 
     def _in_zone(self, host: str) -> bool:
-        return best_zone(normalize_name(host), self.zones.zones) is not None
+        return best_zone(normalize_name(host), self._zones.zones) is not None
 
     def _service(self, k: str) -> Obj | None:
-        for inf in self.services:
+        for inf in self._services:
             svc = inf.items.get(k)
             if svc is not None:
                 return svc
@@ -320,7 +320,7 @@ class KubeSource:
             self.allowed_names.pop(name, None)
         else:
             self.allowed_names[name] = value
-        self._set(f"ns/{name}", [], mapping.namespace_problems(new, self.zones.zones[0])
+        self._set(f"ns/{name}", [], mapping.namespace_problems(new, self._zones.zones[0])
                   if new is not None else [])
         self._policy_changed(name, value)
 
@@ -344,16 +344,16 @@ class KubeSource:
 
     async def run(self) -> None:
         await asyncio.gather(*(i.run() for i in self._core_informers),
-                             self._follow_crd(_SERVICEENTRIES, self.serviceentries,
+                             self._follow_crd(_SERVICEENTRIES, self._serviceentries,
                                               self._se_changed),
-                             self._follow_crd(_ALIASES, self.alias_objects, self._alias_event))
+                             self._follow_crd(_ALIASES, self._alias_objects, self._alias_event))
 
     async def _follow_crd(self, crd: _Crd, followed: _Followed,
                           on_change: Callable[[str, Obj | None, Obj | None], None]) -> None:
         """Follow a CRD: off while it is absent, on as soon as it appears, off
         again if it is removed. Each change of state is logged once; polling
         an absent CRD changes nothing (no claims, no rebuild)."""
-        custom = CustomObjectsApi(self.api)
+        custom = CustomObjectsApi(self._api)
         state = ""  # "" unknown, "absent", or the version being watched
 
         while True:
@@ -374,7 +374,7 @@ class KubeSource:
                 for inf in informers:
                     inf.on_sync = functools.partial(_chain, served, inf.on_sync)
                 followed.informers = informers
-                self.probes["crd_probes"] += 1
+                self._probes["crd_probes"] += 1
                 try:
                     await asyncio.gather(*(i.run() for i in informers))
                 except NotFound:
