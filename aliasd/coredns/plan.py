@@ -85,17 +85,27 @@ def _block_conflict(z: str) -> str:
             f"alone, so that block decides where {z} goes")
 
 
+# Plugins that answer the cluster's own service discovery: no name below
+# their zones may be taken over either (it would shadow a Service's name).
+_DISCOVERY = frozenset({"kubernetes", "k8s_external", "federation", "etcd"})
+
+
 def _plugin_conflict(z: str, served: Sequence[tuple[str, str]]) -> str | None:
     """Why ``z`` overlaps a zone a plugin serves (``served``: (zone, plugin) of
     :func:`corefile.plugin_zones`), or None.
 
-    A block for the zone itself, a name below it or a parent of it would
-    take that plugin's zone away from it: CoreDNS sends a query to its most
-    specific server block, so ``svc.cluster.local:53`` would end Service
-    discovery for the cluster although ``kubernetes`` sits in the ``.`` block."""
+    A block for the zone itself or a parent of it would take that plugin's
+    whole zone away from it: CoreDNS sends a query to its most specific server
+    block, so ``cluster.local:53`` would end Service discovery for the cluster
+    although ``kubernetes`` sits in the ``.`` block. Below a service-discovery
+    zone (``svc.cluster.local``) a block would shadow Services' names, so that
+    is refused too; below any other zone (``legacy-lb.example.com`` under a
+    ``hosts`` or ``file`` zone ``example.com``) a block takes exactly the name
+    taken over, which is what a takeover is for."""
     name = z + "."
     for zone, plugin in served:
-        if overlaps(name, zone):
+        whole = name == zone or zone.endswith("." + name)
+        if whole or (plugin in _DISCOVERY and overlaps(name, zone)):
             return (f"zone {z} overlaps {zone.rstrip('.')}, which the {plugin} plugin of "
                     f"the Corefile serves; aliasd adds no server block for it, so the "
                     f"Corefile keeps answering it")

@@ -256,22 +256,22 @@ def test_zones_of_any_plugin_in_any_block_are_never_wired() -> None:
             "ext.example:53 {\n    hosts /etc/hosts hosts.ext.example {\n      fallthrough\n"
             "    }\n    forward . 192.0.2.1\n}\n")
     names = ["internal", "api.corp.example", "svc.cluster.k8s.example", "k8s.example",
-             "a.hosts.ext.example", "legacy.ext.example"]
+             "hosts.ext.example", "a.hosts.ext.example", "legacy.ext.example"]
     text, conflicts = corefile_text(KUBEADM + corp, names, FWD)
     assert {n: why.split(",")[0] for n, why in conflicts.items()} == {
-        "api.corp.example": "zone api.corp.example overlaps corp.example",
         "svc.cluster.k8s.example": "zone svc.cluster.k8s.example overlaps cluster.k8s.example",
         "k8s.example": "zone k8s.example overlaps cluster.k8s.example",
-        "a.hosts.ext.example": "zone a.hosts.ext.example overlaps hosts.ext.example"}
-    # A name below a block that only forwards is what a takeover is for.
-    assert [r.zone for r in corefile.managed_regions(text)] == ["internal",
-                                                                "legacy.ext.example"]
+        "hosts.ext.example": "zone hosts.ext.example overlaps hosts.ext.example"}
+    # A name below a zone served from files, hosts or a forward, not from the
+    # cluster's service discovery, is what a takeover is for: one name moves.
+    assert [r.zone for r in corefile.managed_regions(text)] == [
+        "internal", "api.corp.example", "a.hosts.ext.example", "legacy.ext.example"]
     # In someone else's coredns-custom key too.
     data, conflicts = custom_data({"corp.server": corp}, SHAPES["aks"], names, FWD)
-    assert sorted(conflicts) == ["a.hosts.ext.example", "api.corp.example", "k8s.example",
-                                 "svc.cluster.k8s.example"]
-    assert sorted(data) == ["aliasd-internal.server", "aliasd-legacy.ext.example.server",
-                            "corp.server"]
+    assert sorted(conflicts) == ["hosts.ext.example", "k8s.example", "svc.cluster.k8s.example"]
+    assert sorted(data) == ["aliasd-a.hosts.ext.example.server",
+                            "aliasd-api.corp.example.server", "aliasd-internal.server",
+                            "aliasd-legacy.ext.example.server", "corp.server"]
 
 
 def test_a_name_too_long_for_a_configmap_key_is_refused_alone() -> None:
