@@ -24,3 +24,4 @@ class AppConfig:
     # Seconds between the stop signal and closing the sockets: /readyz fails, DNS
     # keeps answering while Services and kube-proxy stop sending queries here.
     lame_duck: float = 0.0
+    probe_limit: int = 64  # health probes in flight at once

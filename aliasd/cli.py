@@ -136,6 +136,7 @@ async def _serve(opts: flags.Options) -> int:
         state_file=opts.get(flags.STATE_FILE),
         api_token=opts.get(flags.API_TOKEN_FILE),
         lame_duck=opts.value(flags.LAME_DUCK),
+        probe_limit=opts.value(flags.HEALTH_MAX_CONCURRENT_PROBES),
     )
     kubernetes = opts.value(flags.KUBERNETES)
     kubeconfig = opts.get(flags.KUBECONFIG)

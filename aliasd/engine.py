@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import immutables
 
-from aliasd.model import AliasClaim
+from aliasd.model import AliasClaim, Check
 from aliasd.names import WILDCARD, is_wildcard
 from aliasd.policy import policy_namespace
 from aliasd.resolver import (
@@ -95,6 +95,10 @@ class Engine:
         self._unusable: immutables.Map[str, bool] = immutables.Map()
         # Closest enclosers with a wildcard: P for every existing name *.P.
         self._wildcards: immutables.Map[str, bool] = immutables.Map()
+        # Health: the checks of valid claims -> the names they serve (with a
+        # count of claims), and those of them that currently fail.
+        self._check_names: dict[Check, dict[str, int]] = {}
+        self.unhealthy: frozenset[Check] = frozenset()
         self._serial = serial
         self._ready = ready
         rrsets: dict[str, Mapping[int, RRset]] = {}
@@ -153,9 +157,39 @@ class Engine:
             self._validate(key, self.claims.get(key, ()))
         return True
 
+    def set_health(self, check: Check, healthy: bool) -> bool:
+        """A target's health check now passes (or fails). Re-resolves only the
+        names whose claims carry it; a check no valid claim carries is ignored
+        (its prober was stopped after it sent this). Returns whether anything
+        changed."""
+        if check not in self._check_names or (check not in self.unhealthy) == healthy:
+            return False
+        self.unhealthy = (self.unhealthy - {check}) if healthy else (self.unhealthy | {check})
+        self._touched.update(self._check_names[check])
+        return True
+
+    @property
+    def checks(self) -> frozenset[Check]:
+        """Every health check a valid claim carries (what the probers probe)."""
+        return frozenset(self._check_names)
+
+    def _index_check(self, check: Check, name: str, delta: int) -> None:
+        names = self._check_names.setdefault(check, {})
+        count = names.get(name, 0) + delta
+        if count > 0:
+            names[name] = count
+            return
+        names.pop(name, None)
+        if not names:
+            # No claim carries it any more: it starts healthy if it comes back.
+            del self._check_names[check]
+            self.unhealthy -= {check}
+
     def _validate(self, key: str, new: tuple[AliasClaim, ...]) -> None:
         """(Re)index the valid claims of one object and record its invalid ones."""
-        for name, _ in self._valid.pop(key, ()):
+        for name, old in self._valid.pop(key, ()):
+            if old.check is not None:
+                self._index_check(old.check, name, -1)
             self._touched.add(name)
             per = self._by_name.get(name)
             if per is not None:
@@ -166,6 +200,8 @@ class Engine:
         if valid:
             self._valid[key] = valid
         for name, claim in valid:
+            if claim.check is not None:
+                self._index_check(claim.check, name, +1)
             self._touched.add(name)
             self._by_name.setdefault(name, {}).setdefault(key, []).append(claim)
         if self.track_changes:
@@ -213,8 +249,8 @@ class Engine:
                 self._overridden.mutate() as overridden:
             for name in sorted(touched):
                 per = self._by_name.get(name)
-                new = (resolve(name, [c for cs in per.values() for c in cs], self.config)
-                       if per else None)
+                new = (resolve(name, [c for cs in per.values() for c in cs], self.config,
+                               self.unhealthy) if per else None)
                 old = res.get(name)
                 if new == old:
                     continue

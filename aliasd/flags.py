@@ -229,6 +229,10 @@ LAME_DUCK = Flag(name="--lame-duck", commands=(RUN,), parse=_seconds_or_zero, de
                  help="seconds to keep answering DNS after SIGTERM with /readyz failing, so "
                       "that Services stop sending queries first (in a pod: a few seconds, "
                       "less than terminationGracePeriodSeconds)")
+HEALTH_MAX_CONCURRENT_PROBES = Flag(
+    name="--health-max-concurrent-probes", commands=(RUN,), parse=_count, default="64",
+    help="health probes in flight at once (each replica probes the checked targets of "
+         "Aliases and the aliases file for itself)")
 KUBERNETES = Flag(name="--kubernetes", commands=(RUN,), parse=_text, default="auto",
                   choices=("auto", "on", "off"),
                   help="watch Kubernetes; auto = on when --kubeconfig/KUBECONFIG is set or in "
@@ -305,6 +309,7 @@ FLAGS: tuple[AnyFlag, ...] = (
     LOG_LEVEL, LOG_FORMAT,
     ZONE, DNS_LISTEN, HTTP_LISTEN, ALIASES_FILE, NS_ADDRESS, ALLOW_TRANSFER,
     TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, TCP_MAX_CONNECTIONS_PER_CLIENT, LAME_DUCK,
+    HEALTH_MAX_CONCURRENT_PROBES,
     KUBERNETES, KUBECONFIG, NAMESPACES, STATE_FILE, API_TOKEN_FILE, OVERRIDES_CONFIGMAP,
     ALLOW_TAKEOVER, DEFAULT_ALLOWED_NAMES,
     COREDNS_MODE, FORWARD_TO, DNS_SERVICE, COREDNS_CONFIGMAP,

@@ -71,6 +71,47 @@ class Port:
     port: int
 
 
+@dataclass(frozen=True, order=True)
+class Check:
+    """How one target's health is probed: a TCP connect to ``host:port``, or an
+    HTTP GET of ``path`` whose status must be in ``expect``. A target turns
+    unhealthy after ``unhealthy`` failed probes in a row and healthy again
+    after ``healthy`` good ones (hysteresis: one failure in three never flaps
+    the answer). Equal checks are one probe, however many claims carry them."""
+
+    kind: str  # TCP or HTTP
+    host: str  # an IP address
+    port: int
+    path: str = "/"
+    expect: tuple[tuple[int, int], ...] = ((200, 399),)  # inclusive status ranges
+    interval: float = 5.0
+    timeout: float = 2.0
+    healthy: int = 2
+    unhealthy: int = 3
+
+    @property
+    def target(self) -> str:
+        """What is probed, e.g. ``tcp://10.0.0.5:5432``, ``http://10.0.0.5:8080/healthz``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        tail = self.path if self.kind == HTTP else ""
+        return f"{self.kind.lower()}://{host}:{self.port}{tail}"
+
+    @property
+    def detection(self) -> float:
+        """Seconds until a dead target leaves the answer (at most one interval
+        more): the longest a client should cache it."""
+        return self.interval * self.unhealthy
+
+    def cap(self, ttl: int) -> int:
+        """``ttl`` cut to the detection time: a client must not cache a dead
+        target longer than aliasd takes to notice it died."""
+        return max(MIN_TTL, min(ttl, int(self.detection)))
+
+
+TCP = "TCP"
+HTTP = "HTTP"
+
+
 @dataclass(frozen=True)
 class AliasClaim:
     """One owner's wish that ``name`` resolves to ``addresses`` or ``cname``.
@@ -94,6 +135,12 @@ class AliasClaim:
     # The targets are the owner's aliasd.io/fallback addresses: it has no usable
     # target of its own right now.
     fallback: bool = False
+    # Ordered failover among one owner's claims for a name: the answer is the
+    # healthy, usable claims of the lowest priority that has any (RFC 2782's
+    # order: lower is preferred).
+    priority: int = 0
+    # The target's health check (None: always healthy).
+    check: Check | None = None
 
 
 OVERRIDE_KIND = "Override"

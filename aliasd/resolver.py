@@ -8,14 +8,15 @@ Events, log lines and metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from aliasd import names
-from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner, canonical_ip
+from aliasd.model import OVERRIDE_KIND, AliasClaim, Check, Owner, canonical_ip
 from aliasd.names import (
     WILDCARD,
     best_zone,
@@ -82,6 +83,8 @@ NOT_ALLOWED = "AliasNotAllowed"
 """The Event reason of a claim the name policy denies."""
 NO_ANNOTATIONS: Mapping[str, str] = MappingProxyType({})
 """Namespace -> its ``aliasd.io/allowed-names`` value: none annotated."""
+ALL_HEALTHY: frozenset[Check] = frozenset()
+"""The unhealthy checks: none."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,12 @@ class Resolution:
     weighted: Weighted | None = None
     unusable: bool = False
     takeover: bool = False
+    # Every health-checked target of the winner is unhealthy: it answers with
+    # all of them (of its best priority) rather than with nothing.
+    failing_open: bool = False
+    # The winner's claims that do not answer now: a lower priority's targets
+    # (standing by), unhealthy ones, a Service with no ready endpoints.
+    standby: tuple[AliasClaim, ...] = ()
 
     @property
     def answers(self) -> tuple[object, ...]:
@@ -260,7 +269,11 @@ def _rank(c: AliasClaim) -> tuple[object, ...]:
     ties, so the order is total and independent of the order claims arrive in."""
     return (c.owner.kind != OVERRIDE_KIND, c.owner, c.addresses, c.cname or "", c.ttl,
             tuple((p.name, p.protocol, p.port) for p in c.ports),
-            -1 if c.weight is None else c.weight, c.takeover, c.fallback, c.name)
+            -1 if c.weight is None else c.weight, c.takeover, c.fallback, c.priority,
+            c.check is not None, c.check or _NO_CHECK, c.name)
+
+
+_NO_CHECK = Check("", "", 0)
 
 
 def _team(c: AliasClaim) -> str:
@@ -269,12 +282,13 @@ def _team(c: AliasClaim) -> str:
     return c.owner.namespace
 
 
-def resolve(name: str, claims: Iterable[AliasClaim], config: ZoneConfig) -> Resolution:
-    """Who wins ``name`` (normalized, validated) among ``claims``, and what it answers."""
+def resolve(name: str, claims: Iterable[AliasClaim], config: ZoneConfig,
+            unhealthy: Container[Check] = ALL_HEALTHY) -> Resolution:
+    """Who wins ``name`` (normalized, validated) among ``claims``, and what it
+    answers (``unhealthy``: the checks that currently fail)."""
     ranked = sorted(claims, key=_rank)
     conflicts: list[Conflict] = []
     overridden: tuple[Conflict, ...] = ()
-    group: list[AliasClaim] | None = None
     if ranked[0].owner.kind == OVERRIDE_KIND:
         winners = [ranked[0]]
         overridden = tuple(Conflict(name, ranked[0].owner, c.owner) for c in ranked[1:])
@@ -286,34 +300,37 @@ def resolve(name: str, claims: Iterable[AliasClaim], config: ZoneConfig) -> Reso
         # records to another): a weighted claim from another namespace is a
         # conflict like any other, or it could outweigh a blue/green it is no
         # part of.
-        group = [c for c in ranked if _team(c) == _team(ranked[0])]
-        winners = group
+        winners = [c for c in ranked if _team(c) == _team(ranked[0])]
         conflicts = [Conflict(name, ranked[0].owner, c.owner) for c in ranked
                      if _team(c) != _team(ranked[0])]
-        if len(group) == 1:
-            group = None
     else:
-        winners = [ranked[0]]
-        conflicts = [Conflict(name, ranked[0].owner, c.owner) for c in ranked[1:]
+        # The oldest owner wins; all of its claims (one per target when its
+        # targets carry priorities or checks) are its answer.
+        winners = [c for c in ranked if c.owner == ranked[0].owner]
+        conflicts = [Conflict(name, ranked[0].owner, c.owner) for c in ranked
                      if c.owner != ranked[0].owner]
+    chosen, failing_open = failover(winners, unhealthy)
     own: dict[int, RRset] = {}
     weighted: Weighted | None = None
-    if group is not None:
-        # The smallest TTL of the group, so a weight shift takes effect quickly.
-        ttl = min(c.ttl for c in group)
-        variants = tuple(MappingProxyType(_targets(name, c, ttl, config)) for c in group)
-        weighted = Weighted(tuple(c.weight or 0 for c in group), variants)
-        heaviest = max(range(len(group)), key=lambda i: group[i].weight or 0)
+    # The smallest TTL of the targets, so a weight shift or a failover takes
+    # effect quickly.
+    ttl = min(c.ttl for c in chosen)
+    unusable = not any(c.addresses or c.cname is not None for c in chosen)
+    if len(chosen) > 1 and all(c.weight is not None for c in chosen):
+        variants = tuple(MappingProxyType(_targets(name, c, ttl, config)) for c in chosen)
+        weighted = Weighted(tuple(c.weight or 0 for c in chosen), variants)
+        heaviest = max(range(len(chosen)), key=lambda i: chosen[i].weight or 0)
         own.update(variants[heaviest])  # what AXFR shows
-        unusable = not any(c.addresses or c.cname for c in group)
     else:
-        c = winners[0]
-        unusable = not c.addresses and c.cname is None
+        # One target, or one owner's several unweighted ones: every address
+        # (a name answers with addresses or one CNAME, the first by rank).
+        merged = chosen[0] if len(chosen) == 1 else dataclasses.replace(
+            chosen[0], addresses=tuple(dict.fromkeys(a for c in chosen for a in c.addresses)))
         # The name exists even with no address now (a headless Service scaled
         # to zero): NODATA, not NXDOMAIN.
-        own.update(_targets(name, c, c.ttl, config))
+        own.update(_targets(name, merged, ttl, config))
     srvs: dict[str, RRset] = {}
-    for c in winners:
+    for c in chosen:
         # RFC 4592 4.5: _http._tcp.*.foo.internal. would not be a wildcard, only a
         # name no client asks; a wildcard's ports give no SRV.
         if c.cname is not None or is_wildcard(name):
@@ -329,7 +346,30 @@ def resolve(name: str, claims: Iterable[AliasClaim], config: ZoneConfig) -> Reso
               *((srv, MappingProxyType({SRV: rr})) for srv, rr in srvs.items()))
     return Resolution(name, tuple(Entry(name, c) for c in winners), tuple(conflicts),
                       overridden, rrsets, weighted, unusable,
-                      any(c.takeover for c in winners))
+                      any(c.takeover for c in winners), failing_open,
+                      tuple(c for c in winners if c not in chosen)
+                      if len(chosen) < len(winners) else ())
+
+
+def failover(claims: Sequence[AliasClaim], unhealthy: Container[Check]
+             ) -> tuple[list[AliasClaim], bool]:
+    """The claims that answer among one winner's (ranked): the usable ones
+    (an address or a CNAME: a Service with no ready endpoints is skipped),
+    unhealthy checks left out, then the lowest priority left. When every
+    checked target is unhealthy, the answer fails open (True) with all of its
+    best priority: an empty answer takes a service down harder than a dead
+    target does (Kuadrant keeps the record in that case, Consul's prepared
+    queries do not; a registry for migrations should not). Nothing usable at
+    all: every claim, which answers NODATA."""
+    if len(claims) == 1 and claims[0].check is None:
+        return list(claims), False
+    usable = [c for c in claims if c.addresses or c.cname is not None]
+    if not usable:
+        return list(claims), False
+    healthy = [c for c in usable if c.check is None or c.check not in unhealthy]
+    pool = healthy or usable
+    best = min(c.priority for c in pool)
+    return [c for c in pool if c.priority == best], not healthy
 
 
 def owner_names(res: Resolution, zones: Iterable[str]) -> list[str]:
@@ -371,9 +411,11 @@ def zone_infos(config: ZoneConfig, serial: int, takeovers: Iterable[str]) -> tup
 
 def build_keyed(objects: Mapping[str, Iterable[AliasClaim]], *, config: ZoneConfig,
                 serial: int, ready: bool = True,
-                annotations: Mapping[str, str] = NO_ANNOTATIONS) -> Result:
-    """The snapshot for every object's claims (key -> claims), from scratch.
-    The incremental engine must always equal this."""
+                annotations: Mapping[str, str] = NO_ANNOTATIONS,
+                unhealthy: Container[Check] = ALL_HEALTHY) -> Result:
+    """The snapshot for every object's claims (key -> claims), from scratch
+    (``unhealthy``: the checks that fail). The incremental engine must always
+    equal this."""
     by_name: dict[str, list[AliasClaim]] = defaultdict(list)
     invalid: dict[str, tuple[Invalid, ...]] = {}
     for key, claims in objects.items():
@@ -382,7 +424,8 @@ def build_keyed(objects: Mapping[str, Iterable[AliasClaim]], *, config: ZoneConf
             invalid[key] = bad
         for name, claim in valid:
             by_name[name].append(claim)
-    resolutions = {name: resolve(name, by_name[name], config) for name in sorted(by_name)}
+    resolutions = {name: resolve(name, by_name[name], config, unhealthy)
+                   for name in sorted(by_name)}
     rrsets = apex_rrsets(config, serial)
     names: set[str] = set()
     for origin in rrsets:

@@ -66,6 +66,7 @@ from aliasd.sources.aliases import VERSIONS as ALIAS_VERSIONS
 from aliasd.sources.file import FileSource
 from aliasd.sources.kube import KubeSource
 from aliasd.sources.overrides import ConfigMapOverrides, FileOverrides, OverridesSource
+from aliasd.sources.probes import Prober
 from aliasd.state import State, StateFile
 from aliasd.status import Component, ReadModel, aliases_document
 from aliasd.supervisor import supervise
@@ -99,6 +100,7 @@ class RunConfig:
 class _Parts:
     """What ``serve`` collects while building, before the committer exists."""
 
+    prober: Prober  # the health probes: verdicts into the inbox, states to the status
     sources: list[Source] = field(default_factory=list)
     components: list[Component] = field(default_factory=list)
     reporters: list[Reporter] = field(default_factory=list)
@@ -128,7 +130,8 @@ async def serve(config: RunConfig, stop: asyncio.Event) -> None:
     state = writer.load() if writer is not None else None
     inbox = Inbox(Engine(zones, serial=resolver.next_serial(0, clock()),
                          track_changes=file is not None))
-    parts = _Parts(authenticator=StaticToken(app.api_token) if app.api_token else None)
+    parts = _Parts(Prober(on_health=inbox.update_health, limit=app.probe_limit),
+                   authenticator=StaticToken(app.api_token) if app.api_token else None)
     if app.aliases_file is not None:
         fs = FileSource(app.aliases_file, config=zones, on_change=inbox.notifier(FileSource.name))
         fs.load()  # a bad file at start is fatal: there is no last good zone yet
@@ -175,11 +178,17 @@ def _assemble(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callable
               writer: StateWriter | None, state: State | None) -> _Process:
     zones = config.zones
     stats = Stats()
+    prober = parts.prober
+
+    def probe_what_is_claimed(result: Result, changed: bool) -> None:
+        prober.reconcile(inbox.engine.checks)
+
     dns = DnsServer(inbox.engine.result.snapshot, config.dns, stats=stats)
     tuning = ProcessTuning()
     lame_duck = LameDuck(config.lame_duck)
     committer = Committer(inbox, zones=zones, dns=dns, sources=parts.sources,
-                          reporters=parts.reporters, clock=clock, debounce=config.debounce,
+                          reporters=[probe_what_is_claimed, *parts.reporters], clock=clock,
+                          debounce=config.debounce,
                           stale=state, state=writer, on_synced=tuning.synced)
     checker = RelistChecker(inbox, committer, zones=zones, settle=config.debounce * 5)
     service = OverridesService(parts.overrides, zones=zones, authenticator=parts.authenticator,
@@ -188,7 +197,7 @@ def _assemble(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callable
                      lame_duck=lame_duck)
     metrics = build_registry([
         DnsMetrics(stats, cache_entries=lambda: dns.answerer.cache_size), read, inbox,
-        committer, checker, service, parts.restarts, parts.probes, parts.patches,
+        committer, checker, service, prober, parts.restarts, parts.probes, parts.patches,
         parts.status_writes])
     return _Process(dns, tuning, lame_duck, committer, checker, service, read, metrics)
 
@@ -197,8 +206,8 @@ def metrics_registry(config: AppConfig) -> CollectorRegistry:
     """The registry a process serving ``config`` serves at /metrics (nothing
     started: for the docs' metrics reference)."""
     inbox = Inbox(Engine(config.zones, serial=1))
-    return _assemble(_Parts(), inbox, config=config, clock=time.time, writer=None,
-                     state=None).registry
+    return _assemble(_Parts(Prober(on_health=inbox.update_health)), inbox, config=config,
+                     clock=time.time, writer=None, state=None).registry
 
 
 async def _run(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callable[[], float],
@@ -214,7 +223,8 @@ async def _run(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callabl
         await p.dns.start()
         p.tuning.start()
         try:
-            tasks = {"commit": p.committer.run(), "relist-check": p.checker.run()}
+            tasks = {"commit": p.committer.run(), "relist-check": p.checker.run(),
+                     parts.prober.name: parts.prober.run()}
             if writer is not None:
                 tasks["state-file"] = writer.run()
             tasks.update({f"source-{s.name}": s.run() for s in parts.sources})

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aliasd.model import AliasClaim, Owner, Port
+from aliasd.model import AliasClaim, Check, Owner, Port
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,23 @@ def claim_to_json(c: AliasClaim) -> dict[str, Any]:
     return {
         "name": c.name, "addresses": list(c.addresses), "cname": c.cname, "ttl": c.ttl,
         "ports": [[p.name, p.protocol, p.port] for p in c.ports], "weight": c.weight,
-        "takeover": c.takeover, "fallback": c.fallback,
+        "takeover": c.takeover, "fallback": c.fallback, "priority": c.priority,
+        "check": None if c.check is None else check_to_json(c.check),
         "owner": {"created": o.created, "namespace": o.namespace, "name": o.name,
                   "kind": o.kind, "uid": o.uid},
     }
+
+
+def check_to_json(c: Check) -> dict[str, Any]:
+    return {"kind": c.kind, "host": c.host, "port": c.port, "path": c.path,
+            "expect": [list(r) for r in c.expect], "interval": c.interval,
+            "timeout": c.timeout, "healthy": c.healthy, "unhealthy": c.unhealthy}
+
+
+def check_from_json(d: Any) -> Check:
+    return Check(str(d["kind"]), str(d["host"]), int(d["port"]), str(d["path"]),
+                 tuple((int(a), int(b)) for a, b in d["expect"]), float(d["interval"]),
+                 float(d["timeout"]), int(d["healthy"]), int(d["unhealthy"]))
 
 
 def claim_from_json(d: Any) -> AliasClaim:
@@ -58,6 +71,9 @@ def claim_from_json(d: Any) -> AliasClaim:
             ports=tuple(Port(str(n), str(p), int(num)) for n, p, num in d["ports"]),
             weight=None if d["weight"] is None else int(d["weight"]),
             takeover=bool(d["takeover"]), fallback=bool(d["fallback"]),
+            # Absent in files written before failover existed.
+            priority=int(d.get("priority", 0)),
+            check=None if d.get("check") is None else check_from_json(d["check"]),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"a stored claim is malformed ({type(e).__name__}: {e})") from None

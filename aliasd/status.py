@@ -138,6 +138,13 @@ def _aliases(res: Resolution) -> list[dict[str, Any]]:
             "overridden": [c.loser.ref for c in res.overridden if c.name == e.name],
             "takeover": claim.takeover,
             "fallback": claim.fallback,
+            "priority": claim.priority,
+            "check": claim.check.target if claim.check is not None else None,
+            # Whether this target is in the answer now: "standby" (a lower
+            # priority's, an unhealthy or an empty one) or "failing-open"
+            # (every checked target is unhealthy; all of the best priority answer).
+            "state": "standby" if claim in res.standby
+            else "failing-open" if res.failing_open else "answering",
         })
     return out
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily
 
 from aliasd.engine import Engine
-from aliasd.model import AliasClaim
+from aliasd.model import AliasClaim, Check
 
 
 class Inbox:
@@ -26,6 +26,7 @@ class Inbox:
         self._relisted = asyncio.Event()
         self._claim_updates = 0
         self._policy_updates = 0
+        self._health_updates = 0
 
     @property
     def engine(self) -> Engine:
@@ -44,6 +45,15 @@ class Inbox:
         only that namespace's claims are validated again."""
         if self._engine.set_namespace(namespace, allowed_names):
             self._policy_updates += 1
+            self._dirty.set()
+
+    def update_health(self, check: Check, healthy: bool) -> None:
+        """A target's health changed (a prober's verdict, after hysteresis).
+        The reporters run even when no answer changes (a standby target's
+        health is still in its Alias's status)."""
+        if self._engine.set_health(check, healthy):
+            self._health_updates += 1
+            self._report = True
             self._dirty.set()
 
     def notifier(self, source: str) -> Callable[[], None]:
@@ -99,6 +109,8 @@ class Inbox:
             self._engine.set_namespace(namespace, allowed_names)
         for key, claims in old.claims.items():
             self._engine.set(key, claims)
+        for check in old.unhealthy:
+            self._engine.set_health(check, False)
         self._engine.changed_keys |= old.changed_keys  # gone since the last save
         self._dirty.set()
 
@@ -108,3 +120,6 @@ class Inbox:
         yield CounterMetricFamily("aliasd_policy_updates",
                                   "Namespaces whose aliasd.io/allowed-names changed",
                                   value=self._policy_updates)
+        yield CounterMetricFamily("aliasd_health_updates",
+                                  "Target health changes handed to the engine",
+                                  value=self._health_updates)

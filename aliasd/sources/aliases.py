@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aliasd.model import DEFAULT_TTL, AliasClaim, Owner, Port, canonical_ip
+from aliasd.model import DEFAULT_TTL, HTTP, TCP, AliasClaim, Check, Owner, Port, canonical_ip
 from aliasd.sources.mapping import owner_of, service_targets
 
 GROUP = "aliasd.io"
@@ -83,11 +83,13 @@ def alias_info(obj: Mapping[str, Any], *, services: ServiceFinder,
 
     def claims(*, addresses: tuple[str, ...] = (), cname: str | None = None,
                ports: tuple[Port, ...] = (), weight: int | None = None,
-               use_fallback: bool = False) -> list[AliasClaim]:
-        return [AliasClaim(h, owner, addresses=addresses, cname=cname, ttl=ttl,
+               use_fallback: bool = False, priority: int = 0,
+               check: Check | None = None) -> list[AliasClaim]:
+        return [AliasClaim(h, owner, addresses=addresses, cname=cname,
+                           ttl=ttl if check is None else check.cap(ttl),
                            ports=ports if cname is None else (), weight=weight,
                            takeover=takeover and _outside(h) and not in_zone(h),
-                           fallback=use_fallback)
+                           fallback=use_fallback, priority=priority, check=check)
                 for h in hostnames]
 
     ref = spec.get("serviceRef")
@@ -111,6 +113,10 @@ def alias_info(obj: Mapping[str, Any], *, services: ServiceFinder,
                     Refs(True, RESOLVED, f"Service {owner.namespace}/{name}"))
     ok = Refs(True, RESOLVED, "static targets")
     targets = [t for t in spec.get("targets") or [] if isinstance(t, Mapping)]
+    if spec.get("healthCheck") or any(
+            k in t for t in targets for k in ("priority", "healthCheck", "serviceRef")):
+        return _ordered(targets, spec.get("healthCheck"), owner=owner, services=services,
+                        claims=claims, info=info)
     if any("weight" in t for t in targets):
         out: list[AliasClaim] = []
         for t in targets:
@@ -133,6 +139,96 @@ def alias_info(obj: Mapping[str, Any], *, services: ServiceFinder,
         return info([], ok, "targets mix addresses and CNAMEs (or name several CNAMEs) "
                     "without weights: a name answers with addresses or one CNAME")
     return info(claims(addresses=addresses, cname=cnames[0] if cnames else None), ok)
+
+
+ClaimMaker = Callable[..., list[AliasClaim]]
+
+
+def _ordered(targets: list[Mapping[str, Any]], default_check: object, *, owner: Owner,
+             services: ServiceFinder, claims: ClaimMaker,
+             info: Callable[..., AliasInfo]) -> AliasInfo:
+    """Targets with priorities, health checks or Service references: one
+    claim per target, so the resolver can leave out the unhealthy ones and
+    fail over by priority. A ``serviceRef`` target with no usable address
+    claims the names with none (the resolver skips it for the next priority)."""
+    weighted = any("weight" in t for t in targets)
+    out: list[AliasClaim] = []
+    unresolved: list[Refs] = []
+    for i, t in enumerate(targets):
+        weight = max(0, int(t.get("weight", 1))) if weighted else None
+        priority = max(0, int(t.get("priority", 0)))
+        if "address" in t:
+            ip = _ips([t["address"]])
+            if not ip:
+                return info([], Refs(True, RESOLVED, "static targets"),
+                            f"target {t['address']!r} is not an IP address")
+            spec = t.get("healthCheck", default_check)
+            try:
+                check = parse_check(spec, ip[0]) if spec else None
+            except ValueError as e:
+                return info([], Refs(True, RESOLVED, "static targets"),
+                            f"targets[{i}].healthCheck: {e}")
+            out += claims(addresses=ip, weight=weight, priority=priority, check=check)
+        elif t.get("cname"):
+            out += claims(cname=str(t["cname"]), weight=weight, priority=priority)
+        elif isinstance(ref := t.get("serviceRef"), Mapping):
+            name = str(ref.get("name", ""))
+            found = services(owner.namespace, name)
+            if found is None:
+                unresolved.append(Refs(False, SERVICE_NOT_FOUND,
+                                       f"Service {owner.namespace}/{name} not found"))
+                continue
+            svc, slices = found
+            addresses, cname = service_targets(svc, slices)
+            if not addresses and cname is None:
+                unresolved.append(Refs(False, NO_READY_ENDPOINTS,
+                                       f"Service {owner.namespace}/{name} has no ready "
+                                       f"endpoints"))
+            out += claims(addresses=addresses, cname=cname, ports=_ports(svc, ref.get("port")),
+                          weight=weight, priority=priority)
+    refs = unresolved[0] if unresolved else Refs(
+        True, RESOLVED, "Service references resolved" if any(
+            "serviceRef" in t for t in targets) else "static targets")
+    if not out:
+        # Only missing Services: the names exist with no address (NODATA).
+        out = claims()
+    return info(out, refs)
+
+
+def parse_check(spec: object, host: str) -> Check:
+    """A target's ``healthCheck`` (the Alias schema's fields); ``ValueError``
+    naming the field otherwise."""
+    if not isinstance(spec, Mapping):
+        raise ValueError("must be an object")
+    kind = str(spec.get("protocol", TCP)).upper()
+    if kind not in (TCP, HTTP):
+        raise ValueError(f"protocol {kind!r} is not TCP or HTTP")
+    port = spec.get("port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise ValueError(f"port {port!r} is not 1..65535")
+    path = str(spec.get("path") or "/")
+    if not path.startswith("/") or any(ch.isspace() for ch in path):
+        raise ValueError(f"path {path!r} must start with / and hold no spaces")
+    codes = spec.get("expectedStatuses") or []
+    for code in codes:
+        if not isinstance(code, int) or isinstance(code, bool) or not 100 <= code <= 599:
+            raise ValueError(f"expectedStatuses {code!r} is not an HTTP status 100..599")
+    # Unset: any 2xx or 3xx, as Kubernetes' httpGet probes judge.
+    expect = tuple((c, c) for c in sorted(set(codes))) or ((200, 399),)
+    numbers: dict[str, int] = {}
+    for field, default, low, high in (("intervalSeconds", 5, 1, 3600),
+                                      ("timeoutSeconds", 2, 1, 60),
+                                      ("healthyThreshold", 2, 1, 10),
+                                      ("unhealthyThreshold", 3, 1, 10)):
+        value = spec.get(field, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ValueError(f"{field} {value!r} is not {low}..{high}")
+        numbers[field] = value
+    if numbers["timeoutSeconds"] > numbers["intervalSeconds"]:
+        raise ValueError("timeoutSeconds must not exceed intervalSeconds")
+    return Check(kind, host, port, path if kind == HTTP else "/", expect,
+                 float(numbers["intervalSeconds"]), float(numbers["timeoutSeconds"]),
+                 numbers["healthyThreshold"], numbers["unhealthyThreshold"])
 
 
 def _outside(hostname: str) -> bool:

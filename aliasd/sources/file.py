@@ -8,6 +8,11 @@ aliases:
     ports: [{name: http, protocol: TCP, port: 80}]
   legacy-db:
     cname: db.example.com.
+  orders-db.internal:              # ordered failover with health checks
+    healthCheck: {protocol: TCP, port: 5432}
+    targets:
+      - {address: 10.0.0.5}
+      - {address: 192.0.2.10, priority: 1}
 ```
 """
 
@@ -22,13 +27,24 @@ from typing import Any
 
 import yaml
 
-from aliasd.model import DEFAULT_TTL, AliasClaim, ConfigError, Owner, Port, parse_ip, parse_ttl
+from aliasd.model import (
+    DEFAULT_TTL,
+    AliasClaim,
+    ConfigError,
+    Owner,
+    Port,
+    parse_ip,
+    parse_ttl,
+    parse_weight,
+)
 from aliasd.resolver import qualify
+from aliasd.sources.aliases import parse_check
 from aliasd.zoneconfig import ZoneConfig
 
 log = logging.getLogger(__name__)
 
-_KEYS = {"addresses", "cname", "ttl", "ports"}
+_KEYS = {"addresses", "cname", "targets", "healthCheck", "ttl", "ports"}
+_TARGET_KEYS = {"address", "cname", "weight", "priority", "healthCheck"}
 _PROTOCOLS = {"TCP", "UDP", "SCTP"}
 
 
@@ -55,7 +71,7 @@ def parse_aliases(text: str, *, path: str, config: ZoneConfig) -> list[AliasClai
         name = str(raw_name)
         try:
             fqdn, _ = qualify(name, config)
-            claims.append(_claim(name, spec, owner))
+            claims += _claims(name, spec, owner)
         except ValueError as e:
             raise ConfigError(f"{path}: alias {name!r}: {e}") from None
         if fqdn in seen:
@@ -64,17 +80,78 @@ def parse_aliases(text: str, *, path: str, config: ZoneConfig) -> list[AliasClai
     return claims
 
 
-def _claim(name: str, spec: Any, owner: Owner) -> AliasClaim:
+def _claims(name: str, spec: Any, owner: Owner) -> list[AliasClaim]:
     if not isinstance(spec, dict):
-        raise ValueError("expected a mapping with 'addresses' or 'cname'")
-    unknown = set(spec) - _KEYS
-    if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                         f"allowed: {', '.join(sorted(_KEYS))}")
-    has_addr, has_cname = "addresses" in spec, "cname" in spec
-    if has_addr == has_cname:
-        raise ValueError("needs exactly one of 'addresses' or 'cname'")
+        raise ValueError("expected a mapping with 'addresses', 'cname' or 'targets'")
+    _known(spec, _KEYS)
+    if sum(k in spec for k in ("addresses", "cname", "targets")) != 1:
+        raise ValueError("needs exactly one of 'addresses', 'cname' or 'targets'")
+    if "healthCheck" in spec and "targets" not in spec:
+        raise ValueError("'healthCheck' applies to 'targets'")
     ttl = parse_ttl(spec["ttl"]) if "ttl" in spec else DEFAULT_TTL
+    ports = _ports(spec)
+    if "targets" in spec:
+        return _targets(name, spec, owner, ttl, tuple(ports))
+    if "cname" in spec:
+        if not isinstance(spec["cname"], str) or not spec["cname"].strip():
+            raise ValueError("'cname' must be a host name")
+        if ports:
+            raise ValueError("'ports' (SRV) need addresses; a cname's target has its own")
+        return [AliasClaim(name, owner, cname=spec["cname"].strip(), ttl=ttl)]
+    addrs = spec["addresses"]
+    if isinstance(addrs, str):
+        addrs = [addrs]
+    if not isinstance(addrs, list) or not addrs:
+        raise ValueError("'addresses' must be a non-empty list of IP addresses")
+    return [AliasClaim(name, owner, addresses=tuple(str(parse_ip(str(a))) for a in addrs),
+                       ttl=ttl, ports=tuple(ports))]
+
+
+def _known(spec: dict[Any, Any], keys: set[str], what: str = "") -> None:
+    unknown = set(spec) - keys
+    if unknown:
+        raise ValueError(f"{what}unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                         f"allowed: {', '.join(sorted(keys))}")
+
+
+def _targets(name: str, spec: dict[Any, Any], owner: Owner, ttl: int,
+             ports: tuple[Port, ...]) -> list[AliasClaim]:
+    """One claim per target, as an Alias's ``targets`` (weights, priorities,
+    health checks: the resolver fails over among them)."""
+    targets = spec["targets"]
+    if not isinstance(targets, list) or not targets:
+        raise ValueError("'targets' must be a non-empty list")
+    weighted = any(isinstance(t, dict) and "weight" in t for t in targets)
+    out: list[AliasClaim] = []
+    for i, t in enumerate(targets):
+        where = f"targets[{i}]: "
+        if not isinstance(t, dict) or ("address" in t) == ("cname" in t):
+            raise ValueError(f"{where}needs exactly one of 'address' or 'cname'")
+        _known(t, _TARGET_KEYS, where)
+        try:
+            weight = parse_weight(t.get("weight", 1)) if weighted else None
+            priority = t.get("priority", 0)
+            if isinstance(priority, bool) or not isinstance(priority, int) \
+                    or not 0 <= priority <= 100:
+                raise ValueError(f"priority {priority!r} is not 0..100")
+            if "cname" in t:
+                if "healthCheck" in t:
+                    raise ValueError("only an address target has a health check")
+                out.append(AliasClaim(name, owner, cname=str(t["cname"]).strip(), ttl=ttl,
+                                      weight=weight, priority=priority))
+                continue
+            ip = str(parse_ip(str(t["address"])))
+            check_spec = t.get("healthCheck", spec.get("healthCheck"))
+            check = parse_check(check_spec, ip) if check_spec else None
+        except ValueError as e:
+            raise ValueError(f"{where}{e}") from None
+        out.append(AliasClaim(name, owner, addresses=(ip,),
+                              ttl=ttl if check is None else check.cap(ttl), ports=ports,
+                              weight=weight, priority=priority, check=check))
+    return out
+
+
+def _ports(spec: dict[Any, Any]) -> list[Port]:
     ports: list[Port] = []
     for p in spec.get("ports") or []:
         if not isinstance(p, dict) or not {"name", "port"} <= set(p):
@@ -86,19 +163,7 @@ def _claim(name: str, spec: Any, owner: Owner) -> AliasClaim:
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise ValueError(f"port {p['name']!r}: {port!r} is not a port number 1..65535")
         ports.append(Port(str(p["name"]).lower(), proto, port))
-    if has_cname:
-        if not isinstance(spec["cname"], str) or not spec["cname"].strip():
-            raise ValueError("'cname' must be a host name")
-        if ports:
-            raise ValueError("'ports' (SRV) need addresses; a cname's target has its own")
-        return AliasClaim(name, owner, cname=spec["cname"].strip(), ttl=ttl)
-    addrs = spec["addresses"]
-    if isinstance(addrs, str):
-        addrs = [addrs]
-    if not isinstance(addrs, list) or not addrs:
-        raise ValueError("'addresses' must be a non-empty list of IP addresses")
-    return AliasClaim(name, owner, addresses=tuple(str(parse_ip(str(a))) for a in addrs),
-                      ttl=ttl, ports=tuple(ports))
+    return ports
 
 
 class FileSource:

@@ -45,7 +45,7 @@ def test_claims_commit_only_the_changed_names(clock: Clock) -> None:
     committer.commit()
     inbox.update_claims(f"kubernetes{KEY_SEP}svc/shop/web", [claim("web.internal", "10.0.0.2")])
     assert inbox.waiting
-    assert [m.samples[0].value for m in inbox.collect()] == [1, 0]  # claims, policies
+    assert [m.samples[0].value for m in inbox.collect()] == [1, 0, 0]  # claims, policies, health
     assert committer.commit()
     assert not inbox.waiting
     assert dns.swapped[-1][1] is not None and "web.internal." in dns.swapped[-1][1]

@@ -1,8 +1,8 @@
 """The incremental engine equals a build from scratch, answer for answer, over
 random sequences of adds, updates, deletes, conflicts, weights, overrides,
 takeovers, whole-source replacements (relists), name policy changes on
-namespaces and readiness flips; and the names it reports as unchanged really
-answer the same."""
+namespaces, priorities, target health changes and readiness flips; and the
+names it reports as unchanged really answer the same."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from aliasd import resolver
 from aliasd.engine import KEY_SEP, Engine, differences
-from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner, Port
+from aliasd.model import HTTP, OVERRIDE_KIND, TCP, AliasClaim, Check, Owner, Port
 from aliasd.policy import NamePolicy
 from aliasd.runtime.statewriter import stored_claims
 from aliasd.state import StateFile
@@ -41,6 +41,8 @@ PROBES = ["nothere.internal.", "b.internal.", "deep.a.b.internal.", "legacy.exam
           "sub.legacy.example.com.", "internal.", "corp.example.", "ns.internal.",
           "x.b.internal.", "y.x.b.internal.", "q.a.b.internal.", "zz.b.internal."]
 QTYPES = (A, AAAA, CNAME, SRV, NS, SOA, ANY)
+CHECKS = [Check(TCP, "10.0.0.1", 5432), Check(HTTP, "10.0.0.2", 8080, "/healthz"),
+          Check(TCP, "fd00::1", 53)]
 
 claims_st = st.builds(
     AliasClaim,
@@ -57,6 +59,8 @@ claims_st = st.builds(
     weight=st.sampled_from([None, None, 0, 1, 3]),
     takeover=st.booleans(),
     fallback=st.booleans(),
+    priority=st.sampled_from([0, 0, 1, 2]),
+    check=st.sampled_from([None, None, *CHECKS]),
 )
 
 
@@ -114,6 +118,15 @@ class EngineMachine(RuleBasedStateMachine):
     def set_namespace_policy(self, namespace: str, annotation: str | None) -> None:
         self.engine.set_namespace(namespace, annotation)
 
+    @rule(check=st.sampled_from(CHECKS), healthy=st.booleans())
+    def set_health(self, check: Check, healthy: bool) -> None:
+        self.engine.set_health(check, healthy)
+        # Only a check some valid claim carries is kept, and it is unhealthy
+        # exactly when the last verdict said so.
+        assert self.engine.unhealthy <= self.engine.checks
+        if check in self.engine.checks:
+            assert (check in self.engine.unhealthy) == (not healthy)
+
     @rule(key=st.sampled_from(KEYS))
     def relist_same(self, key: str) -> None:
         # A resync hands over the same claims again: nothing to do.
@@ -153,6 +166,8 @@ class EngineMachine(RuleBasedStateMachine):
             fresh.set_namespace(namespace, annotation)
         for key, claims in self.engine.claims.items():
             fresh.set(key, claims)
+        for check in self.engine.unhealthy:
+            fresh.set_health(check, False)
         fresh.commit(now=0.0, ready=snap.ready)
         assert differences(fresh.result.snapshot, snap) == []
 
@@ -179,7 +194,8 @@ class EngineMachine(RuleBasedStateMachine):
         result = self.engine.result
         snap = result.snapshot
         scratch = resolver.build_keyed(self.engine.claims, config=CFG, serial=snap.serial,
-                                       ready=snap.ready, annotations=self.engine.annotations)
+                                       ready=snap.ready, annotations=self.engine.annotations,
+                                       unhealthy=self.engine.unhealthy)
         assert differences(snap, scratch.snapshot) == []
         for name in {*snap.names, *PROBES}:
             assert answers(snap, name) == answers(scratch.snapshot, name), name

@@ -28,7 +28,7 @@ def test_example_file_parses() -> None:
     ("aliases: [", "f.yaml: not valid YAML at line 1"),
     ("other: 1", "f.yaml: expected a mapping with the single key 'aliases'"),
     ("aliases:\n  a: {addresses: [1.2.3.4], cname: x.com}",
-     "f.yaml: alias 'a': needs exactly one of 'addresses' or 'cname'"),
+     "f.yaml: alias 'a': needs exactly one of 'addresses', 'cname' or 'targets'"),
     ("aliases:\n  a: {addresses: [1.2.3.999]}", "f.yaml: alias 'a': '1.2.3.999' is not an IP"),
     ("aliases:\n  a: {addresses: [1.2.3.4], ttl: 0}", "f.yaml: alias 'a': ttl 0 is outside"),
     ("aliases:\n  a: {addresses: [1.2.3.4], color: red}", "f.yaml: alias 'a': unknown key(s)"),
