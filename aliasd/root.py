@@ -256,7 +256,7 @@ def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig
         source=KubeSource.name, patch=functools.partial(_patch_alias_status, CustomObjectsApi(api)),
         zones=zones, leading=(lambda: leader.leading) if leader is not None else (lambda: True),
         send=events.send, clock=time.time, results=parts.status_writes.counts,
-        rate=config.status_rate)
+        rate=config.status_rate, health=parts.prober.states)
     parts.components.append(statuses)
     source = KubeSource(api, zones=zones, namespaces=list(config.namespaces),
                         on_claims=inbox.update_claims, on_change=inbox.changed,

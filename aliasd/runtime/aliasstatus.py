@@ -3,25 +3,31 @@
 Conditions follow the Kubernetes API conventions and Gateway API's names:
 ``Accepted`` (every hostname is valid, inside a served zone, allowed by the
 name policy and not lost to an older claim), ``ResolvedRefs`` (the Service
-exists and has a usable address) and the summary ``Ready``. What only aliasd
+exists and has a usable address), the summary ``Ready``, and with health
+checks ``Healthy`` and each checked target's health (as the writing
+replica's probes see it). What only aliasd
 knows goes here with a reason, never into a crash or a silent drop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aliasd import names
 from aliasd.engine import KEY_SEP
-from aliasd.model import utc_timestamp
+from aliasd.model import Check, utc_timestamp
 from aliasd.resolver import NOT_ALLOWED, Invalid, Resolution, Result
 from aliasd.sources.aliases import AliasInfo
+from aliasd.sources.health import STARTING, TargetHealth
 from aliasd.zoneconfig import ZoneConfig
 
-ACCEPTED, RESOLVED_REFS, READY = "Accepted", "ResolvedRefs", "Ready"
-CONDITION_TYPES = (ACCEPTED, RESOLVED_REFS, READY)
+ACCEPTED, RESOLVED_REFS, READY, HEALTHY = "Accepted", "ResolvedRefs", "Ready", "Healthy"
+CONDITION_TYPES = (ACCEPTED, RESOLVED_REFS, READY, HEALTHY)
+Health = Mapping[Check, TargetHealth]
+"""Each probed check's health (the prober's states)."""
+NO_HEALTH: Health = {}
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,19 @@ class Desired:
     addresses: tuple[str, ...]
     cname: str | None
     conditions: tuple[Condition, ...]
+    # Each checked target: (what is probed, healthy, since, last error).
+    targets: tuple[tuple[str, bool, float | None, str | None], ...] = field(default=())
+
+    def targets_json(self) -> list[dict[str, Any]]:
+        out = []
+        for target, healthy, since, error in self.targets:
+            t: dict[str, Any] = {"target": target, "healthy": healthy}
+            if since is not None:
+                t["lastTransitionTime"] = utc_timestamp(since)
+            if error is not None:
+                t["lastError"] = error[:256]
+            out.append(t)
+        return out
 
 
 def engine_key(source: str, key: str) -> str:
@@ -48,20 +67,28 @@ def engine_key(source: str, key: str) -> str:
     return f"{source}{KEY_SEP}alias/{key}"
 
 
-def inputs(info: AliasInfo, result: Result, zones: ZoneConfig, key: str
-           ) -> tuple[object, ...]:
-    """What :func:`desired` reads from ``result`` for ``info``: when these are
-    the same objects as last time, the status is the same (a cheap check)."""
+def inputs(info: AliasInfo, result: Result, zones: ZoneConfig, key: str,
+           health: Health = NO_HEALTH) -> tuple[object, ...]:
+    """What :func:`desired` reads from ``result`` and ``health`` for ``info``:
+    when these are the same objects as last time, the status is the same (a
+    cheap check)."""
     return (info, result.invalid_by_key.get(key),
-            *(result.resolutions.get(_name(h, zones)) for h in info.hostnames))
+            *(result.resolutions.get(_name(h, zones)) for h in info.hostnames),
+            *(health.get(c) for c in _checks(info)))
+
+
+def _checks(info: AliasInfo) -> list[Check]:
+    return list(dict.fromkeys(c.check for c in info.claims if c.check is not None))
 
 
 def _name(hostname: str, zones: ZoneConfig) -> str:
     return names.absolute_name(hostname, zones.zones[0])
 
 
-def desired(info: AliasInfo, result: Result, zones: ZoneConfig, key: str) -> Desired:
-    """The status of the Alias ``info`` (engine key ``key``) in ``result``."""
+def desired(info: AliasInfo, result: Result, zones: ZoneConfig, key: str,
+            health: Health = NO_HEALTH) -> Desired:
+    """The status of the Alias ``info`` (engine key ``key``) in ``result``,
+    its checked targets' health from ``health``."""
     invalid = {i.claim.name: i for i in result.invalid_by_key.get(key, ())}
     refused: list[tuple[str, str]] = []  # (reason, message), one per refused hostname
     served: list[str] = []
@@ -88,6 +115,8 @@ def desired(info: AliasInfo, result: Result, zones: ZoneConfig, key: str) -> Des
             continue
         served.append(name)
         for c in mine:
+            if c in res.standby:
+                continue  # not in the answer now (failed over, unhealthy, empty)
             addresses += [a for a in c.addresses if a not in addresses]
             cname = cname or c.cname
     if refused:
@@ -105,7 +134,25 @@ def desired(info: AliasInfo, result: Result, zones: ZoneConfig, key: str) -> Des
         ready = Condition(READY, False, "NotServed", "no hostname is being served")
     else:
         ready = Condition(READY, True, "Ready", f"{', '.join(served)} answer")
-    return Desired(tuple(served), tuple(addresses), cname, (accepted, refs, ready))
+    checks = _checks(info)
+    if not checks:
+        return Desired(tuple(served), tuple(addresses), cname, (accepted, refs, ready))
+    states = [(c, health.get(c, STARTING)) for c in checks]
+    targets = tuple((c.target, h.healthy, h.since, h.error) for c, h in states)
+    down = [f"{c.target} ({h.error or 'failing'})" for c, h in states if not h.healthy]
+    if not down:
+        healthy = Condition(HEALTHY, True, "Healthy",
+                            f"{len(checks)} of {len(checks)} checked targets healthy")
+    elif len(down) < len(checks):
+        healthy = Condition(HEALTHY, False, "Degraded",
+                            f"{len(down)} of {len(checks)} checked targets unhealthy, "
+                            f"left out of the answer: {', '.join(down)}")
+    else:
+        healthy = Condition(HEALTHY, False, "AllTargetsUnhealthy",
+                            f"every checked target is unhealthy: {', '.join(down)}; the "
+                            f"names answer with all of them rather than with nothing")
+    return Desired(tuple(served), tuple(addresses), cname, (accepted, refs, ready, healthy),
+                   targets)
 
 
 def _reason(inv: Invalid, zones: ZoneConfig) -> str:
@@ -134,6 +181,7 @@ def same(want: Desired, observed: Mapping[str, Any], generation: int) -> bool:
             and tuple(observed.get("hostnames") or ()) == want.hostnames
             and tuple(observed.get("addresses") or ()) == want.addresses
             and observed.get("cname") == want.cname
+            and list(observed.get("targets") or ()) == want.targets_json()
             and _conditions(observed) == {
                 c.type: (_text(c.status), c.reason, c.message, generation)
                 for c in want.conditions})
@@ -165,7 +213,7 @@ def status_body(want: Desired, observed: Mapping[str, Any], *, generation: int, 
                            "lastTransitionTime": stamp})
     return {"observedGeneration": generation, "hostnames": list(want.hostnames),
             "addresses": list(want.addresses), "cname": want.cname, "serial": serial,
-            "conditions": conditions}
+            "targets": want.targets_json(), "conditions": conditions}
 
 
 def transitions(want: Desired, observed: Mapping[str, Any]) -> list[Condition]:

@@ -30,8 +30,11 @@ from aliasd.events import Event, Send
 from aliasd.resolver import Result
 from aliasd.runtime.aliasstatus import (
     ACCEPTED,
+    HEALTHY,
+    NO_HEALTH,
     READY,
     RESOLVED_REFS,
+    Health,
     desired,
     engine_key,
     inputs,
@@ -83,12 +86,14 @@ class AliasStatusWriter:
 
     def __init__(self, *, source: str, patch: Patch, zones: ZoneConfig,
                  leading: Callable[[], bool], send: Send, clock: Callable[[], float],
-                 results: Counter[str], rate: float = DEFAULT_RATE) -> None:
+                 results: Counter[str], rate: float = DEFAULT_RATE,
+                 health: Health = NO_HEALTH) -> None:
         self._source = source  # the name of the source the Aliases' claims come from
         self._aliases: dict[str, AliasView] = {}
         self._patch = patch
         self._zones = zones
         self._leading = leading
+        self._health = health  # the prober's states (read, never written, here)
         self._send = send
         self._clock = clock
         self._bucket = TokenBucket(rate, max(1, round(rate)))
@@ -168,7 +173,7 @@ class AliasStatusWriter:
                 got = self._aliases.get(k)
                 if got is None:
                     continue
-                now = inputs(got[0], result, self._zones, self._key(k))
+                now = inputs(got[0], result, self._zones, self._key(k), self._health)
                 before = self._seen.get(k)
                 if before is None or len(before) != len(now) or any(
                         a is not b for a, b in zip(before, now, strict=True)):
@@ -184,8 +189,8 @@ class AliasStatusWriter:
             return
         info, observed = got
         engine = self._key(key)
-        self._seen[key] = inputs(info, result, self._zones, engine)
-        want = desired(info, result, self._zones, engine)
+        self._seen[key] = inputs(info, result, self._zones, engine, self._health)
+        want = desired(info, result, self._zones, engine, self._health)
         current = self._written.get(key, observed)
         if same(want, current, info.generation):
             return
@@ -216,3 +221,7 @@ class AliasStatusWriter:
                 self._send(Event(owner, c.reason, c.message))
             elif c.type == READY and c.status and current.get("conditions"):
                 self._send(Event(owner, c.reason, c.message, warning=False))
+            elif c.type == HEALTHY and (not c.status or current.get("conditions")):
+                # A target left or came back (the first status of a healthy Alias
+                # says nothing new).
+                self._send(Event(owner, c.reason, c.message, warning=not c.status))

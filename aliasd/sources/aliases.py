@@ -257,7 +257,7 @@ def _ports(svc: Mapping[str, Any], only: object) -> tuple[Port, ...]:
 
 
 STATUS_FIELDS = ("observedGeneration", "hostnames", "addresses", "cname", "serial",
-                 "conditions")
+                 "targets", "conditions")
 
 
 def trim_alias(obj: Mapping[str, Any]) -> dict[str, Any]:

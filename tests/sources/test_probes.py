@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Callable, Iterator
 
 import pytest
+import uvloop
 
 from aliasd.model import HTTP, TCP, Check
 from aliasd.sources.probes import Prober, probe
@@ -25,7 +26,12 @@ def target() -> Iterator[TargetServer]:
         server.close()
 
 
-def run_probes(check: Check, script: Callable[[int], None], *, probes: int
+LOOPS = [pytest.param(asyncio.new_event_loop, id="asyncio"),
+         pytest.param(uvloop.new_event_loop, id="uvloop")]  # aliasd runs on uvloop
+
+
+def run_probes(check: Check, script: Callable[[int], None], *, probes: int,
+               loop: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
                ) -> tuple[list[str | None], list[tuple[int, bool]]]:
     """Probe ``check`` ``probes`` times with a real Prober, ``script(n)``
     setting the target up for probe n (1-based) first: every probe's
@@ -52,7 +58,8 @@ def run_probes(check: Check, script: Callable[[int], None], *, probes: int
         prober.reconcile(frozenset())
         task.cancel()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop) as runner:
+        runner.run(main())
     return results[:probes], verdicts
 
 
@@ -61,9 +68,10 @@ def check(kind: str, target: TargetServer, **kw: float) -> Check:
                  timeout=kw.pop("timeout", 1.0), healthy=2, unhealthy=3)
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("kind", [TCP, HTTP])
 def test_a_dead_target_leaves_after_the_unhealthy_threshold_and_returns(
-        target: TargetServer, kind: str) -> None:
+        target: TargetServer, kind: str, loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
     # Up for probes 1-4, down for 5-12, up again from 13.
     def script(n: int) -> None:
         if n == 5:
@@ -71,7 +79,7 @@ def test_a_dead_target_leaves_after_the_unhealthy_threshold_and_returns(
         elif n == 13:
             target.start()
 
-    results, verdicts = run_probes(check(kind, target), script, probes=20)
+    results, verdicts = run_probes(check(kind, target), script, probes=20, loop=loop)
     assert [r is None for r in results] == [True] * 4 + [False] * 8 + [True] * 8
     assert results[4] is not None and "refused" in results[4].lower()
     # Unhealthy on the third failure in a row (probe 7), healthy on the
