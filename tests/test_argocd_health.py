@@ -85,7 +85,12 @@ READY = (("Accepted", "True", "Accepted"), ("ResolvedRefs", "True", "ResolvedRef
      ("Progressing", "NoReadyEndpoints: Ready NoReadyEndpoints")),
     (alias(1, conditions(1, ("Accepted", "True", "Accepted"))),
      ("Progressing", "Waiting for the Ready condition")),
+    (alias(1, conditions(1, *READY, ("Healthy", "True", "Healthy"))), ("Healthy", "Ready Ready")),
+    (alias(1, conditions(1, *READY, ("Healthy", "False", "Degraded"))),
+     ("Degraded", "Degraded: Healthy Degraded")),
+    (alias(1, conditions(1, *READY, ("Healthy", "False", "AllTargetsUnhealthy"))),
+     ("Degraded", "AllTargetsUnhealthy: Healthy AllTargetsUnhealthy")),
 ], ids=["no-status", "old-generation", "ready", "conflicted", "policy", "no-endpoints",
-        "no-ready-condition"])
+        "no-ready-condition", "healthy", "some-targets-down", "all-targets-down"])
 def test_argocd_health(obj: dict[str, Any], want: tuple[str, str], tmp_path: Path) -> None:
     assert health(obj, tmp_path) == want

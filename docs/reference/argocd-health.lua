@@ -1,6 +1,7 @@
 -- Argo CD health check for aliasd.io/Alias (resource.customizations.health.aliasd.io_Alias).
 -- Healthy once aliasd serves every hostname (Ready=True for the current generation);
--- Degraded when aliasd refuses a name (Accepted=False: fixing it needs a change in Git);
+-- Degraded when aliasd refuses a name (Accepted=False: fixing it needs a change in Git)
+-- or a health-checked target is down (Healthy=False: Degraded or AllTargetsUnhealthy);
 -- Progressing while aliasd has not caught up or the Service has no address yet.
 local hs = {}
 if obj.status == nil or obj.status.conditions == nil then
@@ -17,10 +18,15 @@ local found = {}
 for _, c in ipairs(obj.status.conditions) do
   found[c.type] = c
 end
-local accepted, ready = found["Accepted"], found["Ready"]
+local accepted, ready, healthy = found["Accepted"], found["Ready"], found["Healthy"]
 if accepted ~= nil and accepted.status == "False" then
   hs.status = "Degraded"
   hs.message = accepted.reason .. ": " .. (accepted.message or "")
+  return hs
+end
+if healthy ~= nil and healthy.status == "False" then
+  hs.status = "Degraded"
+  hs.message = healthy.reason .. ": " .. (healthy.message or "")
   return hs
 end
 if ready ~= nil and ready.status == "True" then
