@@ -13,7 +13,7 @@ import yaml
 
 from tests.support import ROOT, walkthrough
 
-WALKTHROUGHS = [walkthrough.MIGRATION, walkthrough.FAILOVER]
+WALKTHROUGHS = [walkthrough.MIGRATION, walkthrough.FAILOVER, walkthrough.HEALTH]
 
 
 @pytest.mark.parametrize("page", WALKTHROUGHS)
@@ -21,7 +21,7 @@ def test_each_walkthrough_page_has_one_setup_and_one_steps_block(page: str) -> N
     (setup,) = walkthrough.blocks(page, "setup")
     (steps,) = walkthrough.blocks(page)
     assert "# => " not in setup
-    # Both walkthrough tests count six checked answers.
+    # The walkthrough tests count six checked answers.
     assert steps.count("# => ") == 6
 
 

@@ -5,12 +5,14 @@ clients while the servers are stopped and started."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support import ROOT, walkthrough
 from tests.support.dnsclient import dig_short, query
 from tests.support.process import AliasdProcess, metric, run_aliasd
 from tests.support.targets import TargetServer
@@ -119,3 +121,17 @@ def test_an_unchecked_target_is_always_healthy_and_a_bad_check_is_refused(
         wait_for(lambda: "timeoutSeconds must not exceed intervalSeconds"
                  in p.log.read_text(), what="the file's error")
         assert answer(p, "api.internal") == ["127.0.0.4"]  # the last good zone
+
+
+def test_walkthrough_health_checked_failover(tmp_path: Path) -> None:
+    """docs/guides/health-checks.md's steps, as written, against aliasd serving
+    the example file (the setup block's aliasd, on ports of its own)."""
+    example = ROOT / "examples" / "health" / "aliases.yaml"
+    (setup,) = walkthrough.blocks(walkthrough.HEALTH, "setup")
+    assert "examples/health/aliases.yaml" in setup
+    with run_aliasd(["--zone", "internal", "--aliases-file", str(example)], tmp=tmp_path) as p:
+        prelude = (f'ask() {{ dig @127.0.0.1 -p {p.dns_port} +short +tries=1 +time=2 "$@"; }}\n'
+                   f"ALIASD=http://127.0.0.1:{p.http_port}")
+        (block,) = walkthrough.blocks(walkthrough.HEALTH)
+        out = walkthrough.run(prelude, block, env=dict(os.environ), tmp=tmp_path)
+    assert out.count("ok: ") == block.count("# => ") == 6

@@ -21,6 +21,7 @@ DOCS = ROOT / "docs"
 # The pages the tests run, relative to docs/.
 MIGRATION = "guides/migrating-a-service.md"
 FAILOVER = "guides/failover.md"
+HEALTH = "guides/health-checks.md"
 # The Role that lets a failover hook's ServiceAccount switch exactly one name.
 HOOK_ROLE = "reference/overrides.md"
 
