@@ -114,7 +114,7 @@ class KubeSource:
         self._se_followers: dict[str, set[str]] = {}  # Service key -> SE keys
         self._aliases: dict[str, Obj] = {}  # every served Alias, by "ns/name"
         self._alias_infos: dict[str, AliasInfo] = {}
-        self._alias_uses: dict[str, str] = {}  # Alias key -> the Service key it follows
+        self._alias_uses: dict[str, set[str]] = {}  # Alias key -> the Service keys it follows
         self._alias_followers: dict[str, set[str]] = {}  # Service key -> Alias keys
 
     def _informers(self, name: str, all_ns: Any, one_ns: Any,
@@ -222,8 +222,7 @@ class KubeSource:
             self._derive_alias(alias)
 
     def _derive_alias(self, k: str) -> None:
-        used = self._alias_uses.pop(k, None)
-        if used is not None:
+        for used in self._alias_uses.pop(k, ()):
             followers = self._alias_followers[used]
             followers.discard(k)
             if not followers:
@@ -237,7 +236,7 @@ class KubeSource:
 
         def lookup(namespace: str, name: str) -> tuple[Obj, list[Obj]] | None:
             sk = f"{namespace}/{name}"
-            self._alias_uses[k] = sk
+            self._alias_uses.setdefault(k, set()).add(sk)
             self._alias_followers.setdefault(sk, set()).add(k)
             svc = self._service(sk)
             if svc is None:

@@ -111,3 +111,20 @@ def test_a_service_without_ready_endpoints_gives_way_to_the_next_priority(
     with pytest.raises(Exception, match="only an address target has a health check"):
         create_alias(cluster, namespace, "bad", {"hostnames": ["bad"], "targets": [
             {"cname": "db.example.com", "healthCheck": {"port": 5432}}]})
+
+
+def test_a_service_fails_over_to_another_service(
+        cluster: LocalCluster, aliasd: AliasdProcess, namespace: str) -> None:
+    service(cluster, namespace, "blue", headless=True)
+    service(cluster, namespace, "green", headless=True)
+    create_alias(cluster, namespace, "app", {"hostnames": ["app"], "targets": [
+        {"serviceRef": {"name": "blue"}}, {"serviceRef": {"name": "green"}, "priority": 1}]})
+    endpoint_slice(cluster, namespace, "green", {"10.1.0.2": True})
+    wait_for(lambda: dig_short(aliasd.dns, "app.internal", "A") == ["10.1.0.2"],
+             what="green, blue having no endpoints")
+    endpoint_slice(cluster, namespace, "blue", {"10.1.0.1": True})
+    wait_for(lambda: dig_short(aliasd.dns, "app.internal", "A") == ["10.1.0.1"],
+             what="blue, the first priority, once it has one")
+    endpoint_slice(cluster, namespace, "blue", {"10.1.0.1": False})
+    wait_for(lambda: dig_short(aliasd.dns, "app.internal", "A") == ["10.1.0.2"],
+             what="green again when blue's endpoint is not ready")
