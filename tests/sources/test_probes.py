@@ -7,6 +7,7 @@ the interval it died in), not how long it took."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -126,3 +127,21 @@ def test_a_server_that_is_not_http_fails_an_http_check() -> None:
             return await probe(Check(HTTP, "127.0.0.2", port, "/", timeout=1.0))
 
     assert asyncio.run(main()) == "the answer is not HTTP"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("kind", [TCP, HTTP])
+def test_probes_leave_no_time_wait_sockets_behind(
+        target: TargetServer, kind: str, loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
+    c = Check(kind, target.host, target.port, "/", timeout=1.0)
+
+    async def main() -> list[str | None]:
+        return [await probe(c) for _ in range(20)]
+
+    with asyncio.Runner(loop_factory=loop) as runner:
+        assert runner.run(main()) == [None] * 20
+    # The prober's ends of the 20 connections (to the target's address).
+    waiting = subprocess.run(["ss", "-Htan", "state", "time-wait", "dst",
+                              f"{target.host}:{target.port}"],
+                             capture_output=True, text=True, check=True).stdout
+    assert waiting.splitlines() == []

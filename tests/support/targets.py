@@ -14,7 +14,11 @@ from typing import Any
 class _Server(ThreadingHTTPServer):
     allow_reuse_address = True  # started again on the same port after a stop
     daemon_threads = True
+    request_queue_size = 128  # probes arrive in bursts
     target: TargetServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a probe resets its connection once it has its answer
 
 
 class _Handler(BaseHTTPRequestHandler):
