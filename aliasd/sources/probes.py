@@ -21,6 +21,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import cast
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -43,8 +44,9 @@ class _StatusLine(asyncio.Protocol):
         self._buf = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(self._request)
+        # A cast, not an isinstance check: uvloop's TCP transport implements
+        # asyncio.Transport without subclassing it (Fatal1ty/aioapns#58).
+        cast(asyncio.Transport, transport).write(self._request)
 
     def data_received(self, data: bytes) -> None:
         self._buf += data

@@ -118,3 +118,11 @@ def test_a_server_that_is_not_http_fails_an_http_check() -> None:
             return await probe(Check(HTTP, "127.0.0.2", port, "/", timeout=1.0))
 
     assert asyncio.run(main()) == "the answer is not HTTP"
+
+
+@pytest.mark.parametrize("kind", [TCP, HTTP])
+def test_probes_pass_on_uvloop(target: TargetServer, kind: str) -> None:
+    # aliasd runs on uvloop, whose transports are not asyncio.Transport subclasses.
+    uvloop = pytest.importorskip("uvloop")
+    got = uvloop.run(probe(Check(kind, target.host, target.port, "/healthz", timeout=1.0)))
+    assert got is None
