@@ -67,11 +67,12 @@ class Kind:
                  what=f"{replicas} ready aliasd pods and no terminating one")
 
     def pod(self, name: str, image: str, command: list[str], *, namespace: str = "default",
-            service_account: str = "default") -> None:
+            service_account: str = "default", labels: dict[str, str] | None = None) -> None:
         """A pod on the control-plane node (never drained, never restarted)."""
         ns = ["-n", namespace]
         self.kubectl(*ns, "delete", "pod", name, "--ignore-not-found", "--wait=true")
-        spec = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {
+        spec = {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "labels": labels or {}}, "spec": {
             "nodeName": self.control_plane, "restartPolicy": "Never",
             "serviceAccountName": service_account,
             "tolerations": [{"operator": "Exists"}], "terminationGracePeriodSeconds": 1,
