@@ -25,9 +25,13 @@ def service(cluster: LocalCluster, ns: str, name: str, *, alias: str | None = No
 
 
 def events(cluster: LocalCluster, ns: str, name: str) -> list[tuple[str, str]]:
+    """(reason, message) of the Events aliasd recorded on the object ``name``
+    (the API server records its own too: a loaded one repairs a Service's
+    cluster IP allocation with a ClusterIPNotAllocated Event)."""
     items = cluster.request(
         "GET", f"/api/v1/namespaces/{ns}/events?fieldSelector=involvedObject.name%3D{name}")
-    return [(e["reason"], e["message"]) for e in items["items"]]
+    return [(e["reason"], e["message"]) for e in items["items"]
+            if e.get("reportingComponent") == "aliasd"]
 
 
 def endpoint_slice(cluster: LocalCluster, ns: str, service_name: str,
