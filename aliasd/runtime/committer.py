@@ -144,7 +144,10 @@ class Committer:
         if self._degraded:
             return False
         serial = resolver.next_serial(self._serial, self._clock())
-        self._result = resolver.build(stale.claims, config=self._zones, serial=serial)
+        # Validated against the stored Namespace policies: with
+        # --default-allowed-names, a name only an annotation allows still answers.
+        self._result = resolver.build(stale.claims, config=self._zones, serial=serial,
+                                      annotations=stale.annotations)
         self._serial = serial
         self._degraded = True
         self._dns.swap(self._result.snapshot, None)

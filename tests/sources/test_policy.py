@@ -20,7 +20,7 @@ import yaml
 
 from aliasd_dev import ClusterError, LocalCluster
 from tests.support import ROOT
-from tests.support.dnsclient import a_records, query, rcode
+from tests.support.dnsclient import a_records, dig_short, query, rcode
 from tests.support.kube import events, service
 from tests.support.process import AliasdProcess, metric, metric_or_none, run_aliasd
 from tests.support.waiting import wait_for
@@ -275,3 +275,38 @@ def test_list_computed_from_the_cluster_applies_the_policy(cluster: LocalCluster
     assert [a["name"] for a in doc["aliases"]] == [f"pay-{ns}.internal."]
     assert [i["name"] for i in doc["invalid"]] == [f"web.{ns}.internal"]
     assert listed()["invalid"] == []
+
+
+def test_state_file_keeps_the_policy_for_a_restart_with_the_api_server_down(
+        cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
+    """With --default-allowed-names, a name only the Namespace's annotation
+    allows keeps answering after a restart while the API server is down: the
+    state file holds the annotation the stored claims were validated with."""
+    ns = namespace
+    state = tmp_path / "state.json"
+    args = ["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal",
+            "--namespaces", ns, "--default-allowed-names", "*.{namespace}.internal",
+            "--state-file", str(state)]
+    set_allowed(cluster, ns, f"*.{ns}.internal, pay-{ns}.internal")
+    ip = service(cluster, ns, "pay", alias=f"pay-{ns}.internal, api.{ns}.internal"
+                 )["spec"]["clusterIP"]
+    with run_aliasd(args, tmp=tmp_path) as p:
+        wait_for(lambda: a_records(p, f"pay-{ns}.internal.") == [ip], what="the alias")
+
+        def stored() -> list[str]:
+            doc = json.loads(state.read_text()) if state.exists() else {}
+            return sorted(c["name"] for c in doc.get("claims", ()))
+
+        wait_for(lambda: stored() == [f"api.{ns}.internal", f"pay-{ns}.internal"],
+                 what="the claims in the state file")
+    cluster.stop_apiserver()
+    try:
+        with run_aliasd(args, tmp=tmp_path, wait_ready=False) as p:
+            wait_for(lambda: dig_short(p.dns, f"pay-{ns}.internal.", "A") == [ip],
+                     what="the annotation-allowed name answered from the state file")
+            assert dig_short(p.dns, f"api.{ns}.internal.", "A") == [ip]
+            assert p.http("/readyz")[1]["degraded"] is True
+            _, doc = p.http("/v1/aliases")
+            assert doc["invalid"] == []
+    finally:
+        cluster.start_apiserver()
