@@ -26,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,7 +37,7 @@ from kubernetes_asyncio.client import (
     CoreV1Api,
 )
 
-from aliasd.events import Event, Send
+from aliasd.events import Budget, Event, Send
 from aliasd.kubeapi import TRANSIENT, call, message
 from aliasd.model import Owner
 
@@ -196,25 +195,6 @@ class Write:
 
 class Trail(Protocol):
     def record(self, write: Write) -> None: ...
-
-
-class Budget:
-    """A token bucket: ``burst`` at once, then one more every ``every`` seconds."""
-
-    def __init__(self, burst: int, every: float, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.burst, self.every, self.clock = burst, every, clock
-        self.tokens = float(burst)
-        self.last = clock()
-
-    def take(self) -> bool:
-        now = self.clock()
-        self.tokens = min(float(self.burst), self.tokens + (now - self.last) / self.every)
-        self.last = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 class LogTrail:

@@ -48,6 +48,7 @@ from aliasd.metrics import (
     build_registry,
     corefile_patches,
     crd_probes,
+    event_results,
     watch_restarts,
 )
 from aliasd.model import ConfigError
@@ -107,6 +108,7 @@ class _Parts:
     probes: CountsBy = field(default_factory=crd_probes)
     patches: CountsBy = field(default_factory=corefile_patches)
     status_writes: CountsBy = field(default_factory=alias_status_writes)
+    events: CountsBy = field(default_factory=event_results)
     overrides: OverridesSource | None = None
     authenticator: Authenticator | None = None
     trail: Trail = field(default_factory=LogTrail)
@@ -189,7 +191,7 @@ def _assemble(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callable
     metrics = build_registry([
         DnsMetrics(stats, cache_entries=lambda: dns.answerer.cache_size), read, inbox,
         committer, checker, service, parts.restarts, parts.probes, parts.patches,
-        parts.status_writes])
+        parts.status_writes, parts.events])
     return _Process(dns, tuning, lame_duck, committer, checker, service, read, metrics)
 
 
@@ -235,7 +237,7 @@ def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig
     CoreDNS patcher and the Alias status writer; the effects after each commit."""
     restarts, probes = parts.restarts, parts.probes
     me = instance()  # the Events' reportingInstance and the lease holder's name
-    events = EventSink(api, instance=me)
+    events = EventSink(api, instance=me, results=parts.events.counts)
     recorder = EventRecorder(events.send)
     patcher, election = _wire_leader(parts, api, recorder, config=config, me=me)
     if election is not None:
@@ -263,7 +265,7 @@ def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig
     # overrides ConfigMap's namespace) and leave Events on that ConfigMap.
     static = [parts.authenticator] if parts.authenticator is not None else []
     parts.authenticator = AnyOf([*static, KubernetesAuth(api, namespace=cm_ns)])
-    parts.trail = EventTrail(api, send=events.send, namespace=cm_ns, name=cm_name)
+    parts.trail = EventTrail(api, send=events.record, namespace=cm_ns, name=cm_name)
 
     def report(result: Result, changed: bool) -> None:
         # An Alias's problems are its status conditions, with their own Events.

@@ -3,6 +3,7 @@ ServiceEntries become aliases, conflicts are reported, outages are survived."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -15,7 +16,7 @@ import pytest
 from aliasd_dev import ClusterError, LocalCluster
 from tests.support.dnsclient import a_records, answers, query, rcode
 from tests.support.kube import endpoint_slice, events, service
-from tests.support.process import AliasdProcess, run_aliasd
+from tests.support.process import AliasdProcess, metric_or_none, run_aliasd
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -307,3 +308,52 @@ def test_serviceentry_crd_installed_later(cluster: LocalCluster, tmp_path: Path,
         wait_for(lambda: a_records(p, "late.internal.") == ["192.0.2.77"], timeout=30,
                  what="ServiceEntry alias after the CRD appeared")
         assert p.proc.poll() is None
+
+
+def served(p: AliasdProcess, name: str, ip: str) -> bool:
+    return a_records(p, name) == [ip]
+
+
+def test_a_bad_annotation_loop_produces_a_bounded_number_of_events(
+        cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
+    """A controller rewriting a Service with a bad annotation in a loop: each
+    version is a new problem, but the Events on the object stay within its
+    budget (client-go's spam filter); the rest are counted, not recorded."""
+    ns = namespace
+    loops, burst = 30, 10  # aliasd.events.OBJECT_BURST
+    with run_aliasd(["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal",
+                     "--namespaces", ns], tmp=tmp_path) as p:
+        ip = service(cluster, ns, "loop", alias="loop-0.internal")["spec"]["clusterIP"]
+        for i in range(1, loops + 1):
+            cluster.request("PATCH", f"/api/v1/namespaces/{ns}/services/loop", {
+                "metadata": {"annotations": {"aliasd.io/alias": f"loop-{i}.internal",
+                                             "aliasd.io/ttl": f"bad-{i}"}}},
+                content_type="application/merge-patch+json")
+            # Each version seen on its own: a new InvalidTTL problem every time.
+            wait_for(functools.partial(served, p, f"loop-{i}.internal.", ip),
+                     what=f"version {i}")
+        wait_for(lambda: metric_or_none(p, "aliasd_events_total", result="left_out")
+                 == loops - burst, what="the Events over the budget counted")
+        wait_for(lambda: metric_or_none(p, "aliasd_events_total", result="created") == burst,
+                 what="the Events within the budget created")
+        got = events(cluster, ns, "loop")
+        assert len(got) == burst
+        assert sorted(m for r, m in got if r == "InvalidTTL") == sorted(
+            f"aliasd.io/ttl: ttl 'bad-{i}' is not a whole number of seconds; using the "
+            "default 30s"
+            for i in range(1, burst + 1))
+        # A problem that goes and comes back with the same message raises the
+        # recorded Event's count (client-go's EventLogger), no new Event.
+        for i, weight in enumerate(["heavy", None, "heavy"]):
+            cluster.request("PATCH", f"/api/v1/namespaces/{ns}/services/loop", {
+                "metadata": {"annotations": {"aliasd.io/alias": f"weight-{i}.internal",
+                                             "aliasd.io/weight": weight}}},
+                content_type="application/merge-patch+json")
+            wait_for(functools.partial(served, p, f"weight-{i}.internal.", ip),
+                     what=f"weight version {i}")
+        wait_for(lambda: metric_or_none(p, "aliasd_events_total", result="counted") == 1,
+                 what="the repeated Event counted")
+        weights = cluster.request(
+            "GET", f"/api/v1/namespaces/{ns}/events?fieldSelector=reason%3DInvalidWeight")
+        assert [(e["involvedObject"]["name"], e["count"]) for e in weights["items"]] == [
+            ("loop", 2)]

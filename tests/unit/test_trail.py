@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from aliasd.access import Budget, KubernetesAuth, LogTrail, Refused, Write
+from aliasd.access import KubernetesAuth, LogTrail, Refused, Write
+from aliasd.events import Budget
 
 
 class Clock:
