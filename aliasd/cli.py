@@ -148,6 +148,7 @@ async def _serve(opts: flags.Options) -> int:
         kube = root.KubeConfig(
             kubeconfig=kubeconfig, namespaces=tuple(opts.get(flags.NAMESPACES)),
             overrides_configmap=opts.value(flags.OVERRIDES_CONFIGMAP),
+            audiences=tuple(opts.get(flags.API_TOKEN_AUDIENCES)),
             patcher=None if patcher.mode == "off" else patcher,
             leader_lease=(opts.value(flags.LEADER_LEASE)
                           if opts.value(flags.LEADER_ELECTION) == "on" else None),

@@ -116,6 +116,13 @@ def _items(items: list[str], flag: str) -> list[str]:
     return items
 
 
+def _audiences(items: list[str], flag: str) -> list[str]:
+    if not items:
+        raise ConfigError(f"{flag} needs at least one audience: a token for any audience "
+                          "would be one for the API server too")
+    return items
+
+
 def _listen(text: str, flag: str) -> tuple[str, int]:
     from aliasd.dns.server import parse_listen
 
@@ -246,6 +253,11 @@ API_TOKEN_FILE = Flag(name="--api-token-file", commands=(RUN,), parse=read_token
                            "/v1/overrides) that may write every name; in a cluster Kubernetes "
                            "tokens are accepted too (RBAC decides); without either the write "
                            "API is off")
+API_TOKEN_AUDIENCES = ListFlag(
+    name="--api-token-audiences", commands=(RUN,), parse=_audiences, default=("aliasd",),
+    help="audiences a Kubernetes token for the write API must be issued for (kubectl create "
+         "token SA --audience aliasd, or a projected serviceAccountToken volume): a token "
+         "for the API server is refused, so one captured here is no use against it")
 OVERRIDES_CONFIGMAP = Flag(name="--overrides-configmap", commands=(RUN, LIST), parse=_ref,
                            default=f"{POD_NAMESPACE}/aliasd-overrides",
                            help="NAMESPACE/NAME of the ConfigMap holding the HTTP overrides")
@@ -305,7 +317,8 @@ FLAGS: tuple[AnyFlag, ...] = (
     LOG_LEVEL, LOG_FORMAT,
     ZONE, DNS_LISTEN, HTTP_LISTEN, ALIASES_FILE, NS_ADDRESS, ALLOW_TRANSFER,
     TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, TCP_MAX_CONNECTIONS_PER_CLIENT, LAME_DUCK,
-    KUBERNETES, KUBECONFIG, NAMESPACES, STATE_FILE, API_TOKEN_FILE, OVERRIDES_CONFIGMAP,
+    KUBERNETES, KUBECONFIG, NAMESPACES, STATE_FILE, API_TOKEN_FILE, API_TOKEN_AUDIENCES,
+    OVERRIDES_CONFIGMAP,
     ALLOW_TAKEOVER, DEFAULT_ALLOWED_NAMES,
     COREDNS_MODE, FORWARD_TO, DNS_SERVICE, COREDNS_CONFIGMAP,
     LEADER_ELECTION, LEADER_LEASE, LEADER_LEASE_DURATION, ALIAS_STATUS_RATE, FORCE,

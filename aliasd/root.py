@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from aliasd import resolver
 from aliasd.access import (
+    DEFAULT_AUDIENCES,
     AnyOf,
     Authenticator,
     EventTrail,
@@ -45,6 +46,7 @@ from aliasd.metrics import (
     CountsBy,
     DnsMetrics,
     alias_status_writes,
+    auth_reviews,
     build_registry,
     corefile_patches,
     crd_probes,
@@ -88,6 +90,7 @@ class KubeConfig:
     leader_lease: tuple[str, str] | None = None  # None: no leader election
     lease_duration: float = 15.0
     status_rate: float = DEFAULT_RATE  # Alias status writes per second (burst: as many)
+    audiences: tuple[str, ...] = DEFAULT_AUDIENCES  # a write API token's (TokenReview)
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ class _Parts:
     patches: CountsBy = field(default_factory=corefile_patches)
     status_writes: CountsBy = field(default_factory=alias_status_writes)
     events: CountsBy = field(default_factory=event_results)
+    reviews: CountsBy = field(default_factory=auth_reviews)
     overrides: OverridesSource | None = None
     authenticator: Authenticator | None = None
     trail: Trail = field(default_factory=LogTrail)
@@ -191,7 +195,7 @@ def _assemble(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callable
     metrics = build_registry([
         DnsMetrics(stats, cache_entries=lambda: dns.answerer.cache_size), read, inbox,
         committer, checker, service, parts.restarts, parts.probes, parts.patches,
-        parts.status_writes, parts.events])
+        parts.status_writes, parts.events, parts.reviews])
     return _Process(dns, tuning, lame_duck, committer, checker, service, read, metrics)
 
 
@@ -264,7 +268,8 @@ def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig
     # Override writes also take Kubernetes tokens (RBAC decides, in the
     # overrides ConfigMap's namespace) and leave Events on that ConfigMap.
     static = [parts.authenticator] if parts.authenticator is not None else []
-    parts.authenticator = AnyOf([*static, KubernetesAuth(api, namespace=cm_ns)])
+    parts.authenticator = AnyOf([*static, KubernetesAuth(
+        api, namespace=cm_ns, audiences=config.audiences, reviews=parts.reviews.counts)])
     parts.trail = EventTrail(api, send=events.record, namespace=cm_ns, name=cm_name)
 
     def report(result: Result, changed: bool) -> None:

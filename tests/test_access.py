@@ -5,19 +5,21 @@ every write, allowed or refused, leaves an Event on the overrides ConfigMap."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from aliasd.access import REFUSED_BURST, REFUSED_EVERY
-from aliasd_dev import LocalCluster
+from aliasd_dev import ClusterError, LocalCluster
 from tests.support.dnsclient import a_records
 from tests.support.kube import events, service
-from tests.support.process import AliasdProcess, http_json, run_aliasd
+from tests.support.process import AliasdProcess, http_json, metric_or_none, run_aliasd
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -25,13 +27,21 @@ pytestmark = pytest.mark.cluster
 STATIC = "static-t0ken-for-standalone-hooks"
 
 
-def sa_token(cluster: LocalCluster, ns: str, name: str) -> str:
-    cluster.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {
-        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
+def sa_token(cluster: LocalCluster, ns: str, name: str, *,
+             audiences: list[str] | None = None) -> str:
+    """A token for the ServiceAccount ``name`` (created if need be), issued for
+    ``audiences`` (default: aliasd's), as ``kubectl create token NAME
+    --audience aliasd`` mints it; ``[]``: the API server's own audience."""
+    with contextlib.suppress(ClusterError):  # exists
+        cluster.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {
+            "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
+    spec: dict[str, Any] = {"expirationSeconds": 3600}
+    if audiences != []:
+        spec["audiences"] = audiences or ["aliasd"]
     token: str = cluster.request(
         "POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{name}/token",
         {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-         "spec": {"expirationSeconds": 3600}})["status"]["token"]
+         "spec": spec})["status"]["token"]
     return token
 
 
@@ -195,3 +205,43 @@ def test_a_flood_of_refused_writes_is_answered_and_bounded_in_the_trail(
              and any("more refused writes before it, not recorded" in m
                      for r, m in trail(cluster, namespace) if r == "OverrideRefused"),
              timeout=REFUSED_EVERY * 3, what="the count of refusals left out")
+
+
+def test_a_token_for_the_api_server_is_refused_and_decisions_are_cached(
+        cluster: LocalCluster, namespace: str, aliasd: AliasdProcess) -> None:
+    """The TokenReview asks for aliasd's audience: a token minted for the API
+    server (which a captured request would hand to whoever read it) is
+    refused, one minted with --audience aliasd is accepted; a caller repeating
+    writes is reviewed once, then answered from the cache."""
+    ip = service(cluster, namespace, "db", alias="db.internal")["spec"]["clusterIP"]
+    wait_for(lambda: a_records(aliasd, "db.internal.") == [ip], what="the alias")
+    allow(cluster, namespace, "hook", ["db.internal"], ["update", "delete"])
+    for_api_server = sa_token(cluster, namespace, "hook", audiences=[])
+    for_aliasd = sa_token(cluster, namespace, "hook")
+    status, doc = http_json(aliasd, "PUT", "/v1/overrides/db.internal",
+                            {"addresses": ["10.6.6.6"]}, token=for_api_server)
+    assert status == 401 and doc["error"].startswith("the bearer token is not valid"), doc
+    assert a_records(aliasd, "db.internal.") == [ip]
+
+    def reviews() -> dict[str, float | None]:
+        return {k: metric_or_none(aliasd, "aliasd_auth_reviews_total", review=k)
+                for k in ("token", "token_cached", "access", "access_cached")}
+
+    assert reviews() == {"token": 1.0, "token_cached": None, "access": None,
+                         "access_cached": None}
+    for i in range(5):
+        status, doc = http_json(aliasd, "PUT", "/v1/overrides/db.internal",
+                                {"addresses": [f"10.0.0.{i + 1}"]}, token=for_aliasd)
+        assert status in (200, 201), doc
+        assert doc["by"] == f"system:serviceaccount:{namespace}:hook"
+    assert a_records(aliasd, "db.internal.") == ["10.0.0.5"]
+    # One review of each kind for five writes; the refused token is cached too.
+    assert reviews() == {"token": 2.0, "token_cached": 4.0, "access": 1.0,
+                         "access_cached": 4.0}
+    assert http_json(aliasd, "PUT", "/v1/overrides/db.internal", {"addresses": ["10.6.6.6"]},
+                     token=for_api_server)[0] == 401
+    assert reviews()["token"] == 2.0
+    # Another verb is another decision.
+    assert http_json(aliasd, "DELETE", "/v1/overrides/db.internal", token=for_aliasd)[0] == 200
+    assert reviews() == {"token": 2.0, "token_cached": 6.0, "access": 2.0,
+                         "access_cached": 4.0}
