@@ -270,6 +270,11 @@ DEFAULT_ALLOWED_NAMES = ListFlag(
     help="names a namespace without the aliasd.io/allowed-names annotation may claim: exact "
          "names and *.suffix patterns, {namespace} replaced by the namespace (e.g. "
          "'*.{namespace}.internal'); default: any name in the served zones")
+POLICY_CONFIGMAP = Flag(
+    name="--policy-configmap", commands=(RUN, LIST), parse=_ref,
+    help="NAMESPACE/NAME of a ConfigMap (in aliasd's namespace) whose keys are namespaces and "
+         "values their allowed names; the Namespaces' aliasd.io/allowed-names annotations are "
+         "then ignored, so tenants that create namespaces cannot grant themselves names")
 COREDNS_MODE = Flag(name="--coredns-mode", commands=WIRING, parse=_text, default="auto",
                     choices=MODES,
                     help="which cluster DNS config to wire: auto detects kube-system/coredns "
@@ -319,7 +324,7 @@ FLAGS: tuple[AnyFlag, ...] = (
     TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, TCP_MAX_CONNECTIONS_PER_CLIENT, LAME_DUCK,
     KUBERNETES, KUBECONFIG, NAMESPACES, STATE_FILE, API_TOKEN_FILE, API_TOKEN_AUDIENCES,
     OVERRIDES_CONFIGMAP,
-    ALLOW_TAKEOVER, DEFAULT_ALLOWED_NAMES,
+    ALLOW_TAKEOVER, DEFAULT_ALLOWED_NAMES, POLICY_CONFIGMAP,
     COREDNS_MODE, FORWARD_TO, DNS_SERVICE, COREDNS_CONFIGMAP,
     LEADER_ELECTION, LEADER_LEASE, LEADER_LEASE_DURATION, ALIAS_STATUS_RATE, FORCE,
     STOP_DEPLOYMENT,

@@ -69,6 +69,7 @@ from aliasd.sources.aliases import VERSIONS as ALIAS_VERSIONS
 from aliasd.sources.file import FileSource
 from aliasd.sources.kube import KubeSource
 from aliasd.sources.overrides import ConfigMapOverrides, FileOverrides, OverridesSource
+from aliasd.sources.policymap import PolicyConfigMap
 from aliasd.state import State, StateFile
 from aliasd.status import Component, ReadModel, aliases_document
 from aliasd.supervisor import supervise
@@ -91,6 +92,8 @@ class KubeConfig:
     lease_duration: float = 15.0
     status_rate: float = DEFAULT_RATE  # Alias status writes per second (burst: as many)
     audiences: tuple[str, ...] = DEFAULT_AUDIENCES  # a write API token's (TokenReview)
+    # The name policy from this ConfigMap, not the Namespaces' annotations.
+    policy_configmap: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -254,12 +257,18 @@ def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig
         send=events.send, clock=time.time, results=parts.status_writes.counts,
         rate=config.status_rate)
     parts.components.append(statuses)
+    policy = config.policy_configmap
     source = KubeSource(api, zones=zones, namespaces=list(config.namespaces),
                         on_claims=inbox.update_claims, on_change=inbox.changed,
                         on_relist=inbox.relisted, on_problems=inbox.problems_changed,
-                        on_namespace=inbox.update_namespace, restarts=restarts.counts,
-                        probes=probes.counts, on_alias=statuses.update)
+                        on_namespace=inbox.update_namespace if policy is None else None,
+                        restarts=restarts.counts, probes=probes.counts,
+                        on_alias=statuses.update)
     parts.sources.append(source)
+    if policy is not None:
+        parts.sources.append(PolicyConfigMap(
+            api, namespace=policy[0], name=policy[1], on_namespace=inbox.update_namespace,
+            on_change=inbox.changed, restarts=restarts.counts))
     cm_ns, cm_name = config.overrides_configmap
     parts.overrides = ConfigMapOverrides(api, zones, inbox.notifier("overrides"),
                                          namespace=cm_ns, name=cm_name,
@@ -327,7 +336,8 @@ async def _patch_alias_status(custom: CustomObjectsApi, namespace: str, name: st
 
 
 async def list_from_cluster(kubeconfig: str | None, *, zones: ZoneConfig, namespaces: list[str],
-                       overrides: tuple[str, str]) -> dict[str, Any]:
+                            overrides: tuple[str, str],
+                            policy: tuple[str, str] | None = None) -> dict[str, Any]:
     """List (and watch until synced) like ``aliasd run`` does, then build once."""
     cm_ns, cm_name = overrides
     api = await make_client(kubeconfig)
@@ -335,23 +345,32 @@ async def list_from_cluster(kubeconfig: str | None, *, zones: ZoneConfig, namesp
         restarts: Counter[str] = Counter()
         kube = KubeSource(api, zones=zones, namespaces=namespaces,
                           on_claims=lambda key, claims: None, on_change=lambda: None,
-                          restarts=restarts)
+                          on_namespace=(lambda namespace, value: None) if policy is None
+                          else None, restarts=restarts)
         switch = ConfigMapOverrides(api, zones, lambda: None, namespace=cm_ns, name=cm_name,
                                     restarts=restarts)
+        sources: list[KubeSource | ConfigMapOverrides | PolicyConfigMap] = [kube, switch]
+        policies = None
+        if policy is not None:
+            policies = PolicyConfigMap(api, namespace=policy[0], name=policy[1],
+                                       on_namespace=lambda namespace, value: None,
+                                       on_change=lambda: None, restarts=restarts)
+            sources.append(policies)
 
         async def synced() -> None:
             deadline = time.monotonic() + SYNC_TIMEOUT
-            while not (kube.synced and switch.synced):
+            while not all(s.synced for s in sources):
                 if time.monotonic() > deadline:
+                    errors = [s.error for s in sources if s.error]
                     raise ConfigError(f"could not read the cluster within {SYNC_TIMEOUT:.0f}s: "
-                                      f"{kube.error or switch.error or 'not synced'}")
+                                      f"{errors[0] if errors else 'not synced'}")
                 await asyncio.sleep(0.05)
 
-        await supervise({"source-kubernetes": kube.run(), "source-overrides": switch.run()},
-                        until=synced())
+        await supervise({f"source-{s.name}": s.run() for s in sources}, until=synced())
         result = resolver.build([*kube.claims, *switch.claims], config=zones,
                                 serial=resolver.next_serial(0, time.time()), ready=True,
-                                annotations=kube.allowed_names)
+                                annotations=(kube.allowed_names if policies is None
+                                             else policies.allowed_names))
         return aliases_document(result)
     finally:
         await api.close()

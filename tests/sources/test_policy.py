@@ -310,3 +310,41 @@ def test_state_file_keeps_the_policy_for_a_restart_with_the_api_server_down(
             assert doc["invalid"] == []
     finally:
         cluster.start_apiserver()
+
+
+def test_a_tenant_namespace_with_a_star_gets_nothing_under_the_platform_policy(
+        cluster: LocalCluster, namespace: str, other_namespace: str, tmp_path: Path) -> None:
+    """With --policy-configmap, the policy is the platform team's ConfigMap in
+    aliasd's namespace: a namespace a tenant created with aliasd.io/allowed-names
+    '*' gets only the default, until the ConfigMap grants it more."""
+    tenant, system = namespace, other_namespace
+    set_allowed(cluster, tenant, "*")  # what a tenant may set at creation (Capsule, HNC)
+    args = ["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal",
+            "--namespaces", tenant, "--default-allowed-names", "*.{namespace}.internal",
+            "--policy-configmap", f"{system}/aliasd-policy"]
+    ip = service(cluster, tenant, "pay", alias=f"payments.internal, api.{tenant}.internal"
+                 )["spec"]["clusterIP"]
+    with run_aliasd(args, tmp=tmp_path) as p:
+        wait_for(lambda: a_records(p, f"api.{tenant}.internal.") == [ip], what="the alias")
+        assert dig_short(p.dns, "payments.internal.", "A") == []
+        assert rcode(p, "payments.internal.") == "NXDOMAIN"
+        assert invalid_of(p, f"Service {tenant}/pay") == [{
+            "name": "payments.internal", "owner": f"Service {tenant}/pay",
+            "reason": f"payments.internal. is not among the names namespace {tenant} may "
+                      f"claim (--default-allowed-names: '*.{tenant}.internal')"}]
+        # The platform team grants the name in its ConfigMap: served, live.
+        cluster.request("POST", f"/api/v1/namespaces/{system}/configmaps", {
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "aliasd-policy"},
+            "data": {tenant: "payments.internal"}})
+        wait_for(lambda: a_records(p, "payments.internal.") == [ip], what="the granted name")
+        # The ConfigMap replaces the default for that namespace, as an annotation would.
+        assert rcode(p, f"api.{tenant}.internal.") == "NXDOMAIN"
+        assert invalid_of(p, f"Service {tenant}/pay")[0]["reason"] == (
+            f"api.{tenant}.internal. is not among the names namespace {tenant} may claim "
+            f"(ConfigMap {system}/aliasd-policy, key {tenant}: 'payments.internal')")
+    r = subprocess.run([sys.executable, "-m", "aliasd", "list", "-o", "json", *args[:2],
+                        *args[4:]], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert [a["name"] for a in json.loads(r.stdout)["aliases"]] == ["payments.internal."]
+    cluster.request("DELETE", f"/api/v1/namespaces/{system}/configmaps/aliasd-policy")
