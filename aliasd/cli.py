@@ -105,7 +105,8 @@ def _zone_config(opts: flags.Options) -> ZoneConfig:
     try:
         return ZoneConfig.from_names(
             opts.get(flags.ZONE), ns_addresses=opts.get(flags.NS_ADDRESS),
-            takeover=opts.get(flags.ALLOW_TAKEOVER), names=names)
+            takeover=opts.get(flags.ALLOW_TAKEOVER), names=names,
+            name_hold=opts.value(flags.NAME_HOLD))
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

@@ -278,6 +278,13 @@ def resolver_problems(result: Result) -> list[Problem]:
     """Conflicts (on the loser) and invalid claims, as Event-able problems."""
     out = []
     for c in result.conflicts:
+        if c.until is not None:
+            out.append(Problem(c.loser, "AliasReserved", (
+                f"alias {c.name} is reserved for namespace {c.winner.namespace} until "
+                f"{utc_timestamp(c.until)}: its claim ({c.winner.ref}) went away, and a "
+                "claim from another namespace takes the name only once the hold "
+                "(--name-hold) ends without that namespace claiming it again")))
+            continue
         out.append(Problem(c.loser, "AliasConflict",
                            f"alias {c.name} is already served for {c.winner.ref} (the older "
                            f"claim wins); this claim takes over when that one goes away"))

@@ -270,6 +270,12 @@ DEFAULT_ALLOWED_NAMES = ListFlag(
     help="names a namespace without the aliasd.io/allowed-names annotation may claim: exact "
          "names and *.suffix patterns, {namespace} replaced by the namespace (e.g. "
          "'*.{namespace}.internal'); default: any name in the served zones")
+NAME_HOLD = Flag(
+    name="--name-hold", commands=(RUN,), parse=_seconds_or_zero, default="0",
+    help="seconds a name stays with the namespace whose claim last won it after that claim "
+         "goes away, so a waiting claim from another namespace does not win while the owner "
+         "recreates its Service (e.g. 600); 0: handed over at once, which a move of a name "
+         "to another namespace relies on")
 POLICY_CONFIGMAP = Flag(
     name="--policy-configmap", commands=(RUN, LIST), parse=_ref,
     help="NAMESPACE/NAME of a ConfigMap (in aliasd's namespace) whose keys are namespaces and "
@@ -324,7 +330,7 @@ FLAGS: tuple[AnyFlag, ...] = (
     TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, TCP_MAX_CONNECTIONS_PER_CLIENT, LAME_DUCK,
     KUBERNETES, KUBECONFIG, NAMESPACES, STATE_FILE, API_TOKEN_FILE, API_TOKEN_AUDIENCES,
     OVERRIDES_CONFIGMAP,
-    ALLOW_TAKEOVER, DEFAULT_ALLOWED_NAMES, POLICY_CONFIGMAP,
+    ALLOW_TAKEOVER, DEFAULT_ALLOWED_NAMES, POLICY_CONFIGMAP, NAME_HOLD,
     COREDNS_MODE, FORWARD_TO, DNS_SERVICE, COREDNS_CONFIGMAP,
     LEADER_ELECTION, LEADER_LEASE, LEADER_LEASE_DURATION, ALIAS_STATUS_RATE, FORCE,
     STOP_DEPLOYMENT,

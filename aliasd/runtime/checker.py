@@ -48,11 +48,12 @@ class RelistChecker:
         """Compare the served snapshot with a build from scratch; on a
         difference, reset the engine. Returns whether they differed."""
         engine = self._inbox.engine
-        claims, annotations = engine.claims, engine.annotations
+        claims, annotations, holds = engine.claims, engine.annotations, engine.holds
         snap = engine.result.snapshot
-        diff = await asyncio.to_thread(_check, claims, annotations, self._zones, snap)
+        diff = await asyncio.to_thread(_check, claims, annotations, holds, self._zones, snap)
         engine = self._inbox.engine
-        if not diff or engine.claims is not claims or engine.annotations is not annotations:
+        if not diff or engine.claims is not claims or engine.annotations is not annotations \
+                or engine.holds is not holds:
             return False  # equal, or changed meanwhile (the next relist checks that)
         self.failures += 1
         log.error("the incremental snapshot %d differs from a build from scratch (%d "
@@ -70,7 +71,8 @@ class RelistChecker:
 
 
 def _check(claims: Mapping[str, tuple[AliasClaim, ...]], annotations: Mapping[str, str],
-           zones: ZoneConfig, snapshot: Snapshot) -> list[str]:
+           holds: Mapping[str, resolver.Hold], zones: ZoneConfig,
+           snapshot: Snapshot) -> list[str]:
     # What the build allocates is garbage once compared, freed by reference
     # counting. A collection during it would only scan it, holding the GIL
     # against the loop the whole pass (two gen2 passes, 59 and 95 ms, during
@@ -79,7 +81,8 @@ def _check(claims: Mapping[str, tuple[AliasClaim, ...]], annotations: Mapping[st
     gc.disable()
     try:
         scratch = resolver.build_keyed(claims, config=zones, serial=snapshot.serial,
-                                       ready=snapshot.ready, annotations=annotations)
+                                       ready=snapshot.ready, annotations=annotations,
+                                       holds=holds)
         return differences(snapshot, scratch.snapshot)
     finally:
         if was_enabled:

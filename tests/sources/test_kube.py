@@ -3,9 +3,11 @@ ServiceEntries become aliases, conflicts are reported, outages are survived."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -357,3 +359,50 @@ def test_a_bad_annotation_loop_produces_a_bounded_number_of_events(
             "GET", f"/api/v1/namespaces/{ns}/events?fieldSelector=reason%3DInvalidWeight")
         assert [(e["involvedObject"]["name"], e["count"]) for e in weights["items"]] == [
             ("loop", 2)]
+
+
+def test_a_name_is_held_for_its_namespace_while_the_owner_recreates_its_service(
+        cluster: LocalCluster, namespace: str, other_namespace: str, tmp_path: Path) -> None:
+    """A claim from another namespace waits on team-b's name; team-b deletes
+    and recreates its Service (younger now): with --name-hold the waiting
+    claim never answers, before, during or after the recreation."""
+    team_b, team_a = namespace, other_namespace
+    args = ["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal",
+            "--namespaces", f"{team_b},{team_a}", "--name-hold", "600"]
+    with run_aliasd(args, tmp=tmp_path) as p:
+        ip = service(cluster, team_b, "pay", alias="held-pay.internal")["spec"]["clusterIP"]
+        wait_for(functools.partial(served, p, "held-pay.internal.", ip), what="the owner")
+        time.sleep(1.1)  # creationTimestamp has one-second resolution: the squat is younger
+        squat = service(cluster, team_a, "squat", alias="held-pay.internal")["spec"]["clusterIP"]
+        wait_for(lambda: [r for r, _ in events(cluster, team_a, "squat")] == ["AliasConflict"],
+                 what="the squat waiting")
+        seen: set[str] = set()
+        stop = threading.Event()
+
+        def watch() -> None:  # every answer while the owner recreates its Service
+            while not stop.is_set():
+                with contextlib.suppress(Exception):
+                    seen.update(a_records(p, "held-pay.internal."))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            delete(cluster, team_b, "pay")
+            wait_for(lambda: rcode(p, "held-pay.internal.") == "NXDOMAIN", what="the gap")
+            got = wait_for(lambda: [m for r, m in events(cluster, team_a, "squat")
+                                    if r == "AliasReserved"], what="the AliasReserved Event")
+            assert got[0].startswith(f"alias held-pay.internal. is reserved for namespace "
+                                     f"{team_b} until ")
+            ip2 = service(cluster, team_b, "pay", alias="held-pay.internal")["spec"][
+                "clusterIP"]
+            wait_for(functools.partial(served, p, "held-pay.internal.", ip2),
+                     what="the recreated owner")
+            seen_after = len(seen)
+            wait_for(lambda: len(seen) >= seen_after, what="more answers")
+        finally:
+            stop.set()
+            watcher.join()
+        assert squat not in seen and ip2 in seen
+        _, doc = p.http("/v1/aliases")
+        assert [(c["winner"], c["loser"]) for c in doc["conflicts"]] == [
+            (f"Service {team_b}/pay", f"Service {team_a}/squat")]
