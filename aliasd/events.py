@@ -275,8 +275,15 @@ class EventRecorder:
 
 
 def resolver_problems(result: Result) -> list[Problem]:
-    """Conflicts (on the loser) and invalid claims, as Event-able problems."""
+    """Conflicts (on the loser), claims an HTTP override shadows (on the
+    shadowed object: its owner learns why its name answers something else)
+    and invalid claims, as Event-able problems."""
     out = []
+    for c in result.overridden:
+        out.append(Problem(c.loser, "AliasOverridden", (
+            f"alias {c.name} answers from an HTTP override ({c.winner.name}), not this "
+            "claim, until the override is deleted; the overrides ConfigMap's Events say "
+            "who set it")))
     for c in result.conflicts:
         if c.until is not None:
             out.append(Problem(c.loser, "AliasReserved", (

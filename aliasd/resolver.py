@@ -166,7 +166,7 @@ class Result:
     @functools.cached_property
     def overridden(self) -> tuple[Conflict, ...]:
         """Claims an HTTP override beats (winner = the override): on purpose, so
-        not conflicts and no Events."""
+        not conflicts; their owners get an ``AliasOverridden`` Event."""
         return tuple(c for n in sorted(self.overridden_by_name)
                      for c in self.overridden_by_name[n])
 

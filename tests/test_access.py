@@ -245,3 +245,20 @@ def test_a_token_for_the_api_server_is_refused_and_decisions_are_cached(
     assert http_json(aliasd, "DELETE", "/v1/overrides/db.internal", token=for_aliasd)[0] == 200
     assert reviews() == {"token": 2.0, "token_cached": 6.0, "access": 2.0,
                          "access_cached": 4.0}
+
+
+def test_an_override_tells_the_owner_of_the_name_it_shadows(
+        cluster: LocalCluster, namespace: str, aliasd: AliasdProcess) -> None:
+    ip = service(cluster, namespace, "db", alias="shadowed.internal")["spec"]["clusterIP"]
+    wait_for(lambda: a_records(aliasd, "shadowed.internal.") == [ip], what="the alias")
+    status, _ = http_json(aliasd, "PUT", "/v1/overrides/shadowed.internal",
+                          {"addresses": ["10.0.0.7"]}, token=STATIC)
+    assert status == 201
+    assert a_records(aliasd, "shadowed.internal.") == ["10.0.0.7"]
+    got = wait_for(lambda: events(cluster, namespace, "db"), what="the Event on the Service")
+    assert got == [("AliasOverridden", (
+        "alias shadowed.internal. answers from an HTTP override (shadowed.internal), not this "
+        "claim, until the override is deleted; the overrides ConfigMap's Events say who set "
+        "it"))]
+    assert http_json(aliasd, "DELETE", "/v1/overrides/shadowed.internal", token=STATIC)[0] == 200
+    wait_for(lambda: a_records(aliasd, "shadowed.internal.") == [ip], what="the name back")

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from aliasd.events import API_VERSIONS, Admitted, Event, EventBudget, EventRecorder, event_body
-from aliasd.model import Owner
+from aliasd import resolver
+from aliasd.events import (
+    API_VERSIONS,
+    Admitted,
+    Event,
+    EventBudget,
+    EventRecorder,
+    event_body,
+    resolver_problems,
+)
+from aliasd.model import OVERRIDE_KIND, AliasClaim, Owner
 from aliasd.sources.mapping import Problem
+from aliasd.zoneconfig import ZoneConfig
 
 
 def test_each_reporter_syncs_its_own_set() -> None:
@@ -95,3 +105,14 @@ def test_a_repeated_event_counts_the_recorded_one() -> None:
     assert budget.admit(Event(web, "AliasConflict", "other")) == Admitted("other")
     budget.forget(event)  # expired
     assert budget.admit(event) == Admitted("taken")
+
+
+def test_an_override_is_a_problem_of_the_claim_it_shadows() -> None:
+    svc = Owner(1.0, "shop", "web", "Service", "u1")
+    result = resolver.build([
+        AliasClaim("web.internal", svc, addresses=("10.0.0.1",)),
+        AliasClaim("web.internal", Owner(0.0, "", "web.internal", OVERRIDE_KIND),
+                   addresses=("10.0.0.9",))], config=ZoneConfig.from_names(["internal"]),
+        serial=1)
+    assert [(p.owner, p.reason) for p in resolver_problems(result)] == [
+        (svc, "AliasOverridden")]
