@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 GROUP = "aliasd.io"
 RESOURCE = "overrides"
+READ_RESOURCE = "aliases"
+"""With ``--read-access token``: reading the zone (/v1/aliases, /v1/overrides)
+is ``list`` on ``aliases.aliasd.io``."""
 REFUSED_BURST = 25
 """Refused writes recorded at once before the budget applies."""
 REFUSED_EVERY = 10.0
@@ -84,9 +87,11 @@ class Refused(Exception):
 
 
 class Authenticator(Protocol):
-    async def authorize(self, token: str, *, verb: str, name: str, remote: str) -> str:
-        """The caller's name if it may ``verb`` the override ``name`` (no
-        trailing dot), else :class:`Refused`."""
+    async def authorize(self, token: str, *, verb: str, name: str, remote: str,
+                        resource: str = RESOURCE) -> str:
+        """The caller's name if it may ``verb`` the ``resource`` (``overrides``:
+        an override; ``aliases``: read the zone) named ``name`` (no trailing
+        dot; empty: all of them), else :class:`Refused`."""
         ...
 
 
@@ -96,7 +101,8 @@ class StaticToken:
     def __init__(self, token: str) -> None:
         self.token = token.encode()
 
-    async def authorize(self, token: str, *, verb: str, name: str, remote: str) -> str:
+    async def authorize(self, token: str, *, verb: str, name: str, remote: str,
+                        resource: str = RESOURCE) -> str:
         if not hmac.compare_digest(token.encode(), self.token):
             raise Refused(401, "the bearer token is wrong")
         return remote
@@ -159,14 +165,15 @@ class KubernetesAuth:
         self.users = Decisions()
         self.access = Decisions()
 
-    async def authorize(self, token: str, *, verb: str, name: str, remote: str) -> str:
+    async def authorize(self, token: str, *, verb: str, name: str, remote: str,
+                        resource: str = RESOURCE) -> str:
         key = hashlib.sha256(token.encode()).digest()
         user = self._cached("token", self.users, key)
         if user is None:
             user = await self._limited(functools.partial(self._review_token, key, token))
-        if self._cached("access", self.access, (key, verb, name)) is None:
+        if self._cached("access", self.access, (key, verb, resource, name)) is None:
             await self._limited(functools.partial(self._review_access, key, user, verb=verb,
-                                                  name=name))
+                                                  resource=resource, name=name))
         return str(user.get("username", ""))
 
     def _cached(self, kind: str, cache: Decisions, key: Any) -> Any:
@@ -219,13 +226,15 @@ class KubernetesAuth:
         return user
 
     async def _review_access(self, key: bytes, user: dict[str, Any], *, verb: str,
-                             name: str) -> bool:
+                             resource: str, name: str) -> bool:
         self.reviews["access"] += 1
         who = str(user.get("username", ""))
+        attributes = {"namespace": self.namespace, "verb": verb, "group": GROUP,
+                      "resource": resource}
+        if name:
+            attributes["name"] = name
         spec: dict[str, Any] = {
-            "user": who, "groups": user.get("groups") or [],
-            "resourceAttributes": {"namespace": self.namespace, "verb": verb, "group": GROUP,
-                                   "resource": RESOURCE, "name": name}}
+            "user": who, "groups": user.get("groups") or [], "resourceAttributes": attributes}
         if user.get("uid"):
             spec["uid"] = user["uid"]
         if user.get("extra"):
@@ -240,11 +249,13 @@ class KubernetesAuth:
         if status >= 300:
             raise Refused(503, f"cannot review access: {message(status, sar)}", who=who)
         if not (sar.get("status") or {}).get("allowed"):
-            refused = Refused(403, f"{who} may not {verb} {RESOURCE}.{GROUP} {name!r} in "
-                                   f"namespace {self.namespace} (RBAC)", who=who)
-            self.access.put((key, verb, name), refused, now=self.clock(), ttl=REFUSED_TTL)
+            what = f"{resource}.{GROUP} {name!r}" if name else f"{resource}.{GROUP}"
+            refused = Refused(403, f"{who} may not {verb} {what} in namespace "
+                                   f"{self.namespace} (RBAC)", who=who)
+            self.access.put((key, verb, resource, name), refused, now=self.clock(),
+                            ttl=REFUSED_TTL)
             raise refused
-        self.access.put((key, verb, name), True, now=self.clock(), ttl=ALLOWED_TTL)
+        self.access.put((key, verb, resource, name), True, now=self.clock(), ttl=ALLOWED_TTL)
         return True
 
 
@@ -255,11 +266,13 @@ class AnyOf:
     def __init__(self, authenticators: Sequence[Authenticator]) -> None:
         self.authenticators = list(authenticators)
 
-    async def authorize(self, token: str, *, verb: str, name: str, remote: str) -> str:
+    async def authorize(self, token: str, *, verb: str, name: str, remote: str,
+                        resource: str = RESOURCE) -> str:
         refused = Refused(403, "the write API is off: start aliasd with --api-token-file")
         for a in self.authenticators:
             try:
-                return await a.authorize(token, verb=verb, name=name, remote=remote)
+                return await a.authorize(token, verb=verb, name=name, remote=remote,
+                                         resource=resource)
             except Refused as e:
                 refused = e
                 if e.status != 401:  # known token, not allowed (or cannot tell): final

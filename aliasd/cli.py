@@ -141,6 +141,8 @@ async def _serve(opts: flags.Options) -> int:
         state_file=opts.get(flags.STATE_FILE),
         api_token=opts.get(flags.API_TOKEN_FILE),
         lame_duck=opts.value(flags.LAME_DUCK),
+        metrics_listen=opts.get(flags.METRICS_LISTEN),
+        reads_need_token=opts.value(flags.READ_ACCESS) == "token",
     )
     kubernetes = opts.value(flags.KUBERNETES)
     kubeconfig = opts.get(flags.KUBECONFIG)

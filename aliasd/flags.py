@@ -214,7 +214,17 @@ DNS_LISTEN = Flag(name="--dns-listen", commands=(RUN,), parse=_listen, default="
                   help="DNS address (UDP and TCP)")
 HTTP_LISTEN = Flag(name="--http-listen", commands=(RUN,), parse=_listen,
                    default="0.0.0.0:8080",
-                   help="HTTP address for /healthz, /readyz, /metrics, /v1/aliases")
+                   help="HTTP address for /healthz, /readyz, /metrics (unless --metrics-listen), "
+                        "/v1/aliases, /v1/overrides")
+METRICS_LISTEN = Flag(name="--metrics-listen", commands=(RUN,), parse=_listen,
+                     help="serve /metrics (and /healthz) on this address instead of "
+                          "--http-listen, so a NetworkPolicy can open it to Prometheus alone")
+READ_ACCESS = Flag(name="--read-access", commands=(RUN,), parse=_text, default="open",
+                   choices=("open", "token"),
+                   help="who may read /v1/aliases and /v1/overrides (the whole zone, its "
+                        "owners): open = every client that reaches the HTTP port; token = "
+                        "the --api-token-file token, or a Kubernetes token whose user RBAC "
+                        "lets list aliases.aliasd.io in the overrides ConfigMap's namespace")
 ALIASES_FILE = Flag(name="--aliases-file", commands=(RUN,), parse=_path,
                     help="YAML file of static aliases, reloaded on change")
 NS_ADDRESS = ListFlag(name="--ns-address", commands=(RUN,), parse=_items,
@@ -326,7 +336,8 @@ OUTPUT = Flag(name="--output", short="-o", commands=(LIST,), parse=_text, defaul
 
 FLAGS: tuple[AnyFlag, ...] = (
     LOG_LEVEL, LOG_FORMAT,
-    ZONE, DNS_LISTEN, HTTP_LISTEN, ALIASES_FILE, NS_ADDRESS, ALLOW_TRANSFER,
+    ZONE, DNS_LISTEN, HTTP_LISTEN, METRICS_LISTEN, READ_ACCESS, ALIASES_FILE, NS_ADDRESS,
+    ALLOW_TRANSFER,
     TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, TCP_MAX_CONNECTIONS_PER_CLIENT, LAME_DUCK,
     KUBERNETES, KUBECONFIG, NAMESPACES, STATE_FILE, API_TOKEN_FILE, API_TOKEN_AUDIENCES,
     OVERRIDES_CONFIGMAP,

@@ -10,6 +10,7 @@ CLI's business: everything here takes typed values.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets
@@ -33,7 +34,7 @@ from aliasd.access import (
     StaticToken,
     Trail,
 )
-from aliasd.api import make_app, start_http
+from aliasd.api import make_app, make_metrics_app, start_http
 from aliasd.app import AppConfig
 from aliasd.coredns.lease import Election, LeaderElector
 from aliasd.coredns.patcher import Patcher, PatcherConfig
@@ -216,10 +217,17 @@ async def _run(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callabl
     p = _assemble(parts, inbox, config=config, clock=clock, writer=writer, state=state)
     log.info("serving zones %s; sources: %s", ", ".join(config.zones.zones),
              ", ".join(s.name for s in parts.sources))
-    runner = await start_http(make_app(p.read, p.service, zones=config.zones,
-                                       registry=p.registry),
-                              config.http_host, config.http_port)
-    try:
+    separate = config.metrics_listen
+    async with contextlib.AsyncExitStack() as listeners:
+        runner = await start_http(make_app(p.read, p.service, zones=config.zones,
+                                           registry=None if separate else p.registry,
+                                           reads_need_token=config.reads_need_token),
+                                  config.http_host, config.http_port)
+        listeners.push_async_callback(runner.cleanup)
+        if separate is not None:
+            metrics = await start_http(make_metrics_app(p.registry), *separate,
+                                       what="metrics")
+            listeners.push_async_callback(metrics.cleanup)
         await p.dns.start()
         p.tuning.start()
         try:
@@ -234,8 +242,6 @@ async def _run(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callabl
             await p.dns.stop()
             if writer is not None:
                 writer.flush()
-    finally:
-        await runner.cleanup()
 
 
 def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig,

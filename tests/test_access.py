@@ -6,7 +6,9 @@ every write, allowed or refused, leaves an Event on the overrides ConfigMap."""
 from __future__ import annotations
 
 import contextlib
+import re
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -262,3 +264,51 @@ def test_an_override_tells_the_owner_of_the_name_it_shadows(
         "it"))]
     assert http_json(aliasd, "DELETE", "/v1/overrides/shadowed.internal", token=STATIC)[0] == 200
     wait_for(lambda: a_records(aliasd, "shadowed.internal.") == [ip], what="the name back")
+
+
+def test_reads_fenced_with_a_token_and_metrics_on_their_own_listener(
+        cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
+    """--read-access token: the zone, its owners and the overrides are read
+    only with a token allowed to (the static one, or RBAC's list on
+    aliases.aliasd.io); --metrics-listen: /metrics is served there, not on
+    the HTTP port every pod reaches."""
+    (tmp_path / "token").write_text(STATIC + "\n")
+    args = ["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal",
+            "--namespaces", namespace, "--overrides-configmap", f"{namespace}/aliasd-overrides",
+            "--api-token-file", str(tmp_path / "token"), "--read-access", "token",
+            "--metrics-listen", "127.0.0.1:0"]
+    with run_aliasd(args, tmp=tmp_path) as p:
+        ip = service(cluster, namespace, "db", alias="fenced.internal")["spec"]["clusterIP"]
+        wait_for(lambda: a_records(p, "fenced.internal.") == [ip], what="the alias")
+        for path in ("/v1/aliases", "/v1/overrides", "/v1/overrides/fenced.internal"):
+            status, doc = http_json(p, "GET", path)
+            assert status == 401 and doc["error"].startswith("missing bearer token"), doc
+        status, doc = http_json(p, "GET", "/v1/aliases", token=STATIC)
+        assert status == 200 and [a["name"] for a in doc["aliases"]] == ["fenced.internal."]
+        reader = sa_token(cluster, namespace, "reader")
+        status, doc = http_json(p, "GET", "/v1/aliases", token=reader)
+        assert (status, doc["error"]) == (403, (
+            f"system:serviceaccount:{namespace}:reader may not list aliases.aliasd.io in "
+            f"namespace {namespace} (RBAC)"))
+        rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
+        cluster.request("POST", f"{rbac}/roles", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "aliasd-reader"},
+            "rules": [{"apiGroups": ["aliasd.io"], "resources": ["aliases"],
+                       "verbs": ["list"]}]})
+        cluster.request("POST", f"{rbac}/rolebindings", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "aliasd-reader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                        "name": "aliasd-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}]})
+        # A refusal is cached for 10 s (aliasd.access.REFUSED_TTL): then RBAC's new answer.
+        wait_for(lambda: http_json(p, "GET", "/v1/aliases", token=reader)[0] == 200,
+                 timeout=30, what="the Role to apply")
+        assert http_json(p, "GET", "/v1/overrides", token=reader) == (200, {"overrides": []})
+        # Health stays open; /metrics is on its own listener only.
+        assert p.http("/healthz") == (200, {"status": "ok"})
+        assert p.http("/metrics")[0] == 404
+        port = int(re.findall(r"metrics listening on 127\.0\.0\.1:(\d+)", p.logs())[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            assert r.status == 200 and b"aliasd_auth_reviews_total" in r.read()
