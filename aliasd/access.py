@@ -7,7 +7,11 @@ write (``update`` or ``delete`` of one alias) or refuses it with a status:
   holder may write every name and is known by its remote address;
 * :class:`KubernetesAuth`, in a cluster: a TokenReview says who the token
   belongs to, a SubjectAccessReview whether RBAC lets them ``update``/``delete``
-  ``overrides.aliasd.io`` named after the alias (the kube-rbac-proxy way);
+  ``overrides.aliasd.io`` named after the alias (the kube-rbac-proxy way). The
+  review asks for aliasd's audiences (``--api-token-audiences``), so a token
+  minted for the API server (which would carry its holder's full rights if
+  captured here) is refused; both decisions are cached a short while, so a
+  caller repeating a write costs the API server nothing more;
 * :class:`AnyOf` tries each in turn.
 
 A :class:`Trail` records every write, allowed or refused: :class:`LogTrail`
@@ -24,12 +28,15 @@ object); the next one recorded says how many were left out. And at most
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from kubernetes_asyncio.client import (
     ApiClient,
@@ -38,7 +45,7 @@ from kubernetes_asyncio.client import (
     CoreV1Api,
 )
 
-from aliasd.events import Event, Send
+from aliasd.events import Budget, Event, Send
 from aliasd.kubeapi import TRANSIENT, call, message
 from aliasd.model import Owner
 
@@ -46,12 +53,25 @@ log = logging.getLogger(__name__)
 
 GROUP = "aliasd.io"
 RESOURCE = "overrides"
+READ_RESOURCE = "aliases"
+"""With ``--read-access token``: reading the zone (/v1/aliases, /v1/overrides)
+is ``list`` on ``aliases.aliasd.io``."""
 REFUSED_BURST = 25
 """Refused writes recorded at once before the budget applies."""
 REFUSED_EVERY = 10.0
 """Then one refused write recorded per this many seconds."""
 MAX_REVIEWS = 16
 """TokenReview + SubjectAccessReview pairs in flight at once; more: 429."""
+DEFAULT_AUDIENCES = ("aliasd",)
+"""What a token for the write API must be minted for (``kubectl create token
+SA --audience aliasd``, or a projected ``serviceAccountToken`` volume)."""
+ALLOWED_TTL = 120.0
+"""Seconds a reviewed token's user, and an allowed write, are cached (the API
+server's webhook token authenticator caches 2 minutes)."""
+REFUSED_TTL = 10.0
+"""Seconds an unknown token or a write RBAC refuses is cached."""
+CACHE_SIZE = 4096
+"""Decisions of each kind cached at most; the least recent go first."""
 
 
 class Refused(Exception):
@@ -67,9 +87,11 @@ class Refused(Exception):
 
 
 class Authenticator(Protocol):
-    async def authorize(self, token: str, *, verb: str, name: str, remote: str) -> str:
-        """The caller's name if it may ``verb`` the override ``name`` (no
-        trailing dot), else :class:`Refused`."""
+    async def authorize(self, token: str, *, verb: str, name: str, remote: str,
+                        resource: str = RESOURCE) -> str:
+        """The caller's name if it may ``verb`` the ``resource`` (``overrides``:
+        an override; ``aliases``: read the zone) named ``name`` (no trailing
+        dot; empty: all of them), else :class:`Refused`."""
         ...
 
 
@@ -79,57 +101,140 @@ class StaticToken:
     def __init__(self, token: str) -> None:
         self.token = token.encode()
 
-    async def authorize(self, token: str, *, verb: str, name: str, remote: str) -> str:
+    async def authorize(self, token: str, *, verb: str, name: str, remote: str,
+                        resource: str = RESOURCE) -> str:
         if not hmac.compare_digest(token.encode(), self.token):
             raise Refused(401, "the bearer token is wrong")
         return remote
 
 
+class Decisions:
+    """Decisions cached for a while, at most ``size`` of them: a value, or the
+    refusal to raise again (503s, which say nothing about the caller, are
+    never cached)."""
+
+    def __init__(self, *, size: int = CACHE_SIZE) -> None:
+        self.size = size
+        self._items: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+
+    def get(self, key: Any, *, now: float) -> Any:
+        """The cached value (a ``Refused`` is raised anew), or None."""
+        item = self._items.get(key)
+        if item is None:
+            return None
+        until, value = item
+        if now >= until:
+            del self._items[key]
+            return None
+        if isinstance(value, Refused):
+            raise Refused(value.status, value.text, who=value.who)
+        return value
+
+    def put(self, key: Any, value: Any, *, now: float, ttl: float) -> None:
+        self._items.pop(key, None)
+        self._items[key] = (now + ttl, value)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
+T = TypeVar("T")
+
+
 class KubernetesAuth:
-    """TokenReview, then a SubjectAccessReview per write: verb ``update`` or
-    ``delete``, group ``aliasd.io``, resource ``overrides``, resourceName the
-    alias, in ``namespace`` (where the overrides ConfigMap lives), so a Role
-    there decides who may switch which name."""
+    """TokenReview for ``audiences``, then a SubjectAccessReview per write:
+    verb ``update`` or ``delete``, group ``aliasd.io``, resource ``overrides``,
+    resourceName the alias, in ``namespace`` (where the overrides ConfigMap
+    lives), so a Role there decides who may switch which name. Both are cached
+    (by a hash of the token, never the token): allowed ``ALLOWED_TTL``,
+    refused ``REFUSED_TTL``. ``reviews`` counts the reviews made and the
+    answers taken from the cache."""
 
     def __init__(self, api: ApiClient, *, namespace: str,
+                 audiences: Sequence[str] = DEFAULT_AUDIENCES,
+                 reviews: Counter[str] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
                  max_reviews: int = MAX_REVIEWS) -> None:
         self.authn = AuthenticationV1Api(api)
         self.authz = AuthorizationV1Api(api)
         self.namespace = namespace
+        self.audiences = list(audiences)
+        self.reviews = reviews if reviews is not None else Counter()
+        self.clock = clock
         self.max_reviews = max_reviews
         self.reviewing = 0
+        self.users = Decisions()
+        self.access = Decisions()
 
-    async def authorize(self, token: str, *, verb: str, name: str, remote: str) -> str:
+    async def authorize(self, token: str, *, verb: str, name: str, remote: str,
+                        resource: str = RESOURCE) -> str:
+        key = hashlib.sha256(token.encode()).digest()
+        user = self._cached("token", self.users, key)
+        if user is None:
+            user = await self._limited(functools.partial(self._review_token, key, token))
+        if self._cached("access", self.access, (key, verb, resource, name)) is None:
+            await self._limited(functools.partial(self._review_access, key, user, verb=verb,
+                                                  resource=resource, name=name))
+        return str(user.get("username", ""))
+
+    def _cached(self, kind: str, cache: Decisions, key: Any) -> Any:
+        try:
+            value = cache.get(key, now=self.clock())
+        except Refused:
+            self.reviews[f"{kind}_cached"] += 1
+            raise
+        if value is not None:
+            self.reviews[f"{kind}_cached"] += 1
+        return value
+
+    async def _limited(self, review: Callable[[], Awaitable[T]]) -> T:
         # Each unknown token costs the API server a review: a flood gets 429
         # at once instead of queueing reviews (and memory) without bound.
         if self.reviewing >= self.max_reviews:
             raise Refused(429, f"{self.reviewing} writes are being authorized; retry later")
         self.reviewing += 1
         try:
-            return await self._review(token, verb=verb, name=name)
+            return await review()
         finally:
             self.reviewing -= 1
 
-    async def _review(self, token: str, *, verb: str, name: str) -> str:
+    async def _review_token(self, key: bytes, token: str) -> dict[str, Any]:
+        self.reviews["token"] += 1
         try:
             status, review = await call(self.authn.create_token_review, {
                 "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-                "spec": {"token": token}})
+                "spec": {"token": token, "audiences": self.audiences}})
         except TRANSIENT as e:
             raise Refused(503, f"cannot review the token: {str(e).splitlines()[0][:200]}"
                           ) from None
         if status >= 300:
             raise Refused(503, f"cannot review the token: {message(status, review)}")
         result = review.get("status") or {}
+        refused = None
         if not result.get("authenticated"):
             why = result.get("error") or "not authenticated"
-            raise Refused(401, f"the bearer token is not valid: {why}"[:300])
-        user = result.get("user") or {}
+            refused = Refused(401, f"the bearer token is not valid: {why}"[:300])
+        elif not set(result.get("audiences") or ()) & set(self.audiences):
+            # An authenticator that ignores audiences must not let a token
+            # for another audience through (the TokenReview API's contract).
+            refused = Refused(401, "the bearer token is not valid: not issued for the "
+                                   f"audiences {', '.join(self.audiences)}")
+        if refused is not None:
+            self.users.put(key, refused, now=self.clock(), ttl=REFUSED_TTL)
+            raise refused
+        user: dict[str, Any] = result.get("user") or {}
+        self.users.put(key, user, now=self.clock(), ttl=ALLOWED_TTL)
+        return user
+
+    async def _review_access(self, key: bytes, user: dict[str, Any], *, verb: str,
+                             resource: str, name: str) -> bool:
+        self.reviews["access"] += 1
         who = str(user.get("username", ""))
+        attributes = {"namespace": self.namespace, "verb": verb, "group": GROUP,
+                      "resource": resource}
+        if name:
+            attributes["name"] = name
         spec: dict[str, Any] = {
-            "user": who, "groups": user.get("groups") or [],
-            "resourceAttributes": {"namespace": self.namespace, "verb": verb, "group": GROUP,
-                                   "resource": RESOURCE, "name": name}}
+            "user": who, "groups": user.get("groups") or [], "resourceAttributes": attributes}
         if user.get("uid"):
             spec["uid"] = user["uid"]
         if user.get("extra"):
@@ -144,9 +249,14 @@ class KubernetesAuth:
         if status >= 300:
             raise Refused(503, f"cannot review access: {message(status, sar)}", who=who)
         if not (sar.get("status") or {}).get("allowed"):
-            raise Refused(403, f"{who} may not {verb} {RESOURCE}.{GROUP} {name!r} in "
-                          f"namespace {self.namespace} (RBAC)", who=who)
-        return who
+            what = f"{resource}.{GROUP} {name!r}" if name else f"{resource}.{GROUP}"
+            refused = Refused(403, f"{who} may not {verb} {what} in namespace "
+                                   f"{self.namespace} (RBAC)", who=who)
+            self.access.put((key, verb, resource, name), refused, now=self.clock(),
+                            ttl=REFUSED_TTL)
+            raise refused
+        self.access.put((key, verb, resource, name), True, now=self.clock(), ttl=ALLOWED_TTL)
+        return True
 
 
 class AnyOf:
@@ -156,11 +266,13 @@ class AnyOf:
     def __init__(self, authenticators: Sequence[Authenticator]) -> None:
         self.authenticators = list(authenticators)
 
-    async def authorize(self, token: str, *, verb: str, name: str, remote: str) -> str:
+    async def authorize(self, token: str, *, verb: str, name: str, remote: str,
+                        resource: str = RESOURCE) -> str:
         refused = Refused(403, "the write API is off: start aliasd with --api-token-file")
         for a in self.authenticators:
             try:
-                return await a.authorize(token, verb=verb, name=name, remote=remote)
+                return await a.authorize(token, verb=verb, name=name, remote=remote,
+                                         resource=resource)
             except Refused as e:
                 refused = e
                 if e.status != 401:  # known token, not allowed (or cannot tell): final
@@ -196,25 +308,6 @@ class Write:
 
 class Trail(Protocol):
     def record(self, write: Write) -> None: ...
-
-
-class Budget:
-    """A token bucket: ``burst`` at once, then one more every ``every`` seconds."""
-
-    def __init__(self, burst: int, every: float, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.burst, self.every, self.clock = burst, every, clock
-        self.tokens = float(burst)
-        self.last = clock()
-
-    def take(self) -> bool:
-        now = self.clock()
-        self.tokens = min(float(self.burst), self.tokens + (now - self.last) / self.every)
-        self.last = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 class LogTrail:

@@ -1,5 +1,6 @@
-"""HTTP endpoints: /healthz, /readyz, /metrics, /v1/aliases, and the
-overrides API (/v1/overrides), described in ``openapi.yaml``. HTTP reads a
+"""HTTP endpoints: /healthz, /readyz, /metrics (or on a listener of its
+own), /v1/aliases, and the overrides API (/v1/overrides), described in
+``openapi.yaml``. HTTP reads a
 read model (``aliasd.status.ReadModel``) and writes only through the
 overrides service (``aliasd.runtime.overrides``)."""
 
@@ -56,20 +57,38 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             k: v for k, v in e.headers.items() if k.lower() in ("allow", "www-authenticate")})
 
 
-def make_app(read: ReadModel, service: OverridesService, *, zones: ZoneConfig,
-             registry: CollectorRegistry) -> web.Application:
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
 
-    async def readyz(_: web.Request) -> web.Response:
-        ready, body = read.readiness()
-        return web.json_response(body, status=200 if ready else 503)
 
+def _metrics(registry: CollectorRegistry) -> Handler:
     async def metrics(_: web.Request) -> web.Response:
         resp = web.Response(body=generate_latest(registry))
         resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
         resp.charset = "utf-8"
         return resp
+    return metrics
+
+
+def make_metrics_app(registry: CollectorRegistry) -> web.Application:
+    """``--metrics-listen``: /metrics (and /healthz) on a listener of their own,
+    which a NetworkPolicy can open to Prometheus alone (as CoreDNS keeps its
+    metrics on their own port)."""
+    web_app = web.Application(middlewares=[json_errors])
+    web_app.router.add_get("/healthz", healthz)
+    web_app.router.add_get("/metrics", _metrics(registry))
+    return web_app
+
+
+def make_app(read: ReadModel, service: OverridesService, *, zones: ZoneConfig,
+             registry: CollectorRegistry | None, reads_need_token: bool = False
+             ) -> web.Application:
+    """The HTTP API; ``registry`` None: /metrics is served elsewhere
+    (``make_metrics_app``); ``reads_need_token``: /v1/aliases and the
+    /v1/overrides reads need a bearer token allowed to read (``--read-access``)."""
+    async def readyz(_: web.Request) -> web.Response:
+        ready, body = read.readiness()
+        return web.json_response(body, status=200 if ready else 503)
 
     # /v1/aliases grows with the cluster: rendered once per result, on the
     # loop a slice at a time and only the names whose resolution changed
@@ -86,6 +105,8 @@ def make_app(read: ReadModel, service: OverridesService, *, zones: ZoneConfig,
         return pieces, sum(map(len, pieces))
 
     async def aliases(request: web.Request) -> web.StreamResponse:
+        if reads_need_token:
+            await _may_read(service, request)
         result = read.result
         if not rendered or rendered[0][0] is not result:
             rendered[:] = [(result, asyncio.ensure_future(render(result)))]
@@ -108,11 +129,17 @@ def make_app(read: ReadModel, service: OverridesService, *, zones: ZoneConfig,
     web_app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
     web_app.router.add_get("/healthz", healthz)
     web_app.router.add_get("/readyz", readyz)
-    web_app.router.add_get("/metrics", metrics)
+    if registry is not None:
+        web_app.router.add_get("/metrics", _metrics(registry))
     web_app.router.add_get("/v1/aliases", aliases)
     web_app.router.add_get("/openapi.yaml", openapi)
-    OverridesApi(service).add_routes(web_app)
+    OverridesApi(service, reads_need_token=reads_need_token).add_routes(web_app)
     return web_app
+
+
+async def _may_read(service: OverridesService, request: web.Request) -> None:
+    with _answers():
+        await service.authorize_read(_token(request), remote=request.remote or "")
 
 
 _REFUSALS: dict[int, type[web.HTTPException]] = {
@@ -129,8 +156,9 @@ def _token(request: web.Request) -> str | None:
 class OverridesApi:
     """``/v1/overrides``: the overrides service over HTTP."""
 
-    def __init__(self, service: OverridesService) -> None:
+    def __init__(self, service: OverridesService, *, reads_need_token: bool = False) -> None:
         self.service = service
+        self.reads_need_token = reads_need_token
 
     def add_routes(self, web_app: web.Application) -> None:
         web_app.router.add_get("/v1/overrides", self.list)
@@ -138,10 +166,14 @@ class OverridesApi:
         web_app.router.add_put("/v1/overrides/{name}", self.put)
         web_app.router.add_delete("/v1/overrides/{name}", self.delete)
 
-    async def list(self, _: web.Request) -> web.Response:
+    async def list(self, request: web.Request) -> web.Response:
+        if self.reads_need_token:
+            await _may_read(self.service, request)
         return web.json_response({"overrides": [o.document() for o in self.service.list()]})
 
     async def get(self, request: web.Request) -> web.Response:
+        if self.reads_need_token:
+            await _may_read(self.service, request)
         with _answers():
             name = self.service.name(request.match_info["name"])
             found = self.service.get(name)
@@ -179,7 +211,8 @@ def _answers() -> Iterator[None]:
         raise _REFUSALS[e.status](text=e.text) from None
 
 
-async def start_http(app: web.Application, host: str, port: int) -> web.AppRunner:
+async def start_http(app: web.Application, host: str, port: int, *,
+                     what: str = "HTTP") -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -187,8 +220,8 @@ async def start_http(app: web.Application, host: str, port: int) -> web.AppRunne
         await site.start()
     except OSError as e:
         await runner.cleanup()
-        raise ConfigError(f"cannot listen on {host}:{port} for HTTP: "
+        raise ConfigError(f"cannot listen on {host}:{port} for {what}: "
                           f"{e.strerror or e}") from None
     bound = int(runner.addresses[0][1])
-    log.info("HTTP listening on %s:%d", host, bound)  # the bound port, also for :0
+    log.info("%s listening on %s:%d", what, host, bound)  # the bound port, also for :0
     return runner

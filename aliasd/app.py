@@ -25,3 +25,7 @@ class AppConfig:
     # keeps answering while Services and kube-proxy stop sending queries here.
     lame_duck: float = 0.0
     probe_limit: int = 64  # health probes in flight at once
+    # /metrics on its own listener (None: on the HTTP one).
+    metrics_listen: tuple[str, int] | None = None
+    # /v1/aliases and the /v1/overrides reads need a token allowed to read.
+    reads_need_token: bool = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -97,11 +98,15 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
 def _zone_config(opts: flags.Options) -> ZoneConfig:
     from aliasd.zoneconfig import ZoneConfig
 
+    names = opts.get(flags.DEFAULT_ALLOWED_NAMES)
+    policy = opts.get(flags.POLICY_CONFIGMAP)
+    if policy is not None:
+        names = dataclasses.replace(names, source=f"ConfigMap {policy[0]}/{policy[1]}")
     try:
         return ZoneConfig.from_names(
             opts.get(flags.ZONE), ns_addresses=opts.get(flags.NS_ADDRESS),
-            takeover=opts.get(flags.ALLOW_TAKEOVER),
-            names=opts.get(flags.DEFAULT_ALLOWED_NAMES))
+            takeover=opts.get(flags.ALLOW_TAKEOVER), names=names,
+            name_hold=opts.value(flags.NAME_HOLD))
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -137,6 +142,8 @@ async def _serve(opts: flags.Options) -> int:
         api_token=opts.get(flags.API_TOKEN_FILE),
         lame_duck=opts.value(flags.LAME_DUCK),
         probe_limit=opts.value(flags.HEALTH_MAX_CONCURRENT_PROBES),
+        metrics_listen=opts.get(flags.METRICS_LISTEN),
+        reads_need_token=opts.value(flags.READ_ACCESS) == "token",
     )
     kubernetes = opts.value(flags.KUBERNETES)
     kubeconfig = opts.get(flags.KUBECONFIG)
@@ -149,6 +156,8 @@ async def _serve(opts: flags.Options) -> int:
         kube = root.KubeConfig(
             kubeconfig=kubeconfig, namespaces=tuple(opts.get(flags.NAMESPACES)),
             overrides_configmap=opts.value(flags.OVERRIDES_CONFIGMAP),
+            policy_configmap=opts.get(flags.POLICY_CONFIGMAP),
+            audiences=tuple(opts.get(flags.API_TOKEN_AUDIENCES)),
             patcher=None if patcher.mode == "off" else patcher,
             leader_lease=(opts.value(flags.LEADER_LEASE)
                           if opts.value(flags.LEADER_ELECTION) == "on" else None),
@@ -238,7 +247,8 @@ async def _list_aliases(opts: flags.Options) -> int:
         doc = await list_from_cluster(
             opts.get(flags.KUBECONFIG), zones=_zone_config(opts),
             namespaces=opts.get(flags.NAMESPACES),
-            overrides=opts.value(flags.OVERRIDES_CONFIGMAP))
+            overrides=opts.value(flags.OVERRIDES_CONFIGMAP),
+            policy=opts.get(flags.POLICY_CONFIGMAP))
     sys.stdout.write(listing.render(doc, opts.value(flags.OUTPUT)))
     return 0
 

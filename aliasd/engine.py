@@ -20,15 +20,17 @@ from typing import TypeVar
 
 import immutables
 
-from aliasd.model import AliasClaim, Check
+from aliasd.model import OVERRIDE_KIND, AliasClaim, Check
 from aliasd.names import WILDCARD, is_wildcard
 from aliasd.policy import policy_namespace
 from aliasd.resolver import (
     Conflict,
+    Hold,
     Invalid,
     Resolution,
     Result,
     apex_rrsets,
+    held_back,
     next_serial,
     owner_names,
     resolve,
@@ -85,6 +87,8 @@ class Engine:
         self.annotations: immutables.Map[str, str] = immutables.Map()
         self._ns_keys: dict[str, set[str]] = {}
         self._key_ns: dict[str, frozenset[str]] = {}
+        # Names kept for the namespace that last won them (ZoneConfig.name_hold).
+        self.holds: immutables.Map[str, Hold] = immutables.Map()
         self._res: immutables.Map[str, Resolution] = immutables.Map()
         self._conflicted: immutables.Map[str, tuple[Conflict, ...]] = immutables.Map()
         self._overridden: immutables.Map[str, tuple[Conflict, ...]] = immutables.Map()
@@ -238,33 +242,42 @@ class Engine:
     # ---- output ---------------------------------------------------------------------
 
     def commit(self, *, now: float, ready: bool, min_serial: int = 0) -> Commit | None:
-        """Re-resolve the touched names. None when neither an answer nor who
-        won what changed (nor readiness): no new result, no new serial. A new
-        serial is above ``min_serial`` (a snapshot served from elsewhere)."""
+        """Re-resolve the touched names (and those whose hold expired by
+        ``now``). None when neither an answer nor who won what changed (nor
+        readiness): no new result, no new serial. A new serial is above
+        ``min_serial`` (a snapshot served from elsewhere)."""
         touched, self._touched = self._touched, set()
+        if self.holds:  # few: names whose winner went away within name_hold
+            touched.update(n for n, h in self.holds.items() if h.until <= now)
         status = self._invalid_dirty
         self._invalid_dirty = False
         answer_changes: list[tuple[Resolution | None, Resolution | None]] = []
         with self._res.mutate() as res, self._conflicted.mutate() as conflicted, \
-                self._overridden.mutate() as overridden:
+                self._overridden.mutate() as overridden, self.holds.mutate() as holds:
             for name in sorted(touched):
                 per = self._by_name.get(name)
-                new = (resolve(name, [c for cs in per.values() for c in cs], self.config,
-                               self.unhealthy) if per else None)
                 old = res.get(name)
-                if new == old:
+                claims = [c for cs in per.values() for c in cs] if per else []
+                hold = _hold(old, claims, holds.get(name), now=now,
+                             grace=self.config.name_hold)
+                _put(holds, name, hold)
+                claims, waiting = held_back(name, claims, hold)
+                new = resolve(name, claims, self.config, self.unhealthy) if claims else None
+                conflicts = (new.conflicts if new else ()) + waiting
+                if new == old and conflicted.get(name, ()) == conflicts:
                     continue
                 status = True
                 self._entry_count += (len(new.entries) if new else 0) - (
                     len(old.entries) if old else 0)
                 _put(res, name, new)
-                _put(conflicted, name, new.conflicts if new else None)
+                _put(conflicted, name, conflicts)
                 _put(overridden, name, new.overridden if new else None)
                 if (old.answers if old else None) != (new.answers if new else None):
                     answer_changes.append((old, new))
             self._res = res.finish()
             self._conflicted = conflicted.finish()
             self._overridden = overridden.finish()
+            self.holds = holds.finish()
         if not answer_changes and ready == self._ready:
             if not status:
                 return None
@@ -366,6 +379,31 @@ class Engine:
     @property
     def serial(self) -> int:
         return self._serial
+
+    @property
+    def next_expiry(self) -> float | None:
+        """When the first hold expires (commit then); None: no hold."""
+        return min((h.until for h in self.holds.values()), default=None)
+
+
+def _hold(old: Resolution | None, claims: list[AliasClaim], hold: Hold | None, *,
+          now: float, grace: float) -> Hold | None:
+    """The hold on a name, given what won it before and its claims now: kept
+    until it expires (the namespace claiming the name again within it wins,
+    however young its new claim); made when the namespaced claim that won it
+    is gone and its namespace has no other."""
+    if hold is not None:
+        return hold if hold.until > now else None
+    winner = old.entries[0].claim.owner if old is not None and old.entries else None
+    if (grace <= 0 or winner is None or winner.kind == OVERRIDE_KIND or not winner.namespace
+            or _claimed_by(claims, winner.namespace)):
+        return None
+    return Hold(winner, now + grace)
+
+
+def _claimed_by(claims: list[AliasClaim], namespace: str) -> bool:
+    return any(c.owner.namespace == namespace and c.owner.kind != OVERRIDE_KIND
+               for c in claims)
 
 
 def _put(m: immutables.MapMutation[str, V], key: str, value: V | None) -> None:

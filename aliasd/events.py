@@ -1,7 +1,9 @@
 """Kubernetes Events: every Event aliasd records is built and sent here.
 
 * :class:`EventSink` creates one Event on one object, in the background (the
-  caller never waits for the API server);
+  caller never waits for the API server), within an :class:`EventBudget`: an
+  object that keeps producing problems (a controller rewriting a bad
+  annotation in a loop) cannot flood the API server with Events;
 * :class:`EventRecorder` turns each reporter's current problems (the engine's
   conflicts and invalid claims, the Corefile patcher's) into Events, each one
   recorded once while it persists;
@@ -16,6 +18,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +39,16 @@ API_VERSIONS = {"Service": "v1", "ConfigMap": "v1", "ServiceEntry": "networking.
 CLUSTER_EVENTS_NAMESPACE = "default"
 """Where Events about cluster-scoped objects (a Namespace) go, as for Nodes."""
 MAX_MESSAGE = 1024
+OBJECT_BURST = 10
+"""Events per object and reason at once (client-go's spam filter: 25 per object)..."""
+OBJECT_EVERY = 300.0
+"""...then one per this many seconds (client-go: one per 5 minutes)."""
+GLOBAL_BURST = 100
+"""Events of the whole process at once..."""
+GLOBAL_EVERY = 1.0
+"""...then one per this many seconds."""
+MAX_TRACKED = 4096
+"""Objects (and recorded Events) remembered for the budget; the least recent go first."""
 
 
 def instance() -> str:
@@ -70,34 +83,161 @@ def event_body(event: Event, *, now: float, instance: str) -> dict[str, Any]:
     }
 
 
-class EventSink:
-    """Sends Events in the background, one task each; a failure is logged."""
+class Budget:
+    """A token bucket: ``burst`` at once, then one more every ``every`` seconds."""
 
-    def __init__(self, api: ApiClient, *, instance: str,
+    def __init__(self, burst: int, every: float, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst, self.every, self.clock = burst, every, clock
+        self.tokens = float(burst)
+        self.last = clock()
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.last) / self.every)
+        self.last = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """An Event the budget lets through: its message (saying how many were
+    left out before it), and the Event already recorded with that very
+    message (namespace, name, count), which is counted instead of a new one."""
+
+    message: str
+    recorded: tuple[str, str, int] | None = None
+
+
+class EventBudget:
+    """client-go's EventCorrelator, the parts aliasd needs: a token bucket per
+    object and reason (its spam filter) and one for the process; an Event
+    repeating one already recorded raises that one's ``count`` instead of
+    creating another (its logger). What the buckets leave out is counted, and
+    said in the next Event of that object and reason."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic,
+                 object_burst: int = OBJECT_BURST, object_every: float = OBJECT_EVERY,
+                 global_burst: int = GLOBAL_BURST, global_every: float = GLOBAL_EVERY) -> None:
+        self._clock = clock
+        self._per = (object_burst, object_every)
+        self._global = Budget(global_burst, global_every, clock=clock)
+        self._objects: OrderedDict[tuple[str, str], Budget] = OrderedDict()
+        self._left_out: Counter[tuple[str, str]] = Counter()
+        self._recorded: OrderedDict[tuple[str, str, str], tuple[str, str, int]] = OrderedDict()
+
+    def admit(self, event: Event) -> Admitted | None:
+        """What to record for ``event``; None: left out (over a budget)."""
+        key = (event.owner.uid or event.owner.ref, event.reason)
+        bucket = self._objects.pop(key, None) or Budget(*self._per, clock=self._clock)
+        self._objects[key] = bucket  # the most recent last
+        _trim(self._objects)
+        if not (bucket.take() and self._global.take()):
+            self._left_out[key] += 1
+            if len(self._left_out) > MAX_TRACKED:
+                self._left_out.pop(next(iter(self._left_out)))
+            return None
+        recorded = self._recorded.get((*key, event.message))
+        text = event.message
+        if left := self._left_out.pop(key, 0):
+            text += (f" (and {left} more {event.reason} Events on this object before it, "
+                     f"not recorded: at most {self._per[0]} at once, then one per "
+                     f"{self._per[1]:g} s)")
+            recorded = None
+        return Admitted(text, recorded)
+
+    def recorded(self, event: Event, namespace: str, name: str, count: int) -> None:
+        """``event`` is recorded as Event ``namespace``/``name`` with ``count``."""
+        key = (event.owner.uid or event.owner.ref, event.reason, event.message)
+        self._recorded.pop(key, None)
+        self._recorded[key] = (namespace, name, count)
+        _trim(self._recorded)
+
+    def forget(self, event: Event) -> None:
+        """The Event recorded for ``event`` is gone (expired): create a new one."""
+        self._recorded.pop((event.owner.uid or event.owner.ref, event.reason, event.message),
+                           None)
+
+
+def _trim(d: OrderedDict[Any, Any]) -> None:
+    while len(d) > MAX_TRACKED:
+        d.popitem(last=False)
+
+
+class EventSink:
+    """Sends Events in the background, one task each, within ``budget``;
+    ``results`` counts them: created, counted (an Event already recorded
+    repeated: its ``count`` raised), left_out (over the budget), failed."""
+
+    def __init__(self, api: ApiClient, *, instance: str, results: Counter[str],
+                 budget: EventBudget | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._core = CoreV1Api(api)
         self._instance = instance
+        self._results = results
+        self._budget = budget or EventBudget()
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
 
     def send(self, event: Event) -> None:
-        """Record ``event`` (from the event loop; the caller does not wait)."""
-        task = asyncio.get_running_loop().create_task(self._send(event))
+        """Record ``event`` within the budget (from the event loop; the caller
+        does not wait)."""
+        admitted = self._budget.admit(event)
+        if admitted is None:
+            self._results["left_out"] += 1
+            log.debug("Event %s on %s left out: over the budget", event.reason,
+                      event.owner.ref)
+            return
+        self._start(event, admitted)
+
+    def record(self, event: Event) -> None:
+        """Record ``event`` whatever the budget: for a trail that keeps its own
+        (the override trail records every authorized write, refusals within
+        a budget of their own)."""
+        self._start(event, Admitted(event.message))
+
+    def _start(self, event: Event, admitted: Admitted) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(event, admitted))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, event: Event) -> None:
-        body = event_body(event, now=self._clock(), instance=self._instance)
-        ref = event.owner.ref
+    async def _send(self, event: Event, admitted: Admitted) -> None:
+        now = self._clock()
         try:
+            if admitted.recorded is not None:
+                namespace, name, count = admitted.recorded
+                status, answer = await call(
+                    self._core.patch_namespaced_event, name, namespace,
+                    {"count": count + 1, "lastTimestamp": utc_timestamp(now)},
+                    _content_type="application/merge-patch+json")
+                if status < 300:
+                    self._budget.recorded(event, namespace, name, count + 1)
+                    self._results["counted"] += 1
+                    return
+                if status != 404:
+                    self._failed(event, message(status, answer))
+                    return
+                self._budget.forget(event)  # expired (the API server's --event-ttl)
+            body = event_body(Event(event.owner, event.reason, admitted.message, event.warning),
+                              now=now, instance=self._instance)
             status, answer = await call(self._core.create_namespaced_event,
                                         body["metadata"]["namespace"], body)
             if status >= 300:
-                log.warning("could not record Event %s on %s: %s", event.reason, ref,
-                            message(status, answer))
+                self._failed(event, message(status, answer))
+                return
+            self._results["created"] += 1
+            meta = answer.get("metadata") or {}
+            if admitted.message == event.message and meta.get("name"):
+                self._budget.recorded(event, body["metadata"]["namespace"], meta["name"], 1)
         except TRANSIENT as e:
-            log.warning("could not record Event %s on %s: %s", event.reason, ref,
-                        str(e).splitlines()[0])
+            self._failed(event, str(e).splitlines()[0])
+
+    def _failed(self, event: Event, why: str) -> None:
+        self._results["failed"] += 1
+        log.warning("could not record Event %s on %s: %s", event.reason, event.owner.ref, why)
 
 
 Send = Callable[[Event], None]
@@ -135,9 +275,23 @@ class EventRecorder:
 
 
 def resolver_problems(result: Result) -> list[Problem]:
-    """Conflicts (on the loser) and invalid claims, as Event-able problems."""
+    """Conflicts (on the loser), claims an HTTP override shadows (on the
+    shadowed object: its owner learns why its name answers something else)
+    and invalid claims, as Event-able problems."""
     out = []
+    for c in result.overridden:
+        out.append(Problem(c.loser, "AliasOverridden", (
+            f"alias {c.name} answers from an HTTP override ({c.winner.name}), not this "
+            "claim, until the override is deleted; the overrides ConfigMap's Events say "
+            "who set it")))
     for c in result.conflicts:
+        if c.until is not None:
+            out.append(Problem(c.loser, "AliasReserved", (
+                f"alias {c.name} is reserved for namespace {c.winner.namespace} until "
+                f"{utc_timestamp(c.until)}: its claim ({c.winner.ref}) went away, and a "
+                "claim from another namespace takes the name only once the hold "
+                "(--name-hold) ends without that namespace claiming it again")))
+            continue
         out.append(Problem(c.loser, "AliasConflict",
                            f"alias {c.name} is already served for {c.winner.ref} (the older "
                            f"claim wins); this claim takes over when that one goes away"))

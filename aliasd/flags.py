@@ -116,6 +116,13 @@ def _items(items: list[str], flag: str) -> list[str]:
     return items
 
 
+def _audiences(items: list[str], flag: str) -> list[str]:
+    if not items:
+        raise ConfigError(f"{flag} needs at least one audience: a token for any audience "
+                          "would be one for the API server too")
+    return items
+
+
 def _listen(text: str, flag: str) -> tuple[str, int]:
     from aliasd.dns.server import parse_listen
 
@@ -207,7 +214,17 @@ DNS_LISTEN = Flag(name="--dns-listen", commands=(RUN,), parse=_listen, default="
                   help="DNS address (UDP and TCP)")
 HTTP_LISTEN = Flag(name="--http-listen", commands=(RUN,), parse=_listen,
                    default="0.0.0.0:8080",
-                   help="HTTP address for /healthz, /readyz, /metrics, /v1/aliases")
+                   help="HTTP address for /healthz, /readyz, /metrics (unless --metrics-listen), "
+                        "/v1/aliases, /v1/overrides")
+METRICS_LISTEN = Flag(name="--metrics-listen", commands=(RUN,), parse=_listen,
+                     help="serve /metrics (and /healthz) on this address instead of "
+                          "--http-listen, so a NetworkPolicy can open it to Prometheus alone")
+READ_ACCESS = Flag(name="--read-access", commands=(RUN,), parse=_text, default="open",
+                   choices=("open", "token"),
+                   help="who may read /v1/aliases and /v1/overrides (the whole zone, its "
+                        "owners): open = every client that reaches the HTTP port; token = "
+                        "the --api-token-file token, or a Kubernetes token whose user RBAC "
+                        "lets list aliases.aliasd.io in the overrides ConfigMap's namespace")
 ALIASES_FILE = Flag(name="--aliases-file", commands=(RUN,), parse=_path,
                     help="YAML file of static aliases, reloaded on change")
 NS_ADDRESS = ListFlag(name="--ns-address", commands=(RUN,), parse=_items,
@@ -250,6 +267,11 @@ API_TOKEN_FILE = Flag(name="--api-token-file", commands=(RUN,), parse=read_token
                            "/v1/overrides) that may write every name; in a cluster Kubernetes "
                            "tokens are accepted too (RBAC decides); without either the write "
                            "API is off")
+API_TOKEN_AUDIENCES = ListFlag(
+    name="--api-token-audiences", commands=(RUN,), parse=_audiences, default=("aliasd",),
+    help="audiences a Kubernetes token for the write API must be issued for (kubectl create "
+         "token SA --audience aliasd, or a projected serviceAccountToken volume): a token "
+         "for the API server is refused, so one captured here is no use against it")
 OVERRIDES_CONFIGMAP = Flag(name="--overrides-configmap", commands=(RUN, LIST), parse=_ref,
                            default=f"{POD_NAMESPACE}/aliasd-overrides",
                            help="NAMESPACE/NAME of the ConfigMap holding the HTTP overrides")
@@ -262,6 +284,17 @@ DEFAULT_ALLOWED_NAMES = ListFlag(
     help="names a namespace without the aliasd.io/allowed-names annotation may claim: exact "
          "names and *.suffix patterns, {namespace} replaced by the namespace (e.g. "
          "'*.{namespace}.internal'); default: any name in the served zones")
+NAME_HOLD = Flag(
+    name="--name-hold", commands=(RUN,), parse=_seconds_or_zero, default="0",
+    help="seconds a name stays with the namespace whose claim last won it after that claim "
+         "goes away, so a waiting claim from another namespace does not win while the owner "
+         "recreates its Service (e.g. 600); 0: handed over at once, which a move of a name "
+         "to another namespace relies on")
+POLICY_CONFIGMAP = Flag(
+    name="--policy-configmap", commands=(RUN, LIST), parse=_ref,
+    help="NAMESPACE/NAME of a ConfigMap (in aliasd's namespace) whose keys are namespaces and "
+         "values their allowed names; the Namespaces' aliasd.io/allowed-names annotations are "
+         "then ignored, so tenants that create namespaces cannot grant themselves names")
 COREDNS_MODE = Flag(name="--coredns-mode", commands=WIRING, parse=_text, default="auto",
                     choices=MODES,
                     help="which cluster DNS config to wire: auto detects kube-system/coredns "
@@ -307,11 +340,13 @@ OUTPUT = Flag(name="--output", short="-o", commands=(LIST,), parse=_text, defaul
 
 FLAGS: tuple[AnyFlag, ...] = (
     LOG_LEVEL, LOG_FORMAT,
-    ZONE, DNS_LISTEN, HTTP_LISTEN, ALIASES_FILE, NS_ADDRESS, ALLOW_TRANSFER,
+    ZONE, DNS_LISTEN, HTTP_LISTEN, METRICS_LISTEN, READ_ACCESS, ALIASES_FILE, NS_ADDRESS,
+    ALLOW_TRANSFER,
     TCP_IDLE_TIMEOUT, TCP_MAX_CONNECTIONS, TCP_MAX_CONNECTIONS_PER_CLIENT, LAME_DUCK,
     HEALTH_MAX_CONCURRENT_PROBES,
-    KUBERNETES, KUBECONFIG, NAMESPACES, STATE_FILE, API_TOKEN_FILE, OVERRIDES_CONFIGMAP,
-    ALLOW_TAKEOVER, DEFAULT_ALLOWED_NAMES,
+    KUBERNETES, KUBECONFIG, NAMESPACES, STATE_FILE, API_TOKEN_FILE, API_TOKEN_AUDIENCES,
+    OVERRIDES_CONFIGMAP,
+    ALLOW_TAKEOVER, DEFAULT_ALLOWED_NAMES, POLICY_CONFIGMAP, NAME_HOLD,
     COREDNS_MODE, FORWARD_TO, DNS_SERVICE, COREDNS_CONFIGMAP,
     LEADER_ELECTION, LEADER_LEASE, LEADER_LEASE_DURATION, ALIAS_STATUS_RATE, FORCE,
     STOP_DEPLOYMENT,

@@ -106,6 +106,19 @@ def alias_status_writes() -> CountsBy:
                     label="result")
 
 
+def auth_reviews() -> CountsBy:
+    return CountsBy("aliasd_auth_reviews", "Decisions on Kubernetes tokens for the write "
+                    "API, by review (token = a TokenReview made, access = a "
+                    "SubjectAccessReview made; token_cached, access_cached = answered from "
+                    "the cache)", label="review")
+
+
+def event_results() -> CountsBy:
+    return CountsBy("aliasd_events", "Kubernetes Events by result (created; counted = an "
+                    "Event already recorded repeated, its count raised; left_out = over the "
+                    "budget per object and reason or for the process; failed)", label="result")
+
+
 def corefile_patches() -> CountsBy:
     return CountsBy("aliasd_corefile_patches", "Cluster DNS ConfigMap reconciles by result "
                     "(attempt, applied, unchanged, conflict = concurrent edit then retried, "

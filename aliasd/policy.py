@@ -115,9 +115,14 @@ def policy_namespace(owner: Owner) -> str | None:
 @dataclass(frozen=True)
 class NamePolicy:
     """The cluster-wide part: the default for namespaces without the annotation
-    (templates with ``{namespace}``); None: any name in the served zones."""
+    (templates with ``{namespace}``); None: any name in the served zones. The
+    per-namespace values (``allowed``'s ``annotation``) come from the
+    Namespaces' annotations, or from ``source``."""
 
     default: tuple[str, ...] | None = None
+    # Where the per-namespace values come from, when not the Namespaces'
+    # annotations (``--policy-configmap``: "ConfigMap aliasd-system/aliasd-policy").
+    source: str | None = None
 
     @classmethod
     def parse(cls, items: Iterable[str]) -> NamePolicy:
@@ -141,8 +146,9 @@ class NamePolicy:
         """What ``namespace`` may claim given its annotation (None: absent);
         None: any name."""
         if annotation is not None:
-            return parse_allowed(annotation, namespace=namespace,
-                                 rule=f"{ALLOWED_NAMES_ANNOTATION} on Namespace {namespace}",
+            rule = (f"{self.source}, key {namespace}" if self.source is not None
+                    else f"{ALLOWED_NAMES_ANNOTATION} on Namespace {namespace}")
+            return parse_allowed(annotation, namespace=namespace, rule=rule,
                                  default_zone=default_zone)
         if self.default is None:
             return None

@@ -62,6 +62,36 @@ class Conflict:
     name: str
     winner: Owner
     loser: Owner
+    # Set when ``winner`` is gone and its namespace still holds the name (a
+    # ``Hold``): the loser waits until then.
+    until: float | None = None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A name kept for the namespace whose claim last won it, after that claim
+    went away, until ``until`` (``ZoneConfig.name_hold`` seconds later): a
+    waiting claim from another namespace does not win while the owner deletes
+    and recreates its Service (ExternalDNS never hands one owner's records to
+    another; this is the same promise over a restart of the owner's object)."""
+
+    owner: Owner  # the claim's owner that held the name
+    until: float
+
+
+def held_back(name: str, claims: list[AliasClaim], hold: Hold | None
+              ) -> tuple[list[AliasClaim], tuple[Conflict, ...]]:
+    """The claims that may win ``name`` under ``hold`` (the holder's namespace
+    and HTTP overrides), and the others as conflicts that wait."""
+    if hold is None:
+        return claims, ()
+    keep = [c for c in claims if _held_for(c, hold)]
+    return keep, tuple(Conflict(name, hold.owner, c.owner, hold.until)
+                       for c in sorted(claims, key=_rank) if not _held_for(c, hold))
+
+
+def _held_for(c: AliasClaim, hold: Hold) -> bool:
+    return c.owner.kind == OVERRIDE_KIND or c.owner.namespace == hold.owner.namespace
 
 
 @dataclass(frozen=True)
@@ -82,6 +112,7 @@ class NameNotAllowed(ValueError):
 NOT_ALLOWED = "AliasNotAllowed"
 """The Event reason of a claim the name policy denies."""
 NO_ANNOTATIONS: Mapping[str, str] = MappingProxyType({})
+NO_HOLDS: Mapping[str, Hold] = MappingProxyType({})
 """Namespace -> its ``aliasd.io/allowed-names`` value: none annotated."""
 ALL_HEALTHY: frozenset[Check] = frozenset()
 """The unhealthy checks: none."""
@@ -144,7 +175,7 @@ class Result:
     @functools.cached_property
     def overridden(self) -> tuple[Conflict, ...]:
         """Claims an HTTP override beats (winner = the override): on purpose, so
-        not conflicts and no Events."""
+        not conflicts; their owners get an ``AliasOverridden`` Event."""
         return tuple(c for n in sorted(self.overridden_by_name)
                      for c in self.overridden_by_name[n])
 
@@ -412,10 +443,11 @@ def zone_infos(config: ZoneConfig, serial: int, takeovers: Iterable[str]) -> tup
 def build_keyed(objects: Mapping[str, Iterable[AliasClaim]], *, config: ZoneConfig,
                 serial: int, ready: bool = True,
                 annotations: Mapping[str, str] = NO_ANNOTATIONS,
+                holds: Mapping[str, Hold] = NO_HOLDS,
                 unhealthy: Container[Check] = ALL_HEALTHY) -> Result:
-    """The snapshot for every object's claims (key -> claims), from scratch
-    (``unhealthy``: the checks that fail). The incremental engine must always
-    equal this."""
+    """The snapshot for every object's claims (key -> claims), from scratch,
+    with ``holds`` in force (``unhealthy``: the checks that fail). The
+    incremental engine must always equal this."""
     by_name: dict[str, list[AliasClaim]] = defaultdict(list)
     invalid: dict[str, tuple[Invalid, ...]] = {}
     for key, claims in objects.items():
@@ -424,8 +456,14 @@ def build_keyed(objects: Mapping[str, Iterable[AliasClaim]], *, config: ZoneConf
             invalid[key] = bad
         for name, claim in valid:
             by_name[name].append(claim)
-    resolutions = {name: resolve(name, by_name[name], config, unhealthy)
-                   for name in sorted(by_name)}
+    resolutions: dict[str, Resolution] = {}
+    conflicted: dict[str, tuple[Conflict, ...]] = {}
+    for name in sorted(by_name):
+        claims, waiting = held_back(name, by_name[name], holds.get(name))
+        if claims:
+            resolutions[name] = resolve(name, claims, config, unhealthy)
+        if cs := (resolutions[name].conflicts if claims else ()) + waiting:
+            conflicted[name] = cs
     rrsets = apex_rrsets(config, serial)
     names: set[str] = set()
     for origin in rrsets:
@@ -450,7 +488,7 @@ def build_keyed(objects: Mapping[str, Iterable[AliasClaim]], *, config: ZoneConf
         wildcards=frozenset(n.removeprefix(WILDCARD) for n in names if is_wildcard(n)),
     )
     return Result(snap, resolutions=resolutions, invalid=invalid,
-                  conflicted={n: r.conflicts for n, r in resolutions.items() if r.conflicts},
+                  conflicted=conflicted,
                   overridden={n: r.overridden for n, r in resolutions.items() if r.overridden},
                   takeovers=takeovers,
                   entry_count=sum(len(r.entries) for r in resolutions.values()))

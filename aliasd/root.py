@@ -10,6 +10,7 @@ CLI's business: everything here takes typed values.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from aliasd import resolver
 from aliasd.access import (
+    DEFAULT_AUDIENCES,
     AnyOf,
     Authenticator,
     EventTrail,
@@ -32,7 +34,7 @@ from aliasd.access import (
     StaticToken,
     Trail,
 )
-from aliasd.api import make_app, start_http
+from aliasd.api import make_app, make_metrics_app, start_http
 from aliasd.app import AppConfig
 from aliasd.coredns.lease import Election, LeaderElector
 from aliasd.coredns.patcher import Patcher, PatcherConfig
@@ -45,9 +47,11 @@ from aliasd.metrics import (
     CountsBy,
     DnsMetrics,
     alias_status_writes,
+    auth_reviews,
     build_registry,
     corefile_patches,
     crd_probes,
+    event_results,
     watch_restarts,
 )
 from aliasd.model import ConfigError
@@ -66,6 +70,7 @@ from aliasd.sources.aliases import VERSIONS as ALIAS_VERSIONS
 from aliasd.sources.file import FileSource
 from aliasd.sources.kube import KubeSource
 from aliasd.sources.overrides import ConfigMapOverrides, FileOverrides, OverridesSource
+from aliasd.sources.policymap import PolicyConfigMap
 from aliasd.sources.probes import Prober
 from aliasd.state import State, StateFile
 from aliasd.status import Component, ReadModel, aliases_document
@@ -88,6 +93,9 @@ class KubeConfig:
     leader_lease: tuple[str, str] | None = None  # None: no leader election
     lease_duration: float = 15.0
     status_rate: float = DEFAULT_RATE  # Alias status writes per second (burst: as many)
+    audiences: tuple[str, ...] = DEFAULT_AUDIENCES  # a write API token's (TokenReview)
+    # The name policy from this ConfigMap, not the Namespaces' annotations.
+    policy_configmap: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,8 @@ class _Parts:
     probes: CountsBy = field(default_factory=crd_probes)
     patches: CountsBy = field(default_factory=corefile_patches)
     status_writes: CountsBy = field(default_factory=alias_status_writes)
+    events: CountsBy = field(default_factory=event_results)
+    reviews: CountsBy = field(default_factory=auth_reviews)
     overrides: OverridesSource | None = None
     authenticator: Authenticator | None = None
     trail: Trail = field(default_factory=LogTrail)
@@ -198,7 +208,7 @@ def _assemble(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callable
     metrics = build_registry([
         DnsMetrics(stats, cache_entries=lambda: dns.answerer.cache_size), read, inbox,
         committer, checker, service, prober, parts.restarts, parts.probes, parts.patches,
-        parts.status_writes])
+        parts.status_writes, parts.events, parts.reviews])
     return _Process(dns, tuning, lame_duck, committer, checker, service, read, metrics)
 
 
@@ -216,10 +226,17 @@ async def _run(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callabl
     p = _assemble(parts, inbox, config=config, clock=clock, writer=writer, state=state)
     log.info("serving zones %s; sources: %s", ", ".join(config.zones.zones),
              ", ".join(s.name for s in parts.sources))
-    runner = await start_http(make_app(p.read, p.service, zones=config.zones,
-                                       registry=p.registry),
-                              config.http_host, config.http_port)
-    try:
+    separate = config.metrics_listen
+    async with contextlib.AsyncExitStack() as listeners:
+        runner = await start_http(make_app(p.read, p.service, zones=config.zones,
+                                           registry=None if separate else p.registry,
+                                           reads_need_token=config.reads_need_token),
+                                  config.http_host, config.http_port)
+        listeners.push_async_callback(runner.cleanup)
+        if separate is not None:
+            metrics = await start_http(make_metrics_app(p.registry), *separate,
+                                       what="metrics")
+            listeners.push_async_callback(metrics.cleanup)
         await p.dns.start()
         p.tuning.start()
         try:
@@ -235,8 +252,6 @@ async def _run(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callabl
             await p.dns.stop()
             if writer is not None:
                 writer.flush()
-    finally:
-        await runner.cleanup()
 
 
 def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig,
@@ -245,7 +260,7 @@ def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig
     CoreDNS patcher and the Alias status writer; the effects after each commit."""
     restarts, probes = parts.restarts, parts.probes
     me = instance()  # the Events' reportingInstance and the lease holder's name
-    events = EventSink(api, instance=me)
+    events = EventSink(api, instance=me, results=parts.events.counts)
     recorder = EventRecorder(events.send)
     patcher, election = _wire_leader(parts, api, recorder, config=config, me=me)
     if election is not None:
@@ -258,12 +273,18 @@ def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig
         send=events.send, clock=time.time, results=parts.status_writes.counts,
         rate=config.status_rate, health=parts.prober.states)
     parts.components.append(statuses)
+    policy = config.policy_configmap
     source = KubeSource(api, zones=zones, namespaces=list(config.namespaces),
                         on_claims=inbox.update_claims, on_change=inbox.changed,
                         on_relist=inbox.relisted, on_problems=inbox.problems_changed,
-                        on_namespace=inbox.update_namespace, restarts=restarts.counts,
-                        probes=probes.counts, on_alias=statuses.update)
+                        on_namespace=inbox.update_namespace if policy is None else None,
+                        restarts=restarts.counts, probes=probes.counts,
+                        on_alias=statuses.update)
     parts.sources.append(source)
+    if policy is not None:
+        parts.sources.append(PolicyConfigMap(
+            api, namespace=policy[0], name=policy[1], on_namespace=inbox.update_namespace,
+            on_change=inbox.changed, restarts=restarts.counts))
     cm_ns, cm_name = config.overrides_configmap
     parts.overrides = ConfigMapOverrides(api, zones, inbox.notifier("overrides"),
                                          namespace=cm_ns, name=cm_name,
@@ -272,8 +293,9 @@ def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig
     # Override writes also take Kubernetes tokens (RBAC decides, in the
     # overrides ConfigMap's namespace) and leave Events on that ConfigMap.
     static = [parts.authenticator] if parts.authenticator is not None else []
-    parts.authenticator = AnyOf([*static, KubernetesAuth(api, namespace=cm_ns)])
-    parts.trail = EventTrail(api, send=events.send, namespace=cm_ns, name=cm_name)
+    parts.authenticator = AnyOf([*static, KubernetesAuth(
+        api, namespace=cm_ns, audiences=config.audiences, reviews=parts.reviews.counts)])
+    parts.trail = EventTrail(api, send=events.record, namespace=cm_ns, name=cm_name)
 
     def report(result: Result, changed: bool) -> None:
         # An Alias's problems are its status conditions, with their own Events.
@@ -330,7 +352,8 @@ async def _patch_alias_status(custom: CustomObjectsApi, namespace: str, name: st
 
 
 async def list_from_cluster(kubeconfig: str | None, *, zones: ZoneConfig, namespaces: list[str],
-                       overrides: tuple[str, str]) -> dict[str, Any]:
+                            overrides: tuple[str, str],
+                            policy: tuple[str, str] | None = None) -> dict[str, Any]:
     """List (and watch until synced) like ``aliasd run`` does, then build once."""
     cm_ns, cm_name = overrides
     api = await make_client(kubeconfig)
@@ -338,23 +361,32 @@ async def list_from_cluster(kubeconfig: str | None, *, zones: ZoneConfig, namesp
         restarts: Counter[str] = Counter()
         kube = KubeSource(api, zones=zones, namespaces=namespaces,
                           on_claims=lambda key, claims: None, on_change=lambda: None,
-                          restarts=restarts)
+                          on_namespace=(lambda namespace, value: None) if policy is None
+                          else None, restarts=restarts)
         switch = ConfigMapOverrides(api, zones, lambda: None, namespace=cm_ns, name=cm_name,
                                     restarts=restarts)
+        sources: list[KubeSource | ConfigMapOverrides | PolicyConfigMap] = [kube, switch]
+        policies = None
+        if policy is not None:
+            policies = PolicyConfigMap(api, namespace=policy[0], name=policy[1],
+                                       on_namespace=lambda namespace, value: None,
+                                       on_change=lambda: None, restarts=restarts)
+            sources.append(policies)
 
         async def synced() -> None:
             deadline = time.monotonic() + SYNC_TIMEOUT
-            while not (kube.synced and switch.synced):
+            while not all(s.synced for s in sources):
                 if time.monotonic() > deadline:
+                    errors = [s.error for s in sources if s.error]
                     raise ConfigError(f"could not read the cluster within {SYNC_TIMEOUT:.0f}s: "
-                                      f"{kube.error or switch.error or 'not synced'}")
+                                      f"{errors[0] if errors else 'not synced'}")
                 await asyncio.sleep(0.05)
 
-        await supervise({"source-kubernetes": kube.run(), "source-overrides": switch.run()},
-                        until=synced())
+        await supervise({f"source-{s.name}": s.run() for s in sources}, until=synced())
         result = resolver.build([*kube.claims, *switch.claims], config=zones,
                                 serial=resolver.next_serial(0, time.time()), ready=True,
-                                annotations=kube.allowed_names)
+                                annotations=(kube.allowed_names if policies is None
+                                             else policies.allowed_names))
         return aliases_document(result)
     finally:
         await api.close()

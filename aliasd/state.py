@@ -1,6 +1,7 @@
-"""The state file (``--state-file``): the claims of the last good snapshot and,
-standalone, the HTTP overrides, so that a restart can answer before (or
-without) the sources.
+"""The state file (``--state-file``): the claims of the last good snapshot,
+the Namespaces' name policy (``aliasd.io/allowed-names``) they were validated
+against and, standalone, the HTTP overrides, so that a restart can answer
+before (or without) the sources.
 
 Written atomically (temporary file in the same directory, fsync, rename), so a
 crash mid-write leaves the previous version, never half a file.
@@ -14,8 +15,8 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ class State:
     claims: tuple[AliasClaim, ...]
     overrides: tuple[dict[str, Any], ...]
     written: float  # seconds since the epoch
+    # Namespace -> its aliasd.io/allowed-names: without them, a restart with
+    # --default-allowed-names and no API server would deny every name that only
+    # an annotation allows.
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 def claim_to_json(c: AliasClaim) -> dict[str, Any]:
@@ -92,6 +97,7 @@ class StateFile:
         # Object key -> its claims as JSON (the array's items, no brackets).
         self._parts: dict[str, bytes] = {}
         self._overrides: list[dict[str, Any]] = []
+        self._annotations: dict[str, str] = {}
         # Snapshots are saved from a worker thread, overrides from the event
         # loop: one at a time, each with the other's latest part.
         self._lock = threading.Lock()
@@ -114,12 +120,17 @@ class StateFile:
             if not all(isinstance(o, dict) for o in overrides):
                 raise ValueError("overrides must be objects")
             written = float(doc["written"])
+            annotations = doc.get("annotations", {})  # absent: written before they were kept
+            if not isinstance(annotations, dict) or not all(
+                    isinstance(v, str) for v in annotations.values()):
+                raise ValueError("annotations must map namespaces to strings")
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"state file {self.path}: {e}") from None
         self._loaded = _items(claims)
         self._parts = {}
         self._overrides = list(overrides)
-        return State(claims, overrides, written)
+        self._annotations = dict(annotations)
+        return State(claims, overrides, written, annotations)
 
     def stage(self, objects: Iterable[tuple[str, Iterable[AliasClaim]]]) -> None:
         """The claims of some objects for the next save (none: the object is
@@ -135,16 +146,20 @@ class StateFile:
                 else:
                     self._parts.pop(key, None)
 
-    def save(self, *, now: float, overrides: Sequence[dict[str, Any]] | None = None) -> None:
+    def save(self, *, now: float, overrides: Sequence[dict[str, Any]] | None = None,
+             annotations: Mapping[str, str] | None = None) -> None:
         """Write the file atomically; ``OSError`` if that fails (the old file
-        stays). ``overrides``: these instead of the last ones."""
+        stays). ``overrides``, ``annotations``: these instead of the last ones."""
         with self._lock:
             new_overrides = self._overrides if overrides is None else list(overrides)
+            new_annotations = self._annotations if annotations is None else dict(annotations)
             parts = [self._loaded] if self._loaded else list(self._parts.values())
-            self._write(now, parts, new_overrides)
+            self._write(now, parts, new_overrides, new_annotations)
             self._overrides = new_overrides
+            self._annotations = new_annotations
 
-    def _write(self, now: float, parts: list[bytes], overrides: list[dict[str, Any]]) -> None:
+    def _write(self, now: float, parts: list[bytes], overrides: list[dict[str, Any]],
+               annotations: dict[str, str]) -> None:
         # The document json.dump would write, written in slices: a thread
         # writing it holds the GIL against the event loop for one slice at a
         # time (joining all of a 10,000-claim file at once is milliseconds).
@@ -158,7 +173,8 @@ class StateFile:
                     if i:
                         f.write(b",")
                     f.write(b",".join(parts[i:i + WRITE_SLICE]))
-                f.write(f'],"overrides":{_dumps(overrides)}}}'.encode())
+                f.write(f'],"overrides":{_dumps(overrides)},'
+                        f'"annotations":{_dumps(annotations)}}}'.encode())
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)

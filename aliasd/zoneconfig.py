@@ -82,6 +82,9 @@ class ZoneConfig:
     ns_addresses: tuple[str, ...] = ()
     takeover: TakeoverPolicy = field(default_factory=TakeoverPolicy)
     names: NamePolicy = field(default_factory=NamePolicy)  # who may claim which name
+    # Seconds a name stays with the namespace whose claim last won it after
+    # that claim goes away (0: not at all); see ``resolver.Hold``.
+    name_hold: float = 0.0
     soa_ttl: int = 30
     refresh: int = 60
     retry: int = 10
@@ -91,7 +94,7 @@ class ZoneConfig:
     @classmethod
     def from_names(cls, zones: Iterable[str], *, ns_addresses: Iterable[str] = (),
                    takeover: TakeoverPolicy | None = None,
-                   names: NamePolicy | None = None) -> ZoneConfig:
+                   names: NamePolicy | None = None, name_hold: float = 0.0) -> ZoneConfig:
         normalized: list[str] = []
         for z in zones:
             n = normalize_name(z)
@@ -109,4 +112,5 @@ class ZoneConfig:
             except ValueError:
                 raise ValueError(f"ns address {a!r} is not an IP address") from None
         return cls(zones=tuple(normalized), ns_addresses=tuple(addrs),
-                   takeover=takeover or TakeoverPolicy(), names=names or NamePolicy())
+                   takeover=takeover or TakeoverPolicy(), names=names or NamePolicy(),
+                   name_hold=name_hold)

@@ -5,19 +5,23 @@ every write, allowed or refused, leaves an Event on the overrides ConfigMap."""
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from aliasd.access import REFUSED_BURST, REFUSED_EVERY
-from aliasd_dev import LocalCluster
+from aliasd_dev import ClusterError, LocalCluster
 from tests.support.dnsclient import a_records
 from tests.support.kube import events, service
-from tests.support.process import AliasdProcess, http_json, run_aliasd
+from tests.support.process import AliasdProcess, http_json, metric_or_none, run_aliasd
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -25,13 +29,21 @@ pytestmark = pytest.mark.cluster
 STATIC = "static-t0ken-for-standalone-hooks"
 
 
-def sa_token(cluster: LocalCluster, ns: str, name: str) -> str:
-    cluster.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {
-        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
+def sa_token(cluster: LocalCluster, ns: str, name: str, *,
+             audiences: list[str] | None = None) -> str:
+    """A token for the ServiceAccount ``name`` (created if need be), issued for
+    ``audiences`` (default: aliasd's), as ``kubectl create token NAME
+    --audience aliasd`` mints it; ``[]``: the API server's own audience."""
+    with contextlib.suppress(ClusterError):  # exists
+        cluster.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {
+            "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
+    spec: dict[str, Any] = {"expirationSeconds": 3600}
+    if audiences != []:
+        spec["audiences"] = audiences or ["aliasd"]
     token: str = cluster.request(
         "POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{name}/token",
         {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-         "spec": {"expirationSeconds": 3600}})["status"]["token"]
+         "spec": spec})["status"]["token"]
     return token
 
 
@@ -195,3 +207,108 @@ def test_a_flood_of_refused_writes_is_answered_and_bounded_in_the_trail(
              and any("more refused writes before it, not recorded" in m
                      for r, m in trail(cluster, namespace) if r == "OverrideRefused"),
              timeout=REFUSED_EVERY * 3, what="the count of refusals left out")
+
+
+def test_a_token_for_the_api_server_is_refused_and_decisions_are_cached(
+        cluster: LocalCluster, namespace: str, aliasd: AliasdProcess) -> None:
+    """The TokenReview asks for aliasd's audience: a token minted for the API
+    server (which a captured request would hand to whoever read it) is
+    refused, one minted with --audience aliasd is accepted; a caller repeating
+    writes is reviewed once, then answered from the cache."""
+    ip = service(cluster, namespace, "db", alias="db.internal")["spec"]["clusterIP"]
+    wait_for(lambda: a_records(aliasd, "db.internal.") == [ip], what="the alias")
+    allow(cluster, namespace, "hook", ["db.internal"], ["update", "delete"])
+    for_api_server = sa_token(cluster, namespace, "hook", audiences=[])
+    for_aliasd = sa_token(cluster, namespace, "hook")
+    status, doc = http_json(aliasd, "PUT", "/v1/overrides/db.internal",
+                            {"addresses": ["10.6.6.6"]}, token=for_api_server)
+    assert status == 401 and doc["error"].startswith("the bearer token is not valid"), doc
+    assert a_records(aliasd, "db.internal.") == [ip]
+
+    def reviews() -> dict[str, float | None]:
+        return {k: metric_or_none(aliasd, "aliasd_auth_reviews_total", review=k)
+                for k in ("token", "token_cached", "access", "access_cached")}
+
+    assert reviews() == {"token": 1.0, "token_cached": None, "access": None,
+                         "access_cached": None}
+    for i in range(5):
+        status, doc = http_json(aliasd, "PUT", "/v1/overrides/db.internal",
+                                {"addresses": [f"10.0.0.{i + 1}"]}, token=for_aliasd)
+        assert status in (200, 201), doc
+        assert doc["by"] == f"system:serviceaccount:{namespace}:hook"
+    assert a_records(aliasd, "db.internal.") == ["10.0.0.5"]
+    # One review of each kind for five writes; the refused token is cached too.
+    assert reviews() == {"token": 2.0, "token_cached": 4.0, "access": 1.0,
+                         "access_cached": 4.0}
+    assert http_json(aliasd, "PUT", "/v1/overrides/db.internal", {"addresses": ["10.6.6.6"]},
+                     token=for_api_server)[0] == 401
+    assert reviews()["token"] == 2.0
+    # Another verb is another decision.
+    assert http_json(aliasd, "DELETE", "/v1/overrides/db.internal", token=for_aliasd)[0] == 200
+    assert reviews() == {"token": 2.0, "token_cached": 6.0, "access": 2.0,
+                         "access_cached": 4.0}
+
+
+def test_an_override_tells_the_owner_of_the_name_it_shadows(
+        cluster: LocalCluster, namespace: str, aliasd: AliasdProcess) -> None:
+    ip = service(cluster, namespace, "db", alias="shadowed.internal")["spec"]["clusterIP"]
+    wait_for(lambda: a_records(aliasd, "shadowed.internal.") == [ip], what="the alias")
+    status, _ = http_json(aliasd, "PUT", "/v1/overrides/shadowed.internal",
+                          {"addresses": ["10.0.0.7"]}, token=STATIC)
+    assert status == 201
+    assert a_records(aliasd, "shadowed.internal.") == ["10.0.0.7"]
+    got = wait_for(lambda: events(cluster, namespace, "db"), what="the Event on the Service")
+    assert got == [("AliasOverridden", (
+        "alias shadowed.internal. answers from an HTTP override (shadowed.internal), not this "
+        "claim, until the override is deleted; the overrides ConfigMap's Events say who set "
+        "it"))]
+    assert http_json(aliasd, "DELETE", "/v1/overrides/shadowed.internal", token=STATIC)[0] == 200
+    wait_for(lambda: a_records(aliasd, "shadowed.internal.") == [ip], what="the name back")
+
+
+def test_reads_fenced_with_a_token_and_metrics_on_their_own_listener(
+        cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
+    """--read-access token: the zone, its owners and the overrides are read
+    only with a token allowed to (the static one, or RBAC's list on
+    aliases.aliasd.io); --metrics-listen: /metrics is served there, not on
+    the HTTP port every pod reaches."""
+    (tmp_path / "token").write_text(STATIC + "\n")
+    args = ["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal",
+            "--namespaces", namespace, "--overrides-configmap", f"{namespace}/aliasd-overrides",
+            "--api-token-file", str(tmp_path / "token"), "--read-access", "token",
+            "--metrics-listen", "127.0.0.1:0"]
+    with run_aliasd(args, tmp=tmp_path) as p:
+        ip = service(cluster, namespace, "db", alias="fenced.internal")["spec"]["clusterIP"]
+        wait_for(lambda: a_records(p, "fenced.internal.") == [ip], what="the alias")
+        for path in ("/v1/aliases", "/v1/overrides", "/v1/overrides/fenced.internal"):
+            status, doc = http_json(p, "GET", path)
+            assert status == 401 and doc["error"].startswith("missing bearer token"), doc
+        status, doc = http_json(p, "GET", "/v1/aliases", token=STATIC)
+        assert status == 200 and [a["name"] for a in doc["aliases"]] == ["fenced.internal."]
+        reader = sa_token(cluster, namespace, "reader")
+        status, doc = http_json(p, "GET", "/v1/aliases", token=reader)
+        assert (status, doc["error"]) == (403, (
+            f"system:serviceaccount:{namespace}:reader may not list aliases.aliasd.io in "
+            f"namespace {namespace} (RBAC)"))
+        rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
+        cluster.request("POST", f"{rbac}/roles", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "aliasd-reader"},
+            "rules": [{"apiGroups": ["aliasd.io"], "resources": ["aliases"],
+                       "verbs": ["list"]}]})
+        cluster.request("POST", f"{rbac}/rolebindings", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "aliasd-reader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                        "name": "aliasd-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}]})
+        # A refusal is cached for 10 s (aliasd.access.REFUSED_TTL): then RBAC's new answer.
+        wait_for(lambda: http_json(p, "GET", "/v1/aliases", token=reader)[0] == 200,
+                 timeout=30, what="the Role to apply")
+        assert http_json(p, "GET", "/v1/overrides", token=reader) == (200, {"overrides": []})
+        # Health stays open; /metrics is on its own listener only.
+        assert p.http("/healthz") == (200, {"status": "ok"})
+        assert p.http("/metrics")[0] == 404
+        port = int(re.findall(r"metrics listening on 127\.0\.0\.1:(\d+)", p.logs())[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            assert r.status == 200 and b"aliasd_auth_reviews_total" in r.read()

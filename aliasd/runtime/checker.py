@@ -48,13 +48,14 @@ class RelistChecker:
         """Compare the served snapshot with a build from scratch; on a
         difference, reset the engine. Returns whether they differed."""
         engine = self._inbox.engine
-        claims, annotations, unhealthy = engine.claims, engine.annotations, engine.unhealthy
+        claims, annotations = engine.claims, engine.annotations
+        unhealthy, holds = engine.unhealthy, engine.holds
         snap = engine.result.snapshot
-        diff = await asyncio.to_thread(_check, claims, annotations, unhealthy,
+        diff = await asyncio.to_thread(_check, claims, annotations, unhealthy, holds,
                                        self._zones, snap)
         engine = self._inbox.engine
         if not diff or engine.claims is not claims or engine.annotations is not annotations \
-                or engine.unhealthy is not unhealthy:
+                or engine.unhealthy is not unhealthy or engine.holds is not holds:
             return False  # equal, or changed meanwhile (the next relist checks that)
         self.failures += 1
         log.error("the incremental snapshot %d differs from a build from scratch (%d "
@@ -72,7 +73,8 @@ class RelistChecker:
 
 
 def _check(claims: Mapping[str, tuple[AliasClaim, ...]], annotations: Mapping[str, str],
-           unhealthy: frozenset[Check], zones: ZoneConfig, snapshot: Snapshot) -> list[str]:
+           unhealthy: frozenset[Check], holds: Mapping[str, resolver.Hold], zones: ZoneConfig,
+           snapshot: Snapshot) -> list[str]:
     # What the build allocates is garbage once compared, freed by reference
     # counting. A collection during it would only scan it, holding the GIL
     # against the loop the whole pass (two gen2 passes, 59 and 95 ms, during
@@ -82,7 +84,7 @@ def _check(claims: Mapping[str, tuple[AliasClaim, ...]], annotations: Mapping[st
     try:
         scratch = resolver.build_keyed(claims, config=zones, serial=snapshot.serial,
                                        ready=snapshot.ready, annotations=annotations,
-                                       unhealthy=unhealthy)
+                                       unhealthy=unhealthy, holds=holds)
         return differences(snapshot, scratch.snapshot)
     finally:
         if was_enabled:

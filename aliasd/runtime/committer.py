@@ -86,6 +86,8 @@ class Committer:
         # Whole-state sources may have loaded before they could notify.
         self._whole = {s.name for s in self._sources if not getattr(s, "incremental", False)}
         self._waiters: list[asyncio.Future[None]] = []
+        self._expiry: float | None = None  # the first hold's end a commit is due at
+        self._expiry_timer: asyncio.TimerHandle | None = None
         self.engine_runs = 0
         self.snapshots = 0
 
@@ -144,7 +146,10 @@ class Committer:
         if self._degraded:
             return False
         serial = resolver.next_serial(self._serial, self._clock())
-        self._result = resolver.build(stale.claims, config=self._zones, serial=serial)
+        # Validated against the stored Namespace policies: with
+        # --default-allowed-names, a name only an annotation allows still answers.
+        self._result = resolver.build(stale.claims, config=self._zones, serial=serial,
+                                      annotations=stale.annotations)
         self._serial = serial
         self._degraded = True
         self._dns.swap(self._result.snapshot, None)
@@ -205,6 +210,26 @@ class Committer:
             for w in waiters:
                 if not w.done():
                     w.set_result(None)
+            self._wake_at_expiry()
+
+    def _wake_at_expiry(self) -> None:
+        """A hold on a name (``ZoneConfig.name_hold``) ends with no event: commit
+        then, so the waiting claim is served on time."""
+        expiry = self._inbox.engine.next_expiry
+        if expiry == self._expiry:
+            return
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        self._expiry = expiry
+        if expiry is not None:
+            self._expiry_timer = asyncio.get_running_loop().call_later(
+                max(0.0, expiry - self._clock()), self._expired)
+
+    def _expired(self) -> None:
+        self._expiry_timer = None
+        self._expiry = None
+        self._inbox.changed()
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(

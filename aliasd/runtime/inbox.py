@@ -105,6 +105,7 @@ class Inbox:
         """The safety net: a fresh engine fed every claim (should never run)."""
         old = self._engine
         self._engine = Engine(old.config, serial=old.serial, track_changes=old.track_changes)
+        self._engine.holds = old.holds  # what went away before is not in the claims
         for namespace, allowed_names in old.annotations.items():
             self._engine.set_namespace(namespace, allowed_names)
         for key, claims in old.claims.items():

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily
 
-from aliasd.access import Authenticator, Refused, Trail, Write
+from aliasd.access import READ_RESOURCE, Authenticator, Refused, Trail, Write
 from aliasd.kubeapi import TRANSIENT
 from aliasd.model import ApplyError, utc_timestamp
 from aliasd.sources import overrides
@@ -137,6 +137,19 @@ class OverridesService:
             who = e.who or f"an unauthenticated caller at {remote}"
             self._trail.record(Write(who, verb, name, describe(before), asked, refused=e))
             raise
+
+    async def authorize_read(self, token: str | None, *, remote: str) -> str:
+        """Who may read the zone (``--read-access token``): the static token,
+        or a Kubernetes user RBAC lets ``list`` ``aliases.aliasd.io``. Reads
+        are not recorded in the trail."""
+        if self._authenticator is None:
+            raise Refused(403, "reads need a token, and there is none to check: start "
+                          "aliasd with --api-token-file, or in a cluster")
+        if not token:
+            raise Refused(401, "missing bearer token (Authorization: Bearer <token>): "
+                          "reads need one (--read-access token)")
+        return await self._authenticator.authorize(token, verb="list", name="",
+                                                   resource=READ_RESOURCE, remote=remote)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         yield GaugeMetricFamily("aliasd_overrides", "HTTP overrides in effect",

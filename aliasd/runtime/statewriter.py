@@ -68,7 +68,8 @@ class StateWriter:
             if engine.changed_keys:  # changed while staging: the next round
                 self._dirty.set()
             try:
-                await asyncio.to_thread(self._file.save, now=self._clock())
+                await asyncio.to_thread(self._file.save, now=self._clock(),
+                                        annotations=engine.annotations)
                 failed = False
             except OSError as e:
                 if not failed:
@@ -84,7 +85,7 @@ class StateWriter:
             return
         with contextlib.suppress(OSError):  # the last change, before exiting
             self._stage(engine, sorted(engine.changed_keys))
-            self._file.save(now=self._clock())
+            self._file.save(now=self._clock(), annotations=engine.annotations)
 
     def _stage(self, engine: Engine, keys: Iterable[str]) -> None:
         """Hand objects' claims, as the engine has them now, to the state file
@@ -97,9 +98,9 @@ class StateWriter:
 def stored_claims(claims: Mapping[str, tuple[AliasClaim, ...]],
                   invalid: Mapping[str, tuple[resolver.Invalid, ...]],
                   keys: Iterable[str]) -> list[tuple[str, list[AliasClaim]]]:
-    """The claims of these objects to store, but none the name policy denies:
-    the state file is served at start without the Namespaces' policies, and a
-    denied claim is never served."""
+    """The claims of these objects to store, but none the name policy denies
+    (a denied claim is never served; the state file keeps the Namespaces'
+    policies too, so the stored claims are validated at start as they were)."""
     stored = []
     for key in keys:
         denied = {i.claim for i in invalid.get(key, ()) if i.event == resolver.NOT_ALLOWED}

@@ -71,7 +71,7 @@ class KubeSource:
                  on_claims: ClaimsSink, on_change: Callable[[], None],
                  restarts: Counter[str], on_relist: Callable[[], None] = lambda: None,
                  on_problems: Callable[[], None] = lambda: None,
-                 on_namespace: PolicySink = lambda namespace, value: None,
+                 on_namespace: PolicySink | None = lambda namespace, value: None,
                  probes: Counter[str] | None = None,
                  on_alias: AliasSink = lambda key, alias: None) -> None:
         self._api = api
@@ -82,7 +82,7 @@ class KubeSource:
         self._relisted = on_relist
         self._problems_changed = on_problems  # an object's problems changed, not its claims
         self._alias_sink = on_alias  # an Alias ("ns/name"), its inputs or its status changed
-        self._policy_changed = on_namespace
+        self._policy_changed = on_namespace or (lambda namespace, value: None)
         self._restarts = restarts
         self._probes = probes if probes is not None else Counter()
         core, disc = CoreV1Api(api), DiscoveryV1Api(api)
@@ -98,10 +98,13 @@ class KubeSource:
                                   selector),
                 self._slice_changed, resource="endpointslices", transform=mapping.trim_slice)]
         # Namespaces, for the name policy: cached trimmed to name + annotation.
+        # None: the policy is kept elsewhere (--policy-configmap), the
+        # annotations are not read at all.
         self._namespace_informers = self._informers(
             "namespaces", core.list_namespace,
             functools.partial(_named_namespace, core.list_namespace),
-            self._namespace_changed, transform=mapping.trim_namespace)
+            self._namespace_changed, transform=mapping.trim_namespace
+        ) if on_namespace is not None else []
         self.allowed_names: dict[str, str] = {}  # namespace -> aliasd.io/allowed-names
         # The custom resources followed while their CRD is installed.
         self._serviceentries = _Followed()

@@ -168,8 +168,8 @@ def test_walkthrough_failover_with_an_http_switch(kind: Kind, walkthrough_cluste
 
 HOOK = r"""
 import json, sys, urllib.error, urllib.request
-token = open("/var/run/secrets/kubernetes.io/serviceaccount/token").read()
-def call(method, name, body=None):
+def call(method, name, body=None, path="/var/run/secrets/tokens/token"):
+    token = open(path).read()
     req = urllib.request.Request(
         "http://aliasd.aliasd-system.svc:8080/v1/overrides/" + name, method=method,
         data=None if body is None else json.dumps(body).encode(),
@@ -178,26 +178,31 @@ def call(method, name, body=None):
         return urllib.request.urlopen(req, timeout=10).status
     except urllib.error.HTTPError as e:
         return e.code
-print(call(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 3 else None))
+print(call(*sys.argv[1:3], json.loads(sys.argv[3]) if len(sys.argv) > 3 else None,
+           *sys.argv[4:]))
 """
 
 
 def test_kubernetes_token_switches_exactly_one_name(kind: Kind, walkthrough_cluster: str
                                                     ) -> None:
     """"Who may switch an answer" (docs/reference/overrides.md): that page's
-    Role for the hook's ServiceAccount, the hook's own token from a pod."""
+    Role for the hook's ServiceAccount, the hook's own token for the audience
+    aliasd from a projected volume; its token for the API server is refused."""
     kind.kubectl("apply", "-f", "-", input=kind.kubectl(
         "create", "namespace", "cache", "--dry-run=client", "-o", "yaml"))
     kind.kubectl("-n", "cache", "create", "serviceaccount", "sentinel-hook")
     kind.kubectl("apply", "-f", "-", input=walkthrough.hook_role())
     kind.pod("sentinel-hook", "aliasd:dev", ["python", "-c", "import time; time.sleep(86400)"],
-             namespace="cache", service_account="sentinel-hook")
+             namespace="cache", service_account="sentinel-hook", token_audience="aliasd")
 
     def hook(*args: str) -> str:
         return kind.kubectl("-n", "cache", "exec", "sentinel-hook", "--", "python", "-c",
                             HOOK, *args).strip()
 
     body = json.dumps({"addresses": ["10.0.0.9"], "ttl": 5})
+    # The token the pod has for the API server: not meant for aliasd, refused.
+    assert hook("PUT", "valkey-master.internal", body,
+                "/var/run/secrets/kubernetes.io/serviceaccount/token") == "401"
     assert hook("PUT", "valkey-master.internal", body) in ("200", "201")
     wait_for(lambda: kind.kubectl("exec", "dnsutils", "--", "dig", "+short",
                                   "valkey-master.internal").split() == ["10.0.0.9"],

@@ -3,8 +3,11 @@ ServiceEntries become aliases, conflicts are reported, outages are survived."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ import pytest
 from aliasd_dev import ClusterError, LocalCluster
 from tests.support.dnsclient import a_records, answers, query, rcode
 from tests.support.kube import endpoint_slice, events, service
-from tests.support.process import AliasdProcess, run_aliasd
+from tests.support.process import AliasdProcess, metric_or_none, run_aliasd
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -307,3 +310,99 @@ def test_serviceentry_crd_installed_later(cluster: LocalCluster, tmp_path: Path,
         wait_for(lambda: a_records(p, "late.internal.") == ["192.0.2.77"], timeout=30,
                  what="ServiceEntry alias after the CRD appeared")
         assert p.proc.poll() is None
+
+
+def served(p: AliasdProcess, name: str, ip: str) -> bool:
+    return a_records(p, name) == [ip]
+
+
+def test_a_bad_annotation_loop_produces_a_bounded_number_of_events(
+        cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
+    """A controller rewriting a Service with a bad annotation in a loop: each
+    version is a new problem, but the Events on the object stay within its
+    budget (client-go's spam filter); the rest are counted, not recorded."""
+    ns = namespace
+    loops, burst = 30, 10  # aliasd.events.OBJECT_BURST
+    with run_aliasd(["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal",
+                     "--namespaces", ns], tmp=tmp_path) as p:
+        ip = service(cluster, ns, "loop", alias="loop-0.internal")["spec"]["clusterIP"]
+        for i in range(1, loops + 1):
+            cluster.request("PATCH", f"/api/v1/namespaces/{ns}/services/loop", {
+                "metadata": {"annotations": {"aliasd.io/alias": f"loop-{i}.internal",
+                                             "aliasd.io/ttl": f"bad-{i}"}}},
+                content_type="application/merge-patch+json")
+            # Each version seen on its own: a new InvalidTTL problem every time.
+            wait_for(functools.partial(served, p, f"loop-{i}.internal.", ip),
+                     what=f"version {i}")
+        wait_for(lambda: metric_or_none(p, "aliasd_events_total", result="left_out")
+                 == loops - burst, what="the Events over the budget counted")
+        wait_for(lambda: metric_or_none(p, "aliasd_events_total", result="created") == burst,
+                 what="the Events within the budget created")
+        got = events(cluster, ns, "loop")
+        assert len(got) == burst
+        assert sorted(m for r, m in got if r == "InvalidTTL") == sorted(
+            f"aliasd.io/ttl: ttl 'bad-{i}' is not a whole number of seconds; using the "
+            "default 30s"
+            for i in range(1, burst + 1))
+        # A problem that goes and comes back with the same message raises the
+        # recorded Event's count (client-go's EventLogger), no new Event.
+        for i, weight in enumerate(["heavy", None, "heavy"]):
+            cluster.request("PATCH", f"/api/v1/namespaces/{ns}/services/loop", {
+                "metadata": {"annotations": {"aliasd.io/alias": f"weight-{i}.internal",
+                                             "aliasd.io/weight": weight}}},
+                content_type="application/merge-patch+json")
+            wait_for(functools.partial(served, p, f"weight-{i}.internal.", ip),
+                     what=f"weight version {i}")
+        wait_for(lambda: metric_or_none(p, "aliasd_events_total", result="counted") == 1,
+                 what="the repeated Event counted")
+        weights = cluster.request(
+            "GET", f"/api/v1/namespaces/{ns}/events?fieldSelector=reason%3DInvalidWeight")
+        assert [(e["involvedObject"]["name"], e["count"]) for e in weights["items"]] == [
+            ("loop", 2)]
+
+
+def test_a_name_is_held_for_its_namespace_while_the_owner_recreates_its_service(
+        cluster: LocalCluster, namespace: str, other_namespace: str, tmp_path: Path) -> None:
+    """A claim from another namespace waits on team-b's name; team-b deletes
+    and recreates its Service (younger now): with --name-hold the waiting
+    claim never answers, before, during or after the recreation."""
+    team_b, team_a = namespace, other_namespace
+    args = ["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal",
+            "--namespaces", f"{team_b},{team_a}", "--name-hold", "600"]
+    with run_aliasd(args, tmp=tmp_path) as p:
+        ip = service(cluster, team_b, "pay", alias="held-pay.internal")["spec"]["clusterIP"]
+        wait_for(functools.partial(served, p, "held-pay.internal.", ip), what="the owner")
+        time.sleep(1.1)  # creationTimestamp has one-second resolution: the squat is younger
+        squat = service(cluster, team_a, "squat", alias="held-pay.internal")["spec"]["clusterIP"]
+        wait_for(lambda: [r for r, _ in events(cluster, team_a, "squat")] == ["AliasConflict"],
+                 what="the squat waiting")
+        seen: set[str] = set()
+        stop = threading.Event()
+
+        def watch() -> None:  # every answer while the owner recreates its Service
+            while not stop.is_set():
+                with contextlib.suppress(Exception):
+                    seen.update(a_records(p, "held-pay.internal."))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            delete(cluster, team_b, "pay")
+            wait_for(lambda: rcode(p, "held-pay.internal.") == "NXDOMAIN", what="the gap")
+            got = wait_for(lambda: [m for r, m in events(cluster, team_a, "squat")
+                                    if r == "AliasReserved"], what="the AliasReserved Event")
+            assert got[0].startswith(f"alias held-pay.internal. is reserved for namespace "
+                                     f"{team_b} until ")
+            ip2 = service(cluster, team_b, "pay", alias="held-pay.internal")["spec"][
+                "clusterIP"]
+            wait_for(functools.partial(served, p, "held-pay.internal.", ip2),
+                     what="the recreated owner")
+            seen_after = len(seen)
+            wait_for(lambda: len(seen) >= seen_after, what="more answers")
+        finally:
+            stop.set()
+            watcher.join()
+        assert squat not in seen and ip2 in seen
+        _, doc = p.http("/v1/aliases")
+        assert [(c["winner"], c["loser"]) for c in doc["conflicts"]] == [
+            (f"Service {team_b}/pay", f"Service {team_a}/squat")]

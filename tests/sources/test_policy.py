@@ -20,7 +20,7 @@ import yaml
 
 from aliasd_dev import ClusterError, LocalCluster
 from tests.support import ROOT
-from tests.support.dnsclient import a_records, query, rcode
+from tests.support.dnsclient import a_records, dig_short, query, rcode
 from tests.support.kube import events, service
 from tests.support.process import AliasdProcess, metric, metric_or_none, run_aliasd
 from tests.support.waiting import wait_for
@@ -275,3 +275,76 @@ def test_list_computed_from_the_cluster_applies_the_policy(cluster: LocalCluster
     assert [a["name"] for a in doc["aliases"]] == [f"pay-{ns}.internal."]
     assert [i["name"] for i in doc["invalid"]] == [f"web.{ns}.internal"]
     assert listed()["invalid"] == []
+
+
+def test_state_file_keeps_the_policy_for_a_restart_with_the_api_server_down(
+        cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
+    """With --default-allowed-names, a name only the Namespace's annotation
+    allows keeps answering after a restart while the API server is down: the
+    state file holds the annotation the stored claims were validated with."""
+    ns = namespace
+    state = tmp_path / "state.json"
+    args = ["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal",
+            "--namespaces", ns, "--default-allowed-names", "*.{namespace}.internal",
+            "--state-file", str(state)]
+    set_allowed(cluster, ns, f"*.{ns}.internal, pay-{ns}.internal")
+    ip = service(cluster, ns, "pay", alias=f"pay-{ns}.internal, api.{ns}.internal"
+                 )["spec"]["clusterIP"]
+    with run_aliasd(args, tmp=tmp_path) as p:
+        wait_for(lambda: a_records(p, f"pay-{ns}.internal.") == [ip], what="the alias")
+
+        def stored() -> list[str]:
+            doc = json.loads(state.read_text()) if state.exists() else {}
+            return sorted(c["name"] for c in doc.get("claims", ()))
+
+        wait_for(lambda: stored() == [f"api.{ns}.internal", f"pay-{ns}.internal"],
+                 what="the claims in the state file")
+    cluster.stop_apiserver()
+    try:
+        with run_aliasd(args, tmp=tmp_path, wait_ready=False) as p:
+            wait_for(lambda: dig_short(p.dns, f"pay-{ns}.internal.", "A") == [ip],
+                     what="the annotation-allowed name answered from the state file")
+            assert dig_short(p.dns, f"api.{ns}.internal.", "A") == [ip]
+            assert p.http("/readyz")[1]["degraded"] is True
+            _, doc = p.http("/v1/aliases")
+            assert doc["invalid"] == []
+    finally:
+        cluster.start_apiserver()
+
+
+def test_a_tenant_namespace_with_a_star_gets_nothing_under_the_platform_policy(
+        cluster: LocalCluster, namespace: str, other_namespace: str, tmp_path: Path) -> None:
+    """With --policy-configmap, the policy is the platform team's ConfigMap in
+    aliasd's namespace: a namespace a tenant created with aliasd.io/allowed-names
+    '*' gets only the default, until the ConfigMap grants it more."""
+    tenant, system = namespace, other_namespace
+    set_allowed(cluster, tenant, "*")  # what a tenant may set at creation (Capsule, HNC)
+    args = ["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal",
+            "--namespaces", tenant, "--default-allowed-names", "*.{namespace}.internal",
+            "--policy-configmap", f"{system}/aliasd-policy"]
+    ip = service(cluster, tenant, "pay", alias=f"payments.internal, api.{tenant}.internal"
+                 )["spec"]["clusterIP"]
+    with run_aliasd(args, tmp=tmp_path) as p:
+        wait_for(lambda: a_records(p, f"api.{tenant}.internal.") == [ip], what="the alias")
+        assert dig_short(p.dns, "payments.internal.", "A") == []
+        assert rcode(p, "payments.internal.") == "NXDOMAIN"
+        assert invalid_of(p, f"Service {tenant}/pay") == [{
+            "name": "payments.internal", "owner": f"Service {tenant}/pay",
+            "reason": f"payments.internal. is not among the names namespace {tenant} may "
+                      f"claim (--default-allowed-names: '*.{tenant}.internal')"}]
+        # The platform team grants the name in its ConfigMap: served, live.
+        cluster.request("POST", f"/api/v1/namespaces/{system}/configmaps", {
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "aliasd-policy"},
+            "data": {tenant: "payments.internal"}})
+        wait_for(lambda: a_records(p, "payments.internal.") == [ip], what="the granted name")
+        # The ConfigMap replaces the default for that namespace, as an annotation would.
+        assert rcode(p, f"api.{tenant}.internal.") == "NXDOMAIN"
+        assert invalid_of(p, f"Service {tenant}/pay")[0]["reason"] == (
+            f"api.{tenant}.internal. is not among the names namespace {tenant} may claim "
+            f"(ConfigMap {system}/aliasd-policy, key {tenant}: 'payments.internal')")
+    r = subprocess.run([sys.executable, "-m", "aliasd", "list", "-o", "json", *args[:2],
+                        *args[4:]], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert [a["name"] for a in json.loads(r.stdout)["aliases"]] == ["payments.internal."]
+    cluster.request("DELETE", f"/api/v1/namespaces/{system}/configmaps/aliasd-policy")

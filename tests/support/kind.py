@@ -67,17 +67,28 @@ class Kind:
                  what=f"{replicas} ready aliasd pods and no terminating one")
 
     def pod(self, name: str, image: str, command: list[str], *, namespace: str = "default",
-            service_account: str = "default", labels: dict[str, str] | None = None) -> None:
-        """A pod on the control-plane node (never drained, never restarted)."""
+            service_account: str = "default", token_audience: str | None = None,
+            labels: dict[str, str] | None = None) -> None:
+        """A pod on the control-plane node (never drained, never restarted);
+        ``token_audience``: the ServiceAccount's token for that audience is
+        mounted at /var/run/secrets/tokens/token (a projected volume)."""
         ns = ["-n", namespace]
         self.kubectl(*ns, "delete", "pod", name, "--ignore-not-found", "--wait=true")
-        spec = {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "labels": labels or {}}, "spec": {
+        container: dict[str, Any] = {"name": "c", "image": image, "imagePullPolicy": "Never",
+                                     "command": command}
+        pod_spec: dict[str, Any] = {
             "nodeName": self.control_plane, "restartPolicy": "Never",
             "serviceAccountName": service_account,
             "tolerations": [{"operator": "Exists"}], "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
-                            "command": command}]}}
+            "containers": [container]}
+        if token_audience is not None:
+            container["volumeMounts"] = [{"name": "token", "mountPath": "/var/run/secrets/tokens",
+                                          "readOnly": True}]
+            pod_spec["volumes"] = [{"name": "token", "projected": {"sources": [
+                {"serviceAccountToken": {"path": "token", "audience": token_audience,
+                                         "expirationSeconds": 3600}}]}}]
+        spec = {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "labels": labels or {}}, "spec": pod_spec}
         self.kubectl(*ns, "apply", "-f", "-", input=json.dumps(spec))
         self.kubectl(*ns, "wait", "--for=condition=Ready", f"pod/{name}", "--timeout=120s")
 

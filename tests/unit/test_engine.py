@@ -1,7 +1,8 @@
 """The incremental engine equals a build from scratch, answer for answer, over
 random sequences of adds, updates, deletes, conflicts, weights, overrides,
 takeovers, whole-source replacements (relists), name policy changes on
-namespaces, priorities, target health changes and readiness flips; and the
+namespaces, holds on names whose winner went away (made and expiring as the
+clock moves), priorities, target health changes and readiness flips; and the
 names it reports as unchanged really answer the same."""
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from aliasd.zoneconfig import TakeoverPolicy, ZoneConfig
 CFG = ZoneConfig.from_names(["internal", "corp.example"], ns_addresses=["10.0.0.53"],
                             takeover=TakeoverPolicy.parse(["example.com"]),
                             names=NamePolicy.parse(["*.{namespace}.internal", "web", "b.internal",
-                                                    "db.corp.example", "legacy.example.com"]))
+                                                    "db.corp.example", "legacy.example.com"]),
+                            name_hold=500.0)  # commits move the clock 0, 1 or 1000 s
 NAMES = ["web", "api.internal", "db.corp.example", "a.b.internal", "b.internal",
          "legacy.example.com", "x.other.org", "bad_label.internal", "ns.internal",
          "*.b.internal", "*.a.b.internal", "*.internal", "x.*.b.internal"]
@@ -162,6 +164,7 @@ class EngineMachine(RuleBasedStateMachine):
             return
         snap = self.engine.result.snapshot
         fresh = Engine(CFG, serial=snap.serial - 1, ready=not snap.ready)
+        fresh.holds = self.engine.holds
         for namespace, annotation in self.engine.annotations.items():
             fresh.set_namespace(namespace, annotation)
         for key, claims in self.engine.claims.items():
@@ -195,6 +198,7 @@ class EngineMachine(RuleBasedStateMachine):
         snap = result.snapshot
         scratch = resolver.build_keyed(self.engine.claims, config=CFG, serial=snap.serial,
                                        ready=snap.ready, annotations=self.engine.annotations,
+                                       holds=self.engine.holds,
                                        unhealthy=self.engine.unhealthy)
         assert differences(snap, scratch.snapshot) == []
         for name in {*snap.names, *PROBES}:
@@ -225,3 +229,51 @@ def test_changed_objects_are_tracked_only_for_a_state_file() -> None:
         engine = Engine(CFG, serial=1, track_changes=track)
         engine.set("k\0a", [claim])
         assert engine.changed_keys == expected
+
+
+def test_a_name_is_held_for_its_namespace_after_its_claim_goes_away() -> None:
+    """The owner (team-b) deletes and recreates its Service: the older claim
+    from team-a, waiting, does not win in between, nor beat the recreated
+    (younger) claim while the hold lasts; once it ends, the conflict rule
+    applies again. A namespace with no hold is unaffected (name_hold 0)."""
+    cfg = ZoneConfig.from_names(["internal"], name_hold=600.0)
+    owner = Owner(1.0, "team-b", "pay", uid="u1")
+    squat = AliasClaim("pay.internal", Owner(2.0, "team-a", "sq"), addresses=("10.6.6.6",))
+    mine = AliasClaim("pay.internal", owner, addresses=("10.0.0.1",))
+    again = AliasClaim("pay.internal", Owner(50.0, "team-b", "pay", uid="u2"),
+                       addresses=("10.0.0.2",))
+    eng = Engine(cfg, serial=1)
+    eng.set("kubernetes\0svc/team-b/pay", [mine])
+    eng.set("kubernetes\0svc/team-a/sq", [squat])
+    eng.commit(now=10.0, ready=True)
+
+    def served() -> list[str]:
+        return [e.claim.addresses[0] for e in eng.result.entries]
+
+    assert served() == ["10.0.0.1"]
+    eng.set("kubernetes\0svc/team-b/pay", [])  # deleted...
+    eng.commit(now=20.0, ready=True)
+    assert served() == []
+    assert eng.result.conflicts == (
+        resolver.Conflict("pay.internal.", owner, squat.owner, until=620.0),)
+    assert eng.next_expiry == 620.0
+    eng.set("kubernetes\0svc/team-b/pay", [again])  # ...and recreated, younger
+    eng.commit(now=50.0, ready=True)
+    assert served() == ["10.0.0.2"]
+    assert [c.loser.namespace for c in eng.result.conflicts] == ["team-a"]
+    scratch = resolver.build_keyed(eng.claims, config=cfg, serial=eng.serial,
+                                   holds=eng.holds)
+    assert scratch.entries == eng.result.entries
+    assert scratch.conflicts == eng.result.conflicts
+    # The hold ends: the older claim wins again, by the conflict rule.
+    assert eng.commit(now=619.0, ready=True) is None
+    eng.commit(now=620.0, ready=True)
+    assert served() == ["10.6.6.6"] and eng.next_expiry is None
+    # Without a hold the waiting claim wins at once.
+    eng = Engine(ZoneConfig.from_names(["internal"]), serial=1)
+    eng.set("kubernetes\0svc/team-b/pay", [mine])
+    eng.set("kubernetes\0svc/team-a/sq", [squat])
+    eng.commit(now=10.0, ready=True)
+    eng.set("kubernetes\0svc/team-b/pay", [])
+    eng.commit(now=20.0, ready=True)
+    assert served() == ["10.6.6.6"]

@@ -198,7 +198,7 @@ def test_state_file_staged_saves_write_what_a_full_save_writes(tmp_path: Path) -
         assert json.loads(staged_path.read_text()) == json.loads(full_path.read_text())
         expected = {"version": 1, "written": 1.0,
                     "claims": [claim_to_json(x) for cs in objects.values() for x in cs],
-                    "overrides": []}
+                    "overrides": [], "annotations": {}}
         assert staged_path.read_text() == json.dumps(expected, separators=(",", ":"))
         objects = {k: v for k, v in objects.items() if v}
     # A loaded file keeps its claims until the first stage, even an empty one.

@@ -4,6 +4,7 @@ re-validating only the namespace whose policy changed."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -211,6 +212,26 @@ def test_denied_claims_are_not_written_to_the_state_file(tmp_path: Path) -> None
     loaded = StateFile(tmp_path / "state.json").load()
     assert loaded is not None
     assert sorted(c.name for c in loaded.claims) == ["api.shop.internal", "b.shop.internal"]
+
+
+def test_the_state_file_keeps_the_namespaces_policies(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    StateFile(path).save(now=1.0, annotations={"shop": "*.shop.internal, pay.internal"})
+    loaded = StateFile(path).load()
+    assert loaded is not None and loaded.annotations == {"shop": "*.shop.internal, pay.internal"}
+    # A save without them (an override written standalone) keeps the last ones.
+    again = StateFile(path)
+    again.load()
+    again.save(now=2.0, overrides=[])
+    reloaded = StateFile(path).load()
+    assert reloaded is not None
+    assert reloaded.annotations == {"shop": "*.shop.internal, pay.internal"}
+    # A file written before the policies were kept loads with none.
+    doc = json.loads(path.read_text())
+    del doc["annotations"]
+    path.write_text(json.dumps(doc))
+    old = StateFile(path).load()
+    assert old is not None and old.annotations == {}
 
 
 def test_the_example_namespace() -> None:

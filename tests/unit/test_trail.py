@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 import pytest
 
-from aliasd.access import Budget, KubernetesAuth, LogTrail, Refused, Write
+from aliasd.access import Decisions, KubernetesAuth, LogTrail, Refused, Write
+from aliasd.events import Budget
 
 
 class Clock:
@@ -53,8 +55,23 @@ def test_allowed_writes_always_recorded_refused_ones_within_the_budget() -> None
 def test_reviews_beyond_the_limit_get_429_without_asking_the_api_server() -> None:
     auth = KubernetesAuth.__new__(KubernetesAuth)  # no API client: it must not be used
     auth.max_reviews, auth.reviewing = 2, 2
+    auth.users, auth.access, auth.reviews, auth.clock = Decisions(), Decisions(), Counter(), Clock()
     with pytest.raises(Refused) as e:
         asyncio.run(auth.authorize("token", verb="update", name="db.internal", remote="x"))
     assert (e.value.status, e.value.text) == (
         429, "2 writes are being authorized; retry later")
     assert auth.reviewing == 2
+
+
+def test_decisions_expire_and_are_bounded() -> None:
+    cache = Decisions(size=2)
+    cache.put("a", {"username": "a"}, now=0.0, ttl=10.0)
+    cache.put("b", Refused(401, "no", who="b"), now=0.0, ttl=5.0)
+    assert cache.get("a", now=9.9) == {"username": "a"}
+    with pytest.raises(Refused) as refused:
+        cache.get("b", now=4.9)
+    assert (refused.value.status, refused.value.text, refused.value.who) == (401, "no", "b")
+    assert cache.get("b", now=5.0) is None  # expired
+    cache.put("c", True, now=6.0, ttl=10.0)
+    cache.put("d", True, now=6.0, ttl=10.0)  # "a", the least recent, goes
+    assert [cache.get(k, now=7.0) for k in "acd"] == [None, True, True]
