@@ -11,11 +11,10 @@ import re
 import subprocess
 import sys
 import time
-from typing import Any
 
 import pytest
 
-from tests.support.kind import Kind, Prober, lease_holder, say, start_prober
+from tests.support.kind import Kind, lease_holder, probers, report, say, start_prober
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -25,22 +24,6 @@ ALIAS = "my-fruits.internal"
 @pytest.fixture(scope="module")
 def fruits_ip(kind: Kind) -> str:
     return kind.cluster_ip("micro-shake-factory", "fruits-api-service")
-
-
-def probers(kind: Kind, want: str) -> tuple[Prober, Prober]:
-    """One prober through CoreDNS (kube-dns), one asking aliasd's Service directly."""
-    via_coredns = start_prober(kind, "probe-coredns", server=kind.cluster_ip(
-        "kube-system", "kube-dns"), want=want)
-    direct = start_prober(kind, "probe-aliasd", server=kind.cluster_ip(
-        "aliasd-system", "aliasd"), want=want)
-    return via_coredns, direct
-
-
-def report(what: str, **results: dict[str, Any]) -> None:
-    for path, r in results.items():
-        say(f"e2e: {what}: {path}: {r['failed']} failed / {r['total']} lookups in "
-              f"{r['seconds']} s {r['kinds'] or ''} {r['fail_lines'][:5] or ''}"
-              f"(first tries failed: {r['first_try_failed']})")
 
 
 def queries_seen(kind: Kind) -> float:

@@ -109,3 +109,20 @@ def start_prober(kind: Kind, name: str, *, server: str, port: int = 53,
 def lease_holder(kind: Kind) -> str:
     lease = kind.json("-n", "aliasd-system", "get", "lease", "aliasd")
     return str(lease["spec"].get("holderIdentity") or "")
+
+
+def probers(kind: Kind, want: str) -> tuple[Prober, Prober]:
+    """One prober through CoreDNS (kube-dns), one asking aliasd's Service directly."""
+    via_coredns = start_prober(kind, "probe-coredns", server=kind.cluster_ip(
+        "kube-system", "kube-dns"), want=want)
+    direct = start_prober(kind, "probe-aliasd", server=kind.cluster_ip(
+        "aliasd-system", "aliasd"), want=want)
+    return via_coredns, direct
+
+
+def report(what: str, **results: dict[str, Any]) -> None:
+    """Say what the probers counted."""
+    for path, r in results.items():
+        say(f"e2e: {what}: {path}: {r['failed']} failed / {r['total']} lookups in "
+            f"{r['seconds']} s {r['kinds'] or ''} {r['fail_lines'][:5] or ''}"
+            f"(first tries failed: {r['first_try_failed']})")
