@@ -52,7 +52,8 @@ def without_aliasd(kind: Kind) -> Iterator[None]:
     """No aliasd in the cluster, as the chart README's "Coming from kustomize"
     says: the kustomize install's uninstall steps (the ``uninstall`` test ran
     the first three), then its objects deleted. Afterwards, the cluster as
-    found: the namespace and the CRD (which Helm never deletes) gone too."""
+    found, even after a failed test: no release (its hook gives the Corefile
+    back), the namespace and the CRD (which Helm never deletes) gone too."""
     if kind.kubectl("-n", NAMESPACE, "get", "deployment", "aliasd", "--ignore-not-found",
                     "-o", "name"):
         removed = aliasd_cli(kind, "coredns", "remove", "--stop-deployment",
@@ -61,7 +62,12 @@ def without_aliasd(kind: Kind) -> Iterator[None]:
     delete_aliasd(kind, "-k", str(ROOT / "manifests" / "kind"))
     assert kind.corefile() == kind.initial_corefile
     yield
+    allow_the_hook(kind)
+    if helm(kind, "status", RELEASE, "-n", NAMESPACE).returncode == 0:
+        out = helm(kind, "uninstall", RELEASE, "-n", NAMESPACE, "--timeout", "300s")
+        assert out.returncode == 0, out.stderr
     delete_aliasd(kind, "-f", str(CHART / "crds"))
+    assert kind.corefile() == kind.initial_corefile
 
 
 def delete_aliasd(kind: Kind, *what: str) -> None:
@@ -138,9 +144,10 @@ def test_helm_upgrade_rolls_the_pods_with_zero_failed_lookups(kind: Kind,
 
 def test_an_upgrade_to_a_missing_image_serves_from_the_old_pods_until_rollback(
         kind: Kind, fruits_ip: str) -> None:
-    """Without ``--wait`` helm returns at once; the one new pod cannot start
-    (the image is in no node), so the Deployment keeps both old ones (with 2
-    replicas its default strategy removes none before a new one is ready)."""
+    """Without ``--wait`` (Helm 3's default) helm returns at once; the one new
+    pod cannot start (the image is in no node), so the Deployment keeps both
+    old ones (with 2 replicas its default strategy removes none before a new
+    one is ready)."""
     kind.wait_settled()
     good = replica_sets(kind)
     via_coredns, direct = probers(kind, fruits_ip)
@@ -157,7 +164,8 @@ def test_an_upgrade_to_a_missing_image_serves_from_the_old_pods_until_rollback(
     wait_for(lambda: stuck() == ["ErrImageNeverPull"], timeout=120,
              what="the new pod failing to start")
     ready = [p for p in kind.aliasd_pods() if any(
-        c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"])]
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in p["status"].get("conditions", []))]
     assert [p["spec"]["containers"][0]["image"] for p in ready] == [IMAGE, IMAGE]
     assert {o["name"] for p in ready for o in p["metadata"]["ownerReferences"]} == good
     assert kind.corefile() == wired(kind)
@@ -219,10 +227,11 @@ def deny_the_hook(kind: Kind) -> None:
 
 
 def allow_the_hook(kind: Kind) -> None:
-    kind.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", DENY,
-                 "--ignore-not-found")
-    wait_for(lambda: not hook_denied(kind), timeout=60, interval=0.5,
-             what="the policy out of force")
+    """The policy gone, if there is one."""
+    if kind.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy",
+                    DENY, "--ignore-not-found"):
+        wait_for(lambda: not hook_denied(kind), timeout=60, interval=0.5,
+                 what="the policy out of force")
 
 
 def hook_denied(kind: Kind) -> bool:
