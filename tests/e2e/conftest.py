@@ -24,12 +24,18 @@ CLUSTER = os.environ.get("ALIASD_E2E_CLUSTER") or "aliasd-e2e"
 @pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The kind tests share one cluster and run in the order written, file by
-    file (each builds on what the one before left), the one marked ``uninstall``
-    last, after every other test, whatever order the rest runs in."""
+    file (each builds on what the one before left), whatever order the rest
+    runs in; then the one marked ``uninstall``, which removes the kustomize
+    install; then those marked ``helm``, which install the chart on the
+    cluster left without aliasd."""
     here = Path(__file__).parent
+
+    def phase(i: pytest.Item) -> int:
+        return 2 if i.get_closest_marker("helm") else 1 if i.get_closest_marker(
+            "uninstall") else 0
+
     e2e = sorted((i for i in items if Path(str(i.path)).parent == here),
-                 key=lambda i: (i.get_closest_marker("uninstall") is not None,
-                                str(i.path), i.location[1] or 0))
+                 key=lambda i: (phase(i), str(i.path), i.location[1] or 0))
     items[:] = [i for i in items if Path(str(i.path)).parent != here] + e2e
 
 

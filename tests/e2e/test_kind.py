@@ -1,7 +1,8 @@
 """From pods in a real kind cluster: aliases resolve through CoreDNS, and no
 lookup fails while aliasd is restarted, loses its leader or its node is drained.
 The tests run in this order and share one cluster; each leaves
-aliasd at two ready replicas (the last one removes it)."""
+aliasd at two ready replicas (the last one removes it, and
+tests/e2e/test_helm.py installs the chart after it)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,19 @@ import json
 import math
 import re
 import subprocess
-import sys
 import time
-from typing import Any
 
 import pytest
 
-from tests.support.kind import Kind, Prober, lease_holder, say, start_prober
+from tests.support.kind import (
+    Kind,
+    aliasd_cli,
+    lease_holder,
+    probers,
+    report,
+    say,
+    start_prober,
+)
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -25,22 +32,6 @@ ALIAS = "my-fruits.internal"
 @pytest.fixture(scope="module")
 def fruits_ip(kind: Kind) -> str:
     return kind.cluster_ip("micro-shake-factory", "fruits-api-service")
-
-
-def probers(kind: Kind, want: str) -> tuple[Prober, Prober]:
-    """One prober through CoreDNS (kube-dns), one asking aliasd's Service directly."""
-    via_coredns = start_prober(kind, "probe-coredns", server=kind.cluster_ip(
-        "kube-system", "kube-dns"), want=want)
-    direct = start_prober(kind, "probe-aliasd", server=kind.cluster_ip(
-        "aliasd-system", "aliasd"), want=want)
-    return via_coredns, direct
-
-
-def report(what: str, **results: dict[str, Any]) -> None:
-    for path, r in results.items():
-        say(f"e2e: {what}: {path}: {r['failed']} failed / {r['total']} lookups in "
-              f"{r['seconds']} s {r['kinds'] or ''} {r['fail_lines'][:5] or ''}"
-              f"(first tries failed: {r['first_try_failed']})")
 
 
 def queries_seen(kind: Kind) -> float:
@@ -254,15 +245,10 @@ def test_scale_to_zero_and_back(kind: Kind, client: str, fruits_ip: str) -> None
     assert r["failed"] > 0
 
 
-def aliasd_cli(kind: Kind, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "aliasd", *args], env=kind.env,
-                          capture_output=True, text=True, timeout=60, check=False)
-
-
 @pytest.mark.uninstall
 def test_coredns_diff_and_remove(kind: Kind) -> None:
-    """Last: uninstall the way docs/operations/uninstall.md says, the Corefile byte
-    for byte back."""
+    """After the other kind tests: uninstall the way docs/operations/uninstall.md
+    says, the Corefile byte for byte back."""
     kind.wait_settled()
     # `remove` refuses while a live aliasd holds the Lease: not in the second
     # between a stopping leader's release and the next one's acquisition.

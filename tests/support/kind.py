@@ -1,14 +1,22 @@
-"""The kind cluster of the e2e suite: kubectl against it, pods on its
-control-plane node, DNS probers, the aliasd Lease, and the figures measured
-there (printed at the end of the run by tests/e2e/conftest.py)."""
+"""The kind cluster of the e2e suite: kubectl, helm and aliasd's CLI against
+it, pods on its control-plane node, digging at every CoreDNS replica, DNS
+probers, the aliasd Lease, and the figures measured there (printed at the end
+of the run by tests/e2e/conftest.py)."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
+
+from aliasd_dev import ensure_binaries
 from tests.support import ROOT
 from tests.support.waiting import wait_for
 
@@ -121,3 +129,73 @@ def start_prober(kind: Kind, name: str, *, server: str, port: int = 53,
 def lease_holder(kind: Kind) -> str:
     lease = kind.json("-n", "aliasd-system", "get", "lease", "aliasd")
     return str(lease["spec"].get("holderIdentity") or "")
+
+
+def probers(kind: Kind, want: str) -> tuple[Prober, Prober]:
+    """One prober through CoreDNS (kube-dns), one asking aliasd's Service directly."""
+    via_coredns = start_prober(kind, "probe-coredns", server=kind.cluster_ip(
+        "kube-system", "kube-dns"), want=want)
+    direct = start_prober(kind, "probe-aliasd", server=kind.cluster_ip(
+        "aliasd-system", "aliasd"), want=want)
+    return via_coredns, direct
+
+
+def report(what: str, **results: dict[str, Any]) -> None:
+    """Say what the probers counted."""
+    for path, r in results.items():
+        say(f"e2e: {what}: {path}: {r['failed']} failed / {r['total']} lookups in "
+            f"{r['seconds']} s {r['kinds'] or ''} {r['fail_lines'][:5] or ''}"
+            f"(first tries failed: {r['first_try_failed']})")
+
+
+def aliasd_cli(kind: Kind, *args: str) -> subprocess.CompletedProcess[str]:
+    """``aliasd ARGS`` from outside the cluster, with the admin kubeconfig."""
+    return subprocess.run([sys.executable, "-m", "aliasd", *args], env=kind.env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def helm(kind: Kind, *args: str, values: dict[str, Any] | None = None,
+         timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``helm ARGS`` against the cluster (VALUES as a values file on stdin), its
+    cache and config next to the kubeconfig."""
+    home = Path(kind.env["KUBECONFIG"]).parent / "helm"
+    env = {**kind.env, "HELM_CACHE_HOME": str(home / "cache"),
+           "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data")}
+    given = ["--values", "-"] if values is not None else []
+    return subprocess.run([str(ensure_binaries() / "helm"), *args, *given], env=env,
+                          input=yaml.safe_dump(values or {}), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def dig(kind: Kind, client: str, name: str, *, server: str | None = None
+        ) -> tuple[str, list[str]]:
+    """(rcode, A records) of one try from pod ``client``, through its resolver
+    or asking ``server``; ("no answer", []) when none came."""
+    at = [f"@{server}"] if server else []
+    out = kind.kubectl("exec", client, "--", "dig", "+time=2", "+tries=1", *at, name, "A",
+                       check=False)
+    status = re.search(r"status: (\w+)", out)
+    if status is None:
+        return "no answer", []
+    return status.group(1), [f[4] for line in out.splitlines()
+                             if not line.startswith(";") and len(f := line.split()) == 5
+                             and f[3] == "A"]
+
+
+def coredns_ips(kind: Kind) -> list[str]:
+    return sorted(p["status"]["podIP"] for p in kind.json(
+        "-n", "kube-system", "get", "pods", "-l", "k8s-app=kube-dns")["items"])
+
+
+def wait_every_coredns(kind: Kind, client: str, name: str, want: tuple[str, list[str]],
+                       *, timeout: float = 240) -> float:
+    """Until every CoreDNS replica, asked directly, answers ``name`` with
+    ``want`` (rcode, A records): the kubelet syncs a changed ConfigMap into each
+    pod (its sync period is a minute, plus jitter) and CoreDNS's reload plugin
+    picks it up (it checks every 30 s, plus up to 15 s of jitter), typically
+    30-75 s after the change, up to ~135 s seen here. The seconds it took."""
+    t0 = time.monotonic()
+    wait_for(lambda: all(dig(kind, client, name, server=ip) == want
+                         for ip in coredns_ips(kind)),
+             timeout=timeout, interval=1, what=f"every CoreDNS replica to answer {name} {want}")
+    return time.monotonic() - t0
