@@ -224,9 +224,11 @@ def programmed(want: Desired, serial: int | None, replicas: Mapping[str, int]) -
     yet), given the live replicas' watermarks."""
     if not want.hostnames:
         return Condition(PROGRAMMED, False, "NotServed", "no hostname is being served")
-    if serial is None or not replicas:
-        return Condition(PROGRAMMED, False, PENDING, "no replica has confirmed this answer yet")
-    lag = sum(1 for w in replicas.values() if w < serial)
+    if not replicas:
+        return Condition(PROGRAMMED, False, PENDING, "no live replica has published yet")
+    # A new answer lags everywhere: the same message as when it is counted,
+    # so the count alone never costs a write.
+    lag = len(replicas) if serial is None else sum(1 for w in replicas.values() if w < serial)
     if lag:
         return Condition(PROGRAMMED, False, PENDING,
                          f"{lag} of {len(replicas)} replicas do not serve this answer yet")

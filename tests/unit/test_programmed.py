@@ -55,7 +55,9 @@ def test_programmed_when_every_live_replica_reached_the_serial() -> None:
     got = programmed(want, 100, {"a": 100, "b": 99, "c": 42})
     assert (got.status, got.reason) == (False, "Pending")
     assert got.message.startswith("2 of 3 replicas")
-    assert programmed(want, None, {"a": 200}).reason == "Pending"  # a new answer
+    fresh = programmed(want, None, {"a": 200, "b": 300})  # a new answer: nobody has it
+    assert (fresh.reason, fresh.message) == (
+        "Pending", programmed(want, 400, {"a": 200, "b": 300}).message)
     assert programmed(want, 100, {}).reason == "Pending"  # no replica heard yet
     nothing = with_condition(want, programmed(want, 1, {"a": 1}))
     refused = desired(info({"hostnames": ["bad_label.internal"],
