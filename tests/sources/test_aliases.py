@@ -317,7 +317,8 @@ def test_only_the_leader_writes_status(cluster: LocalCluster, alias_crd: None,
 def programmed(cluster: LocalCluster, ns: str, name: str) -> tuple[str, str, str, int]:
     """Programmed's (status, reason, message) and the status serial."""
     status = cluster.request("GET", path(ns, name)).get("status") or {}
-    c = next((c for c in status.get("conditions") or () if c["type"] == "Programmed"), {})
+    c: dict[str, Any] = next((c for c in status.get("conditions") or ()
+                              if c["type"] == "Programmed"), {})
     return c.get("status", ""), c.get("reason", ""), c.get("message", ""), status.get("serial", 0)
 
 
