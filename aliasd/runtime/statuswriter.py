@@ -122,6 +122,7 @@ class AliasStatusWriter:
         self._failing = False
         # This replica's agreement with the statuses (its published watermark):
         self._lagging: dict[str, int] = {}  # key -> serial of a status not (yet) served so
+        self._confirmed: dict[str, int] = {}  # key -> serial of the status last served so
         self._top = 0  # the highest status serial seen
         self._caught_up = False  # compared every Alias against a ready result once
         # The live replicas' watermarks as the leader hears them (None: not
@@ -148,12 +149,14 @@ class AliasStatusWriter:
             self._aliases.pop(key, None)
             self._seen.pop(key, None)
             self._lagging.pop(key, None)
+            self._confirmed.pop(key, None)
         else:
             self._aliases[key] = alias
-            # Not served until compared: a status just written elsewhere must
-            # not count as confirmed by this replica's older comparison.
+            # A new answer is not served until compared: it must not count as
+            # confirmed by this replica's older comparison. A rewrite that
+            # keeps the serial keeps the answer (conditions only): no lag.
             serial = status_serial(alias[1], alias[0].generation)
-            if serial is not None:
+            if serial is not None and self._confirmed.get(key) != serial:
                 self._lagging[key] = serial
                 self._top = max(self._top, serial)
         self._waiting.add(key)
@@ -246,8 +249,8 @@ class AliasStatusWriter:
                 info, observed = got
                 current = self._written.get(k, observed)
                 serial = status_serial(current, info.generation)
-                if serial is None:
-                    continue
+                if serial is None or condition_of(current, PROGRAMMED)[0] == "True":
+                    continue  # no status yet, or confirmed for good (see _programmed)
                 now = programmed(_answer(current), serial, self._replicas or {})
                 if condition_of(current, PROGRAMMED) != (_text(now.status), now.reason):
                     self._dirty.add(k)
@@ -257,17 +260,26 @@ class AliasStatusWriter:
         serial = status_serial(status, generation)
         if serial is None:
             self._lagging.pop(key, None)
+            self._confirmed.pop(key, None)
             return
         self._top = max(self._top, serial)
         if serves(want, status, generation):
             self._lagging.pop(key, None)
+            self._confirmed[key] = serial
         else:
             self._lagging[key] = serial
+            self._confirmed.pop(key, None)
 
     def _programmed(self, want: Desired, current: dict[str, Any], serial: int | None
                     ) -> Condition:
+        """Programmed for a status carrying ``serial`` (None: a new answer).
+        Once True for an answer it stays True until the answer changes: every
+        live replica served it, and a replica's watermark dips below a serial
+        it confirmed whenever another new answer at that serial arrives (which
+        would flip, and rewrite, every Alias sharing it). A new leader keeps
+        each condition until it has heard the replicas."""
         kept = kept_condition(current, PROGRAMMED)
-        if self._replicas is None and serial is not None and kept is not None:
+        if serial is not None and kept is not None and (kept.status or self._replicas is None):
             return kept
         return programmed(want, serial, self._replicas or {})
 
