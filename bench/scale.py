@@ -304,27 +304,29 @@ def writes(text: str) -> float:
 
 
 def storm(dport: int, hport: int, names: list[str], args: argparse.Namespace, *,
-          watch: AliasWatch | None, seconds: float) -> tuple[list[float], list[float], float]:
+          watch: AliasWatch | None, seconds: float
+          ) -> tuple[list[float], list[tuple[float, float]], float]:
     """DNS queries at --qps in one-second slices while the status writer
     works (until every Alias is Programmed and the writes stop), or for
-    ``seconds`` without Aliases: (RTTs, writes in each second, seconds)."""
+    ``seconds`` without Aliases: (RTTs, (writes, seconds) of each slice,
+    seconds). A slice lasts a second and what reading /metrics takes."""
     rtts: list[float] = []
-    per_second: list[float] = []
-    last = writes(metrics(hport))
-    t0 = time.monotonic()
+    slices: list[tuple[float, float]] = []
+    last, at = writes(metrics(hport)), time.monotonic()
+    t0 = at
     while True:
         rtts += asyncio.run(paced(dport, names, args.qps, 1.0))
-        now = writes(metrics(hport))
-        per_second.append(now - last)
-        last = now
+        now, now_at = writes(metrics(hport)), time.monotonic()
+        slices.append((now - last, now_at - at))
+        last, at = now, now_at
         elapsed = time.monotonic() - t0
         if watch is None:
             if elapsed >= seconds:
                 break
-        elif (watch.all_programmed is not None and per_second[-1] == 0) or elapsed > 900:
+        elif (watch.all_programmed is not None and slices[-1][0] == 0) or elapsed > 900:
             break
     rtts.sort()
-    return rtts, per_second, time.monotonic() - t0
+    return rtts, slices, time.monotonic() - t0
 
 
 def slice_body(service: str, name: str, *, headless: bool, n: int) -> dict[str, Any]:
@@ -603,19 +605,21 @@ def measure(t: Target, args: argparse.Namespace, rates: list[int], *, aliases: i
         long = 0.0
         if aliases or storm_seconds:
             names = [f"scale-a-{i}.internal." for i in range(0, t.aliased, 7)]
-            rtts, per_second, long = storm(dport, hport, names, args, watch=watch,
-                                           seconds=storm_seconds)
+            rtts, slices, long = storm(dport, hport, names, args, watch=watch,
+                                       seconds=storm_seconds)
             what = (f"status storm ({aliases} Aliases)" if aliases
                     else "the same window without the CRD")
             print(f"DNS during {what}, {long:.0f} s from ready: p50 / p99 / p99.9 / max "
                   f"{fmt(rtts)} ms", flush=True)
             if watch is not None:
-                busy = [w for w in per_second if w]
+                busy = [(w, d) for w, d in slices if w]
+                total, busy_s = sum(w for w, _ in busy), sum(d for _, d in busy)
                 print(f"every Alias Ready {(watch.all_ready or float('nan')) - t0:.1f} s and "
                       f"Programmed {(watch.all_programmed or float('nan')) - t0:.1f} s after "
-                      f"start; status writes {sum(per_second):.0f}: peak "
-                      f"{max(per_second, default=0):.0f}/s, mean "
-                      f"{sum(busy) / max(1, len(busy)):.0f}/s over {len(busy)} s with writes "
+                      f"start; status writes {total:.0f}: peak "
+                      f"{max((w / d for w, d in busy), default=0):.0f}/s, mean "
+                      f"{total / max(busy_s, 1e-9):.0f}/s over the {busy_s:.0f} s with writes, "
+                      f"{total / long:.0f}/s over the storm "
                       f"({cpu_seconds(p.pid):.2f} s CPU so far)", flush=True)
         time.sleep(2)
         text = metrics(hport)
