@@ -63,9 +63,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RATE = 100.0
 """Status writes per second (``--alias-status-rate``; the bucket holds as many
-at once): 10,000 new Aliases are written in under two minutes, each write one
-short request, far from an API server's default 200 mutating requests in
-flight that every controller shares."""
+at once): 10,000 new Aliases take 20,000 writes (Ready, then Programmed), at
+least 200 seconds, each write one short request (one in flight at a time), far
+from an API server's default 200 mutating requests in flight that every
+controller shares."""
 SLICE = 256
 """Aliases compared per loop turn."""
 LEADER_POLL = 1.0
