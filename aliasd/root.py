@@ -61,6 +61,7 @@ from aliasd.runtime.committer import Committer, Reporter, Source
 from aliasd.runtime.inbox import Inbox
 from aliasd.runtime.overrides import OverridesService
 from aliasd.runtime.process import LameDuck, ProcessTuning
+from aliasd.runtime.replicas import LocalReplica, ReplicaLeases
 from aliasd.runtime.statewriter import StateWriter
 from aliasd.runtime.statuswriter import DEFAULT_RATE, AliasStatusWriter
 from aliasd.sources.aliases import GROUP as ALIAS_GROUP
@@ -273,6 +274,17 @@ def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig
         send=events.send, clock=time.time, results=parts.status_writes.counts,
         rate=config.status_rate, health=parts.prober.states)
     parts.components.append(statuses)
+    # Programmed: each replica's watermark, in a Lease of its own beside the
+    # leader's (alone without an election).
+    if config.leader_lease is not None:
+        lease_ns, lease_group = config.leader_lease
+        parts.components.append(ReplicaLeases(
+            api, namespace=lease_ns, group=lease_group, identity=me,
+            duration=config.lease_duration, watermark=lambda: statuses.watermark,
+            on_replicas=statuses.replicas, leading=lambda: leader is not None and leader.leading))
+    else:
+        parts.components.append(LocalReplica(identity=me, watermark=lambda: statuses.watermark,
+                                             on_replicas=statuses.replicas))
     policy = config.policy_configmap
     source = KubeSource(api, zones=zones, namespaces=list(config.namespaces),
                         on_claims=inbox.update_claims, on_change=inbox.changed,

@@ -22,6 +22,13 @@ It also prints aliasd's garbage-collector pauses (the ``aliasd_gc_*`` metrics)
 and event-loop lag (``aliasd_loop_lag_seconds``). Numbers only: nothing here
 asserts.
 
+``--alias-objects N`` adds the Alias resource: the CRD and N Alias objects
+(half ``serviceRef`` to the aliased Services, half static ``targets``), then
+two runs of everything above: first with them (a cold start: the time until
+every Alias is ``Ready``, and ``Programmed``, seen through a watch; status
+writes a second, peak and mean; DNS latency during the status storm), then
+with the CRD removed, the same window measured without a storm.
+
 Building 10k + 10k objects takes minutes even over keep-alive connections, so
 ``--hold F`` builds the control plane and the objects once, writes how to
 reach them to F and waits (Ctrl-C tears it down); ``--attach F`` runs the
@@ -56,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import dns.message
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "hack" / "devtools")]  # aliasd, aliasd_dev
@@ -204,6 +212,121 @@ def create_in_etcd(etcd_port: int, args: argparse.Namespace) -> None:
 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(txn, [puts[i:i + 128] for i in range(0, len(puts), 128)]))
+
+
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+ALIASES = f"/apis/aliasd.io/v1alpha1/namespaces/{NS}/aliases"
+
+
+def install_alias_crd(api: Api) -> None:
+    crd = yaml.safe_load((ROOT / "manifests" / "base" / "crd-alias.yaml").read_text())
+    api.request("POST", CRD_PATH, crd)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            api.request("GET", f"{ALIASES}?limit=1")
+            return
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def uninstall_alias_crd(api: Api) -> None:
+    api.request("DELETE", f"{CRD_PATH}/aliases.aliasd.io")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            api.request("GET", f"{CRD_PATH}/aliases.aliasd.io")
+        except RuntimeError:
+            return
+        time.sleep(1)
+    raise RuntimeError("the Alias CRD was not removed within 600 s")
+
+
+def alias_body(i: int, aliased: int) -> dict[str, Any]:
+    """Alias i: even ones follow an aliased Service, odd ones have static targets."""
+    spec: dict[str, Any] = {"hostnames": [f"scale-al-{i}"]}
+    if i % 2 == 0 and aliased:
+        spec["serviceRef"] = {"name": f"a-{(i // 2) % aliased}", "port": "http"}
+    else:
+        spec["targets"] = [{"address": f"10.{200 + i // 62500}.{i // 250 % 250}.{i % 250 + 1}"}]
+    return {"apiVersion": "aliasd.io/v1alpha1", "kind": "Alias",
+            "metadata": {"name": f"al-{i}"}, "spec": spec}
+
+
+def create_aliases(api: Api, n: int, aliased: int) -> None:
+    t = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: api.request("POST", ALIASES, alias_body(i, aliased)), range(n)))
+    print(f"created {n} Aliases in {time.monotonic() - t:.0f}s", flush=True)
+
+
+class AliasWatch(threading.Thread):
+    """Follows every Alias through one watch: when all are Ready, and
+    Programmed (monotonic times; the watch's own cost is one stream)."""
+
+    def __init__(self, api: Api, n: int) -> None:
+        super().__init__(daemon=True)
+        self.api, self.n = api, n
+        self.ready: set[str] = set()
+        self.programmed: set[str] = set()
+        self.all_ready: float | None = None
+        self.all_programmed: float | None = None
+
+    def run(self) -> None:
+        conn = http.client.HTTPSConnection("127.0.0.1", self.api.port, context=self.api.ctx,
+                                           timeout=900)
+        conn.request("GET", f"{ALIASES}?watch=1&timeoutSeconds=900", headers={
+            "Authorization": f"Bearer {self.api.token}", "Accept": "application/json"})
+        resp = conn.getresponse()
+        for line in resp:
+            obj = json.loads(line).get("object") or {}
+            name = (obj.get("metadata") or {}).get("name", "")
+            got = {c.get("type"): c.get("status") for c in
+                   (obj.get("status") or {}).get("conditions") or ()}
+            for kind, names in (("Ready", self.ready), ("Programmed", self.programmed)):
+                if got.get(kind) == "True":
+                    names.add(name)
+                else:
+                    names.discard(name)
+            now = time.monotonic()
+            if self.all_ready is None and len(self.ready) >= self.n:
+                self.all_ready = now
+            if self.all_programmed is None and len(self.programmed) >= self.n:
+                self.all_programmed = now
+                return
+
+
+def writes(text: str) -> float:
+    m = re.search(r'^aliasd_alias_status_writes_total{result="written"} (\S+)', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def storm(dport: int, hport: int, names: list[str], args: argparse.Namespace, *,
+          watch: AliasWatch | None, seconds: float
+          ) -> tuple[list[float], list[tuple[float, float]], float]:
+    """DNS queries at --qps in one-second slices while the status writer
+    works (until every Alias is Programmed and the writes stop), or for
+    ``seconds`` without Aliases: (RTTs, (writes, seconds) of each slice,
+    seconds). A slice lasts a second and what reading /metrics takes."""
+    rtts: list[float] = []
+    slices: list[tuple[float, float]] = []
+    last, at = writes(metrics(hport)), time.monotonic()
+    t0 = at
+    while True:
+        rtts += asyncio.run(paced(dport, names, args.qps, 1.0))
+        now, now_at = writes(metrics(hport)), time.monotonic()
+        slices.append((now - last, now_at - at))
+        last, at = now, now_at
+        elapsed = time.monotonic() - t0
+        if watch is None:
+            if elapsed >= seconds:
+                break
+        elif (watch.all_programmed is not None and slices[-1][0] == 0) or elapsed > 900:
+            break
+    rtts.sort()
+    return rtts, slices, time.monotonic() - t0
 
 
 def slice_body(service: str, name: str, *, headless: bool, n: int) -> dict[str, Any]:
@@ -441,12 +564,21 @@ def loop_lag_line(text: str) -> str:
     return ", ".join(parts)
 
 
-def measure(t: Target, args: argparse.Namespace, rates: list[int]) -> None:
+def measure(t: Target, args: argparse.Namespace, rates: list[int], *, aliases: int = 0,
+            storm_seconds: float = 0.0) -> float:
+    """One run (see the module); with ``aliases`` Alias objects in place, or
+    ``storm_seconds`` of the quiet window to compare with. Returns the storm's
+    length in seconds (0: none measured)."""
     dport, hport = free_udp_tcp_port(), free_port()
+    watch = AliasWatch(t.api, aliases) if aliases else None
     t0 = time.monotonic()
+    if watch is not None:
+        watch.start()
     env = dict(os.environ)
     cmd = [sys.executable, "-m", "aliasd", "--log-level", "warning", "run",
            "--kubeconfig", str(t.kubeconfig), "--coredns-mode", "off",
+           # One replica, the status writer (no Lease to win first).
+           "--leader-election", "off",
            "--zone", "internal", "--dns-listen", f"127.0.0.1:{dport}",
            "--http-listen", f"127.0.0.1:{hport}",
            # As the manifests run it: the writer is part of the cost of a change.
@@ -455,18 +587,40 @@ def measure(t: Target, args: argparse.Namespace, rates: list[int]) -> None:
         cmd[1:1] = args.wrap.split()
     p = subprocess.Popen(cmd, cwd=args.source or ROOT, env=env)
     try:
-        last = f"scale-a-{t.aliased - 1}.internal."
+        lasts = [f"scale-a-{t.aliased - 1}.internal."]
+        if aliases:
+            lasts += [f"scale-al-{aliases - 1}.internal.", f"scale-al-{aliases - 2}.internal."]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(0.2)
-            while not answers(s, dport, last):
-                if p.poll() is not None:
-                    raise SystemExit("aliasd exited")
-                time.sleep(0.02)
+            for last in lasts:
+                while not answers(s, dport, last):
+                    if p.poll() is not None:
+                        raise SystemExit("aliasd exited")
+                    time.sleep(0.02)
         ready = time.monotonic() - t0
         # The CPU it took is what the machine's other load does not inflate.
         print(f"aliasd ready (every alias answering) {ready:.2f}s after start "
               f"({cpu_seconds(p.pid):.2f} s CPU); RSS {rss_mb(p.pid):.0f} MB; "
               f"CoreDNS RSS {rss_mb(t.coredns_pid):.0f} MB", flush=True)
+        long = 0.0
+        if aliases or storm_seconds:
+            names = [f"scale-a-{i}.internal." for i in range(0, t.aliased, 7)]
+            rtts, slices, long = storm(dport, hport, names, args, watch=watch,
+                                       seconds=storm_seconds)
+            what = (f"status storm ({aliases} Aliases)" if aliases
+                    else "the same window without the CRD")
+            print(f"DNS during {what}, {long:.0f} s from ready: p50 / p99 / p99.9 / max "
+                  f"{fmt(rtts)} ms", flush=True)
+            if watch is not None:
+                busy = [(w, d) for w, d in slices if w]
+                total, busy_s = sum(w for w, _ in busy), sum(d for _, d in busy)
+                print(f"every Alias Ready {(watch.all_ready or float('nan')) - t0:.1f} s and "
+                      f"Programmed {(watch.all_programmed or float('nan')) - t0:.1f} s after "
+                      f"start; status writes {total:.0f}: peak "
+                      f"{max((w / d for w, d in busy), default=0):.0f}/s, mean "
+                      f"{total / max(busy_s, 1e-9):.0f}/s over the {busy_s:.0f} s with writes, "
+                      f"{total / long:.0f}/s over the storm "
+                      f"({cpu_seconds(p.pid):.2f} s CPU so far)", flush=True)
         time.sleep(2)
         text = metrics(hport)
         print(f"GC after the initial sync: {gc_line(text)}")
@@ -531,6 +685,7 @@ def measure(t: Target, args: argparse.Namespace, rates: list[int]) -> None:
         for r in rows:
             print("| " + " | ".join(r) + " |")
         print(json.dumps({"ready_s": round(ready, 2)}))
+        return long
     finally:
         p.terminate()
         p.wait()
@@ -571,18 +726,34 @@ def main() -> int:
                     "directory (e.g. `git archive BASE aliasd | tar -x -C DIR`) to compare")
     ap.add_argument("--wrap", default="", help="python flags or a module run before aliasd, "
                     "e.g. '-X importtime' (profiling)")
+    ap.add_argument("--alias-objects", type=int, default=0, metavar="N",
+                    help="N Alias objects (half serviceRef, half targets): a run with them, "
+                    "then one without the CRD")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",") if r]
     if args.attach:
-        measure(attach(args.attach), args, rates)
+        run(attach(args.attach), args, rates)
         return 0
     with LocalCluster(bin_dir=ensure_binaries()) as c:
         target = build(c, args)
         if args.hold:
             hold(c, target, args.hold)
         else:
-            measure(target, args, rates)
+            run(target, args, rates)
     return 0
+
+
+def run(t: Target, args: argparse.Namespace, rates: list[int]) -> None:
+    if not args.alias_objects:
+        measure(t, args, rates)
+        return
+    install_alias_crd(t.api)
+    create_aliases(t.api, args.alias_objects, t.aliased)
+    print(f"\n== with the Alias CRD and {args.alias_objects} Aliases ==", flush=True)
+    long = measure(t, args, rates, aliases=args.alias_objects)
+    uninstall_alias_crd(t.api)
+    print("\n== without the Alias CRD ==", flush=True)
+    measure(t, args, rates, storm_seconds=long)
 
 
 if __name__ == "__main__":

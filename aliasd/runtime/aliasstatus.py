@@ -3,14 +3,16 @@
 Conditions follow the Kubernetes API conventions and Gateway API's names:
 ``Accepted`` (every hostname is valid, inside a served zone, allowed by the
 name policy and not lost to an older claim), ``ResolvedRefs`` (the Service
-exists and has a usable address), the summary ``Ready``, and with health
-checks ``Healthy`` and each checked target's health (as the writing
-replica's probes see it). What only aliasd
+exists and has a usable address), ``Programmed`` (every live replica serves
+the answer the status names), the summary ``Ready``, and with health checks
+``Healthy`` and each checked target's health (as the writing replica's
+probes see it). What only aliasd
 knows goes here with a reason, never into a crash or a silent drop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +26,8 @@ from aliasd.sources.health import STARTING, TargetHealth
 from aliasd.zoneconfig import ZoneConfig
 
 ACCEPTED, RESOLVED_REFS, READY, HEALTHY = "Accepted", "ResolvedRefs", "Ready", "Healthy"
-CONDITION_TYPES = (ACCEPTED, RESOLVED_REFS, READY, HEALTHY)
+PROGRAMMED, PENDING = "Programmed", "Pending"
+CONDITION_TYPES = (ACCEPTED, RESOLVED_REFS, PROGRAMMED, READY, HEALTHY)
 Health = Mapping[Check, TargetHealth]
 """Each probed check's health (the prober's states)."""
 NO_HEALTH: Health = {}
@@ -199,8 +202,8 @@ def _text(status: bool) -> str:
 
 def status_body(want: Desired, observed: Mapping[str, Any], *, generation: int, serial: int,
                 now: float) -> dict[str, Any]:
-    """The full status to write: a condition keeps its lastTransitionTime
-    while its status stays the same."""
+    """The full status to write (``serial``: see :func:`serial_to_write`): a
+    condition keeps its lastTransitionTime while its status stays the same."""
     before = {c.get("type"): c for c in observed.get("conditions") or ()
               if isinstance(c, Mapping)}
     conditions = []
@@ -222,3 +225,91 @@ def transitions(want: Desired, observed: Mapping[str, Any]) -> list[Condition]:
     before = _conditions(observed)
     return [c for c in want.conditions
             if before.get(c.type, (None, None))[:2] != (_text(c.status), c.reason)]
+
+
+# ---- Programmed: every live replica serves the answer the status names --------------
+
+
+def serves(want: Desired, observed: Mapping[str, Any], generation: int) -> bool:
+    """Whether the answer this replica computed (``want``) is the one the
+    status on the API server names for ``generation``. With health checks,
+    the names and targets it serves are compared, not which targets answer:
+    each replica probes for itself and may rightly see another target dead
+    (the status's addresses are the writing replica's view)."""
+    if observed.get("observedGeneration") != generation \
+            or tuple(observed.get("hostnames") or ()) != want.hostnames:
+        return False
+    if want.targets:
+        return [t.get("target") for t in observed.get("targets") or ()
+                if isinstance(t, Mapping)] == [t[0] for t in want.targets]
+    return (tuple(observed.get("addresses") or ()) == want.addresses
+            and observed.get("cname") == want.cname)
+
+
+def status_serial(observed: Mapping[str, Any], generation: int) -> int | None:
+    """The serial of a status that describes ``generation`` (None: there is no
+    such status yet)."""
+    serial = observed.get("serial")
+    if observed.get("observedGeneration") != generation or not isinstance(serial, int):
+        return None
+    return serial
+
+
+def serial_to_write(want: Desired, observed: Mapping[str, Any], *, generation: int,
+                    serial: int) -> tuple[int, bool]:
+    """The serial a status write carries, and whether it is new: the serial
+    that first carried the answer is kept while the answer stays (so the
+    replicas' confirmations of it stay valid), the current one otherwise."""
+    kept = status_serial(observed, generation)
+    if kept is not None and serves(want, observed, generation):
+        return kept, False
+    return serial, True
+
+
+def watermark(lagging: Mapping[str, int], top: int) -> int:
+    """What a replica publishes: the highest status serial up to which it
+    serves every Alias's answer as its status names it. ``lagging``: the
+    serials of the statuses it does not (yet) agree with; ``top``: the
+    highest status serial it has seen."""
+    return min(lagging.values()) - 1 if lagging else top
+
+
+def programmed(want: Desired, serial: int | None, replicas: Mapping[str, int]) -> Condition:
+    """The Programmed condition of an Alias whose status carries ``serial``
+    (None: a new answer, written now, that no replica can have confirmed
+    yet), given the live replicas' watermarks."""
+    if not want.hostnames:
+        return Condition(PROGRAMMED, False, "NotServed", "no hostname is being served")
+    if not replicas:
+        return Condition(PROGRAMMED, False, PENDING, "no live replica has published yet")
+    # A new answer lags everywhere: the same message as when it is counted,
+    # so the count alone never costs a write.
+    lag = len(replicas) if serial is None else sum(1 for w in replicas.values() if w < serial)
+    if lag:
+        return Condition(PROGRAMMED, False, PENDING,
+                         f"{lag} of {len(replicas)} replicas do not serve this answer yet")
+    # No replica count in the message: scaling would rewrite every status.
+    return Condition(PROGRAMMED, True, PROGRAMMED, "every live replica serves this answer")
+
+
+def with_condition(want: Desired, condition: Condition) -> Desired:
+    """``want`` with one more condition (before the summary ``Ready``)."""
+    at = next(i for i, c in enumerate(want.conditions) if c.type == READY)
+    return dataclasses.replace(
+        want, conditions=(*want.conditions[:at], condition, *want.conditions[at:]))
+
+
+def condition_of(observed: Mapping[str, Any], type_: str) -> tuple[object, object]:
+    """(status, reason) of the condition ``type_`` in ``observed`` ((None, None):
+    there is none)."""
+    got = _conditions(observed).get(type_)
+    return (got[0], got[1]) if got else (None, None)
+
+
+def kept_condition(observed: Mapping[str, Any], type_: str) -> Condition | None:
+    """The condition ``type_`` as ``observed`` has it (None: it has none)."""
+    for c in observed.get("conditions") or ():
+        if isinstance(c, Mapping) and c.get("type") == type_:
+            return Condition(type_, c.get("status") == "True", str(c.get("reason", "")),
+                             str(c.get("message", "")))
+    return None

@@ -6,6 +6,7 @@ tests/e2e/test_helm.py installs the chart after it)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -14,6 +15,7 @@ import time
 
 import pytest
 
+from tests.support import ROOT
 from tests.support.kind import (
     Kind,
     aliasd_cli,
@@ -97,6 +99,46 @@ def test_apply_to_resolvable(kind: Kind, client: str) -> None:
     assert kind.kubectl("exec", client, "--", "dig", "+short", "e2e-new.internal").split() == [ip]
     say(f"e2e: kubectl apply of an aliased Service to a pod resolving it: {seconds:.2f} s")
     kind.kubectl("delete", "namespace", "e2e-new", "--wait=false")
+
+
+def test_an_alias_from_yaml_is_ready_resolves_and_is_programmed(kind: Kind, client: str,
+                                                                fruits_ip: str) -> None:
+    """examples/alias/fruits.yaml as a user applies it: `kubectl wait` for
+    Ready returns, a pod resolves the name to the Service's cluster IP, and
+    `kubectl wait` for Programmed returns once both replicas serve it (each
+    replica's Lease carries a watermark at or past the Alias's serial)."""
+    ns = ["-n", "micro-shake-factory"]
+    t0 = time.monotonic()
+    kind.kubectl("apply", "-f", str(ROOT / "examples" / "alias" / "fruits.yaml"))
+    kind.kubectl(*ns, "wait", "--for=condition=Ready", "alias/fruits", "--timeout=120s",
+                 timeout=180)
+    ready = time.monotonic() - t0
+    def resolves(name: str) -> bool:
+        return kind.kubectl("exec", client, "--", "dig", "+short", name).split() == [fruits_ip]
+
+    for name in ("fruits.internal", "shake.internal"):
+        wait_for(functools.partial(resolves, name), timeout=60, interval=0.5,
+                 what=f"{name} resolves")
+    kind.kubectl(*ns, "wait", "--for=condition=Programmed", "alias/fruits", "--timeout=120s",
+                 timeout=180)
+    programmed = time.monotonic() - t0
+    alias = kind.json(*ns, "get", "alias", "fruits")
+    status = alias["status"]
+    assert status["addresses"] == [fruits_ip]
+    assert status["hostnames"] == ["fruits.internal.", "shake.internal."]
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert conditions == {"Accepted": ("True", "Accepted"),
+                          "ResolvedRefs": ("True", "ResolvedRefs"),
+                          "Programmed": ("True", "Programmed"), "Ready": ("True", "Ready")}
+    leases = kind.json("-n", "aliasd-system", "get", "lease", "-l",
+                       "aliasd.io/replica-of=aliasd")["items"]
+    pods = sorted(p["metadata"]["name"] for p in kind.aliasd_pods())
+    live = {x["spec"]["holderIdentity"]: int(x["metadata"]["annotations"]["aliasd.io/serial"])
+            for x in leases if x["spec"].get("holderIdentity") in pods}
+    assert sorted(live) == pods and len(pods) == 2
+    assert all(w >= status["serial"] for w in live.values()), (live, status["serial"])
+    say(f"e2e: kubectl apply of an Alias to Ready: {ready:.2f} s, to Programmed "
+        f"(2 replicas): {programmed:.2f} s")
 
 
 def test_the_image_runs_non_root_read_only_without_write_errors(kind: Kind) -> None:

@@ -84,7 +84,8 @@ def test_targets_alias_is_ready_follows_edits_and_goes(
     assert query(aliasd.dns, "crd-db.internal.", "A").answer[0].ttl == 12
     wait_for(lambda: conditions(cluster, namespace, "db") == {
         "Accepted": ("True", "Accepted", 1), "ResolvedRefs": ("True", "ResolvedRefs", 1),
-        "Ready": ("True", "Ready", 1)}, what="Ready=True")
+        "Programmed": ("True", "Programmed", 1), "Ready": ("True", "Ready", 1)},
+        what="Ready=True and Programmed=True")
     status = cluster.request("GET", path(namespace, "db"))["status"]
     assert status["observedGeneration"] == 1
     assert status["addresses"] == ["10.20.0.1", "fd00::21"]
@@ -209,8 +210,8 @@ def test_status_is_not_rewritten_by_a_restart(cluster: LocalCluster, alias_crd: 
     create(cluster, namespace, "steady", {"hostnames": ["crd-steady.internal"],
                                           "targets": [{"address": "10.20.0.3"}]})
     with run_aliasd(args, tmp=tmp_path) as p:
-        wait_for(lambda: conditions(cluster, namespace, "steady").get("Ready")
-                 == ("True", "Ready", 1), what="Ready")
+        wait_for(lambda: conditions(cluster, namespace, "steady").get("Programmed")
+                 == ("True", "Programmed", 1), what="Programmed")
         rv = cluster.request("GET", path(namespace, "steady"))["metadata"]["resourceVersion"]
     with run_aliasd(args, tmp=tmp_path) as p:
         assert a_records(p, "crd-steady.internal.") == ["10.20.0.3"]
@@ -219,11 +220,12 @@ def test_status_is_not_rewritten_by_a_restart(cluster: LocalCluster, alias_crd: 
         # marker was written.
         create(cluster, namespace, "marker", {"hostnames": ["crd-marker.internal"],
                                               "targets": [{"address": "10.20.0.4"}]})
-        wait_for(lambda: conditions(cluster, namespace, "marker").get("Ready")
-                 == ("True", "Ready", 1), what="the marker's status")
+        wait_for(lambda: conditions(cluster, namespace, "marker").get("Programmed")
+                 == ("True", "Programmed", 1), what="the marker's status")
         wait_for(lambda: p.http("/readyz")[1]["alias-status"]["pending"] == 0,
                  what="nothing left to compare")
-        assert p.http("/readyz")[1]["alias-status"]["writes"] == 1
+        # The marker twice (Ready with Programmed pending, then Programmed).
+        assert p.http("/readyz")[1]["alias-status"]["writes"] == 2
     assert cluster.request("GET", path(namespace, "steady"))["metadata"][
         "resourceVersion"] == rv
 
@@ -308,7 +310,84 @@ def test_only_the_leader_writes_status(cluster: LocalCluster, alias_crd: None,
             return sorted((s["leader"], s["writes"]) for s in (
                 p.http("/readyz")[1]["alias-status"] for p in (a, b)))
 
-        wait_for(lambda: writers() == [(False, 0), (True, 1)], what="one leader, one write")
+        # Written twice: Ready (Programmed pending), then Programmed.
+        wait_for(lambda: writers() == [(False, 0), (True, 2)], what="one leader writes")
+
+
+def programmed(cluster: LocalCluster, ns: str, name: str) -> tuple[str, str, str, int]:
+    """Programmed's (status, reason, message) and the status serial."""
+    status = cluster.request("GET", path(ns, name)).get("status") or {}
+    c: dict[str, Any] = next((c for c in status.get("conditions") or ()
+                              if c["type"] == "Programmed"), {})
+    return c.get("status", ""), c.get("reason", ""), c.get("message", ""), status.get("serial", 0)
+
+
+def test_programmed_once_every_live_replica_serves_the_answer(
+        cluster: LocalCluster, alias_crd: None, namespace: str, tmp_path: Path) -> None:
+    """Two replicas, each publishing its watermark in a Lease of its own: the
+    leader writes Programmed=True only when both serve the Alias's answer;
+    a replica that lags holds it back; a replica killed without releasing
+    its Lease holds it back only until the Lease expires."""
+    args = ["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal",
+            "--coredns-mode", "off", "--leader-lease", f"{namespace}/aliasd",
+            "--leader-lease-duration", "3", "--namespaces", namespace]
+    with run_aliasd(args, tmp=tmp_path, env={"POD_NAME": "replica-a"}) as a, \
+            run_aliasd(args, tmp=tmp_path, env={"POD_NAME": "replica-b"}) as b:
+        create(cluster, namespace, "prog", {"hostnames": ["crd-prog.internal"],
+                                            "targets": [{"address": "10.20.1.1"}]})
+        wait_for(lambda: programmed(cluster, namespace, "prog")[:2] == ("True", "Programmed"),
+                 what="Programmed")
+        for p in (a, b):
+            assert a_records(p, "crd-prog.internal.") == ["10.20.1.1"]
+        leases = cluster.request(
+            "GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+            "?labelSelector=aliasd.io%2Freplica-of%3Daliasd")["items"]
+        serial = programmed(cluster, namespace, "prog")[3]
+        assert sorted((x["spec"]["holderIdentity"],
+                       int(x["metadata"]["annotations"]["aliasd.io/serial"]) >= serial)
+                      for x in leases) == [("replica-a", True), ("replica-b", True)]
+        def follower() -> AliasdProcess:
+            return next(p for p in (a, b) if not p.http("/readyz")[1]["alias-status"]["leader"])
+
+        wait_for(lambda: sum(p.http("/readyz")[1]["alias-status"]["leader"] for p in (a, b))
+                 == 1, what="one leader")
+        lagging = follower()
+        # Freeze the follower: it serves the old answer and renews nothing. The
+        # edit is Pending until its Lease expires (it holds nothing back then).
+        os.kill(lagging.proc.pid, signal.SIGSTOP)
+        try:
+            cluster.request("PATCH", path(namespace, "prog"),
+                            {"spec": {"targets": [{"address": "10.20.1.2"}]}},
+                            content_type="application/merge-patch+json")
+            wait_for(lambda: programmed(cluster, namespace, "prog")[:2] == ("False", "Pending")
+                     and conditions(cluster, namespace, "prog")["Ready"] == ("True", "Ready", 2),
+                     what="Pending while a replica lags, Ready all the same")
+            print(f"while frozen: {programmed(cluster, namespace, 'prog')[2]}")
+            wait_for(lambda: programmed(cluster, namespace, "prog")[:2]
+                     == ("True", "Programmed"), timeout=30,
+                     what="Programmed once the frozen replica's Lease expired")
+        finally:
+            os.kill(lagging.proc.pid, signal.SIGCONT)
+        # Thawed, it catches up and publishes again; an edit is Programmed
+        # only once both serve it.
+        cluster.request("PATCH", path(namespace, "prog"),
+                        {"spec": {"targets": [{"address": "10.20.1.3"}]}},
+                        content_type="application/merge-patch+json")
+        wait_for(lambda: conditions(cluster, namespace, "prog").get("Programmed")
+                 == ("True", "Programmed", 3), timeout=30, what="Programmed, generation 3")
+        for p in (a, b):
+            assert a_records(p, "crd-prog.internal.") == ["10.20.1.3"]
+        # Killed (no release): Programmed waits for the Lease to expire, then
+        # an edit is Programmed with the one replica left.
+        gone = follower()
+        gone.proc.kill()
+        gone.proc.wait()
+        cluster.request("PATCH", path(namespace, "prog"),
+                        {"spec": {"targets": [{"address": "10.20.1.4"}]}},
+                        content_type="application/merge-patch+json")
+        wait_for(lambda: conditions(cluster, namespace, "prog").get("Programmed")
+                 == ("True", "Programmed", 4), timeout=30,
+                 what="Programmed once the killed replica's Lease expired")
 
 
 def test_aliasd_list_and_the_http_api_include_aliases(cluster: LocalCluster,
@@ -335,8 +414,8 @@ def test_a_relist_that_changes_nothing_writes_nothing(cluster: LocalCluster,
                                                       namespace: str) -> None:
     create(cluster, namespace, "still", {"hostnames": ["crd-still.internal"],
                                          "targets": [{"address": "10.20.0.9"}]})
-    wait_for(lambda: conditions(cluster, namespace, "still").get("Ready")
-             == ("True", "Ready", 1), what="Ready")
+    wait_for(lambda: conditions(cluster, namespace, "still").get("Programmed")
+             == ("True", "Programmed", 1), what="Programmed")
     rv = cluster.request("GET", path(namespace, "still"))["metadata"]["resourceVersion"]
     restarts = metric_or_none(aliasd, "aliasd_watch_restarts_total", resource="aliases") or 0
     os.kill(aliasd.proc.pid, signal.SIGSTOP)  # freeze the watches at their resourceVersion
@@ -356,9 +435,10 @@ def test_a_relist_that_changes_nothing_writes_nothing(cluster: LocalCluster,
              timeout=60, what="the Alias watch restarted (relist)")
     create(cluster, namespace, "marker", {"hostnames": ["crd-marker2.internal"],
                                           "targets": [{"address": "10.20.0.10"}]})
-    wait_for(lambda: conditions(cluster, namespace, "marker").get("Ready")
-             == ("True", "Ready", 1), timeout=30, what="the marker's status")
+    wait_for(lambda: conditions(cluster, namespace, "marker").get("Programmed")
+             == ("True", "Programmed", 1), timeout=30, what="the marker's status")
     wait_for(lambda: aliasd.http("/readyz")[1]["alias-status"]["pending"] == 0,
              what="nothing left to compare")
-    assert aliasd.http("/readyz")[1]["alias-status"]["writes"] == 2  # "still", then the marker
+    # "still", then the marker, each twice (Ready, then Programmed).
+    assert aliasd.http("/readyz")[1]["alias-status"]["writes"] == 4
     assert cluster.request("GET", path(namespace, "still"))["metadata"]["resourceVersion"] == rv

@@ -1,0 +1,90 @@
+"""The Programmed condition's pure decisions: what a replica publishes, which
+serial a status carries, and when every live replica serves an answer."""
+
+from __future__ import annotations
+
+from aliasd import resolver
+from aliasd.runtime.aliasstatus import (
+    PROGRAMMED,
+    Desired,
+    desired,
+    engine_key,
+    programmed,
+    serial_to_write,
+    serves,
+    status_body,
+    watermark,
+    with_condition,
+)
+from aliasd.runtime.replicas import SERIAL, lease_name, live_watermarks
+from tests.unit.test_aliases import ZONES, info
+
+
+def _want(address: str = "10.0.0.1") -> Desired:
+    i = info({"hostnames": ["ok.internal"], "targets": [{"address": address}]}, name="ok")
+    key = engine_key("kubernetes", "shop/ok")
+    result = resolver.build_keyed({key: i.claims}, config=ZONES, serial=42)
+    return desired(i, result, ZONES, key)
+
+
+def test_a_status_keeps_the_serial_that_first_carried_its_answer() -> None:
+    want = _want()
+    assert serial_to_write(want, {}, generation=1, serial=42) == (42, True)
+    body = status_body(want, {}, generation=1, serial=42, now=0.0)
+    assert serves(want, body, 1)
+    # Only a condition changes (Programmed turns True): the serial stays, so
+    # the replicas' confirmations of it stay valid.
+    assert serial_to_write(want, body, generation=1, serial=57) == (42, False)
+    # Another answer or another generation: the current serial, a new answer.
+    other = _want("10.0.0.2")
+    assert not serves(other, body, 1)
+    assert serial_to_write(other, body, generation=1, serial=57) == (57, True)
+    assert serial_to_write(want, body, generation=2, serial=57) == (57, True)
+
+
+def test_watermark_stops_below_the_oldest_status_not_served() -> None:
+    assert watermark({}, 0) == 0
+    assert watermark({}, 120) == 120
+    assert watermark({"shop/a": 100, "shop/b": 110}, 120) == 99
+
+
+def test_programmed_when_every_live_replica_reached_the_serial() -> None:
+    want = _want()
+    got = programmed(want, 100, {"a": 100, "b": 130})
+    assert (got.type, got.status, got.reason) == (PROGRAMMED, True, "Programmed")
+    got = programmed(want, 100, {"a": 100, "b": 99, "c": 42})
+    assert (got.status, got.reason) == (False, "Pending")
+    assert got.message.startswith("2 of 3 replicas")
+    fresh = programmed(want, None, {"a": 200, "b": 300})  # a new answer: nobody has it
+    assert (fresh.reason, fresh.message) == (
+        "Pending", programmed(want, 400, {"a": 200, "b": 300}).message)
+    assert programmed(want, 100, {}).reason == "Pending"  # no replica heard yet
+    nothing = with_condition(want, programmed(want, 1, {"a": 1}))
+    refused = desired(info({"hostnames": ["bad_label.internal"],
+                            "targets": [{"address": "10.0.0.1"}]}, name="bad"),
+                      resolver.build_keyed({}, config=ZONES, serial=1), ZONES,
+                      engine_key("kubernetes", "shop/bad"))
+    assert programmed(refused, 1, {"a": 5}).reason == "NotServed"
+    assert [c.type for c in nothing.conditions] == ["Accepted", "ResolvedRefs", PROGRAMMED,
+                                                    "Ready"]
+
+
+def test_live_watermarks_skip_released_expired_and_unreadable_leases() -> None:
+    def lease(holder: str | None, serial: str | None, duration: int = 3) -> dict[str, object]:
+        ann = {SERIAL: serial} if serial is not None else {}
+        return {"metadata": {"annotations": ann},
+                "spec": {"holderIdentity": holder, "leaseDurationSeconds": duration}}
+
+    leases = {"ns/a": lease("a", "120"), "ns/b": lease("b", "99"), "ns/gone": lease(None, "5"),
+              "ns/old": lease("old", "1"), "ns/odd": lease("odd", "x"),
+              "ns/new": lease("new", None)}
+    seen = {"ns/a": 10.0, "ns/b": 11.0, "ns/gone": 11.0, "ns/old": 5.0, "ns/odd": 11.0,
+            "ns/new": 11.0}
+    assert live_watermarks(leases, seen, now=12.0) == {"a": 120, "b": 99}
+    assert live_watermarks(leases, seen, now=13.5) == {"b": 99}  # a expired at 13
+
+
+def test_lease_names_are_dns_subdomains() -> None:
+    assert lease_name("aliasd", "aliasd-7c9f-x2x") == "aliasd-aliasd-7c9f-x2x"
+    assert lease_name("aliasd", "Host_Name.local") == "aliasd-host-name.local"
+    assert len(lease_name("aliasd", "x" * 400)) == 253
