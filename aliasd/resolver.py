@@ -112,8 +112,9 @@ class NameNotAllowed(ValueError):
 NOT_ALLOWED = "AliasNotAllowed"
 """The Event reason of a claim the name policy denies."""
 NO_ANNOTATIONS: Mapping[str, str] = MappingProxyType({})
-NO_HOLDS: Mapping[str, Hold] = MappingProxyType({})
 """Namespace -> its ``aliasd.io/allowed-names`` value: none annotated."""
+NO_HOLDS: Mapping[str, Hold] = MappingProxyType({})
+"""Name -> the hold on it: none."""
 ALL_HEALTHY: frozenset[Check] = frozenset()
 """The unhealthy checks: none."""
 
