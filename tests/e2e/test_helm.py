@@ -116,6 +116,18 @@ def replica_sets(kind: Kind) -> set[str]:
     return {o["name"] for p in kind.aliasd_pods() for o in p["metadata"]["ownerReferences"]}
 
 
+def test_a_values_typo_is_refused_by_the_schema_and_installs_nothing(kind: Kind) -> None:
+    out = helm(kind, "install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace",
+               "--set", "replica=3", values=KIND_VALUES)
+    assert out.returncode == 1
+    assert [line for line in out.stderr.splitlines() if line] == [
+        "Error: INSTALLATION FAILED: values don't meet the specifications of the schema(s) "
+        "in the following chart(s):", "aliasd:",
+        "- at '': additional properties 'replica' not allowed"]
+    assert helm(kind, "status", RELEASE, "-n", NAMESPACE).returncode == 1
+    assert kind.corefile() == kind.initial_corefile
+
+
 def test_helm_install_then_a_pod_resolves_the_alias(kind: Kind, client: str,
                                                     fruits_ip: str) -> None:
     install(kind, client, fruits_ip)
