@@ -299,8 +299,10 @@ def test_the_image_command_works_under_the_service_account(
         lease = cluster.request(
             "GET", "/apis/coordination.k8s.io/v1/namespaces/aliasd-system/leases/aliasd")
         assert lease["spec"]["holderIdentity"].startswith("aliasd-7d9f-x1_")
-        wait_for(lambda: [r for r, _ in events(cluster, namespace, "fruits-api-service")
-                          ] == ["InvalidAlias"], what="the InvalidAlias Event")
+        # The bad label, and the override that shadowed my-fruits.internal meanwhile.
+        wait_for(lambda: sorted(r for r, _ in events(cluster, namespace, "fruits-api-service")
+                                ) == ["AliasOverridden", "InvalidAlias"],
+                 what="the InvalidAlias and AliasOverridden Events")
         status, ready = p.http("/readyz")
         assert status == 200 and ready["coredns"]["error"] is None
         assert ready["coredns"]["targets"] == ["kube-system/coredns"]
