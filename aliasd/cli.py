@@ -239,8 +239,11 @@ async def _list_aliases(opts: flags.Options) -> int:
     from aliasd import listing
 
     server = opts.get(flags.SERVER)
+    if opts.get(flags.TOKEN_FILE) is not None and not server:
+        raise ConfigError(f"{flags.TOKEN_FILE.name} is the token for {flags.SERVER.name}; "
+                          "without it aliasd list reads the cluster with the kubeconfig")
     if server:
-        doc = await listing.from_server(server)
+        doc = await listing.from_server(server, opts.get(flags.TOKEN_FILE))
     else:
         from aliasd.root import list_from_cluster
 

@@ -335,6 +335,10 @@ STOP_DEPLOYMENT = Flag(name="--stop-deployment", commands=(COREDNS,), parse=_ref
                             "scaled back when it fails (the Helm chart's uninstall hook)")
 SERVER = Flag(name="--server", commands=(LIST,), parse=_text,
               help="URL of a running aliasd's HTTP endpoint, e.g. http://127.0.0.1:8080")
+TOKEN_FILE = Flag(name="--token-file", commands=(LIST,), parse=read_token,
+                  help="file holding a bearer token for --server, when that aliasd fences "
+                       "its reads (--read-access token): its --api-token-file token, or a "
+                       "Kubernetes token allowed to list aliases.aliasd.io")
 OUTPUT = Flag(name="--output", short="-o", commands=(LIST,), parse=_text, default="table",
               choices=("table", "wide", "json", "yaml"), help="output format")
 
@@ -350,7 +354,7 @@ FLAGS: tuple[AnyFlag, ...] = (
     COREDNS_MODE, FORWARD_TO, DNS_SERVICE, COREDNS_CONFIGMAP,
     LEADER_ELECTION, LEADER_LEASE, LEADER_LEASE_DURATION, ALIAS_STATUS_RATE, FORCE,
     STOP_DEPLOYMENT,
-    SERVER, OUTPUT,
+    SERVER, TOKEN_FILE, OUTPUT,
 )
 GLOBAL = (LOG_LEVEL, LOG_FORMAT)
 """Flags given before the command (``aliasd --log-level debug run``)."""

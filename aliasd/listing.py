@@ -12,17 +12,30 @@ import yaml
 from aliasd.model import ConfigError
 
 
-async def from_server(url: str) -> dict[str, Any]:
+async def from_server(url: str, token: str | None = None) -> dict[str, Any]:
+    """The /v1/aliases document of the aliasd at ``url`` (with ``token`` as
+    the bearer token, when given)."""
     target = url.rstrip("/") + "/v1/aliases"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s, \
-                s.get(target) as resp:
+                s.get(target, headers=headers) as resp:
             if resp.status != 200:
-                raise ConfigError(f"{target}: HTTP {resp.status}")
+                raise ConfigError(f"{target}: HTTP {resp.status}{await _why(resp)}")
             doc: dict[str, Any] = await resp.json()
             return doc
     except (aiohttp.ClientError, TimeoutError, ValueError) as e:
         raise ConfigError(f"cannot read {target}: {e or type(e).__name__}") from None
+
+
+async def _why(resp: aiohttp.ClientResponse) -> str:
+    """": " and the error aliasd's API gives in its JSON body, if it gives one."""
+    try:
+        body = await resp.json()
+    except (aiohttp.ContentTypeError, ValueError):
+        return ""
+    error = body.get("error") if isinstance(body, dict) else None
+    return f": {error}" if isinstance(error, str) else ""
 
 
 def _targets(a: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ every write, allowed or refused, leaves an Event on the overrides ConfigMap."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import time
 import urllib.request
@@ -21,7 +22,7 @@ from aliasd.access import REFUSED_BURST, REFUSED_EVERY
 from aliasd_dev import ClusterError, LocalCluster
 from tests.support.dnsclient import a_records
 from tests.support.kube import events, service
-from tests.support.process import AliasdProcess, http_json, metric_or_none, run_aliasd
+from tests.support.process import AliasdProcess, cli, http_json, metric_or_none, run_aliasd
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -266,6 +267,13 @@ def test_an_override_tells_the_owner_of_the_name_it_shadows(
     wait_for(lambda: a_records(aliasd, "shadowed.internal.") == [ip], what="the name back")
 
 
+def doc_error(p: AliasdProcess, path: str) -> str:
+    """The error aliasd's API answers a tokenless GET of ``path`` with."""
+    status, doc = http_json(p, "GET", path)
+    assert status == 401, doc
+    return str(doc["error"])
+
+
 def test_reads_fenced_with_a_token_and_metrics_on_their_own_listener(
         cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
     """--read-access token: the zone, its owners and the overrides are read
@@ -285,6 +293,20 @@ def test_reads_fenced_with_a_token_and_metrics_on_their_own_listener(
             assert status == 401 and doc["error"].startswith("missing bearer token"), doc
         status, doc = http_json(p, "GET", "/v1/aliases", token=STATIC)
         assert status == 200 and [a["name"] for a in doc["aliases"]] == ["fenced.internal."]
+        # aliasd list --server: refused without a token, in one line; with --token-file, read.
+        server = ["list", "--server", f"http://127.0.0.1:{p.http_port}"]
+        refused = cli(*server)
+        assert (refused.returncode, refused.stdout) == (1, "")
+        assert refused.stderr.splitlines() == [
+            f"aliasd: error: http://127.0.0.1:{p.http_port}/v1/aliases: HTTP 401: "
+            f"{doc_error(p, '/v1/aliases')}"]
+        listed = cli(*server, "-o", "json", "--token-file", str(tmp_path / "token"))
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout) == doc
+        alone = cli("list", "--token-file", str(tmp_path / "token"))
+        assert (alone.returncode, alone.stderr.splitlines()) == (1, [
+            "aliasd: error: --token-file is the token for --server; without it aliasd list "
+            "reads the cluster with the kubeconfig"])
         reader = sa_token(cluster, namespace, "reader")
         status, doc = http_json(p, "GET", "/v1/aliases", token=reader)
         assert (status, doc["error"]) == (403, (
