@@ -73,6 +73,8 @@ def test_default_values_render_what_manifests_base_renders() -> None:
      "additional properties 'nmae' not allowed"),
     (["logFormat=xml"], "'/logFormat'", "value must be one of 'text', 'json'"),
     (["replicas=two"], "'/replicas'", "got string, want integer"),
+    (["readAccess=closed"], "'/readAccess'", "value must be one of 'open', 'token'"),
+    (["metrics.port=70000"], "'/metrics/port'", "maximum: got 70,000, want 65,535"),
 ])
 def test_a_values_typo_fails_naming_the_key(values: list[str], path: str,
                                             problem: str) -> None:
@@ -80,6 +82,15 @@ def test_a_values_typo_fails_naming_the_key(values: list[str], path: str,
     out = helm("template", "aliasd", str(CHART), *sets)
     assert out.returncode != 0
     assert f"- at {path}: {problem}" in out.stderr.splitlines(), out.stderr
+
+
+@pytest.mark.parametrize("port", [5353, 8080])
+def test_a_metrics_port_that_is_taken_fails_naming_it(port: int) -> None:
+    out = helm("template", "aliasd", str(CHART), "--set", f"metrics.port={port}")
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[0] == (
+        "Error: execution error at (aliasd/templates/deployment.yaml:22:10): metrics.port "
+        f"{port} is taken (5353 is DNS, 8080 HTTP): choose another, e.g. 9153"), out.stderr
 
 
 def enums(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, list[Any]]]:
@@ -98,7 +109,8 @@ def test_lint_strict_and_every_enum_value_renders() -> None:
         assert out.returncode == 0, out.stdout + out.stderr
     schema = json.loads((CHART / "values.schema.json").read_text())
     found = dict(enums(schema))
-    assert set(found) == {"image.pullPolicy", "logFormat", "logLevel", "coredns.mode"}
+    assert set(found) == {"image.pullPolicy", "logFormat", "logLevel", "coredns.mode",
+                          "readAccess"}
     for dotted, allowed in found.items():
         for value in allowed:
             docs = render(f"{dotted}={value}")
@@ -119,6 +131,14 @@ def test_values_reach_the_container() -> None:
     assert env["ALIASD_DEFAULT_ALLOWED_NAMES"] == "*.{namespace}.internal"
     assert env["ALIASD_API_TOKEN_FILE"] == "/etc/aliasd/api-token/token"
     assert env["ALIASD_NS_ADDRESS"] == "10.96.0.53"
+    assert env["ALIASD_READ_ACCESS"] == "token"
+    assert env["ALIASD_METRICS_LISTEN"] == "0.0.0.0:9153"
+    assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [
+        ("dns", 5353), ("dns-tcp", 5353), ("http", 8080), ("metrics", 9153)]
+    assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9153"
+    svc = one(docs, "Service", "edge-aliasd")
+    assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]][2:] == [
+        ("http", 8080, "http"), ("metrics", 9153, "metrics")]
     # Another release name: every object and reference follows it.
     assert env["ALIASD_LEADER_LEASE"] == env["ALIASD_DNS_SERVICE"] == "dns/edge-aliasd"
     assert env["ALIASD_OVERRIDES_CONFIGMAP"] == "dns/edge-aliasd-overrides"
@@ -132,9 +152,13 @@ def test_values_reach_the_container() -> None:
         "maxUnavailable": 1,
         "selector": {"matchLabels": dep["spec"]["selector"]["matchLabels"]}}
     policy = one(docs, "NetworkPolicy", "edge-aliasd")
-    assert [sorted(p["port"] for p in rule["ports"]) for rule in policy["spec"]["ingress"]] == [
-        ["dns", "dns-tcp"], ["http"]]
-    assert one(docs, "ServiceMonitor", "edge-aliasd")["spec"]["endpoints"][0]["port"] == "http"
+    assert [(sorted(p["port"] for p in rule["ports"]), rule.get("from"))
+            for rule in policy["spec"]["ingress"]] == [
+        (["dns", "dns-tcp"], None),
+        (["http"], [{"namespaceSelector": {"matchLabels": {"team": "platform"}}}]),
+        (["metrics"], [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}])]
+    assert one(docs, "ServiceMonitor", "edge-aliasd")["spec"]["endpoints"][0]["port"] == (
+        "metrics")
     job = one(docs, "Job", "edge-aliasd-uninstall")
     (hook_c,) = job["spec"]["template"]["spec"]["containers"]
     assert hook_c["args"] == ["coredns", "remove", "--stop-deployment", "dns/edge-aliasd"]

@@ -61,7 +61,10 @@ def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 OPTIONAL: dict[str, Any] = {
     "serviceMonitor": {"enabled": True},
     "networkPolicy": {"enabled": True, "httpFrom": [
+        {"namespaceSelector": {"matchLabels": {"team": "platform"}}}], "metricsFrom": [
         {"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}]},
+    "readAccess": "token",
+    "metrics": {"port": 9153},
     "writeApi": {"kubernetesTokens": False, "tokenSecret": {"name": "aliasd-api-token"}},
     "image": {"digest": "sha256:" + "0" * 64},
     "podDisruptionBudget": {"maxUnavailable": 1},
