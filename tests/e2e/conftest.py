@@ -1,7 +1,7 @@
 """The users' path for real: a kind cluster from kind-config.yaml,
-built offline by hack/kind/build.sh and set up by hack/kind-up.sh exactly as
-`make kind-up` does, with the overrides only tests need (node image, base
-image, dig image). One cluster per session, deleted at the end
+built offline by hack/kind/build.sh and set up by the README quickstart's
+kustomize block (hack/kind-up.sh) as written, with the overrides only tests
+need (node image, base image, dig image). One cluster per session, deleted at the end
 (ALIASD_E2E_KEEP=1 keeps it for a look)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, quickstart
 from tests.support.kind import REPORT, Kind, say
 
 CLUSTER = os.environ.get("ALIASD_E2E_CLUSTER") or "aliasd-e2e"
@@ -84,8 +84,8 @@ def kind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kind]:
              times=times)
     k.initial_corefile = k.corefile()
     try:
-        _, times["hack/kind-up.sh"] = _run(["hack/kind-up.sh"], env=env, log=log,
-                                           what="hack/kind-up.sh", timeout=900)
+        _, times["hack/kind-up.sh"] = _run(quickstart.command("kustomize"), env=env,
+                                           log=log, what="hack/kind-up.sh", timeout=900)
         yield k
     finally:
         if os.environ.get("ALIASD_E2E_KEEP") != "1":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,13 +20,14 @@ import pytest
 import yaml
 
 from aliasd.coredns.plan import Forward, corefile_text
-from tests.support import ROOT
+from tests.support import ROOT, quickstart
 from tests.support.chart import CHART
 from tests.support.kind import (
     Kind,
     aliasd_cli,
     dig,
     helm,
+    helm_env,
     probers,
     report,
     say,
@@ -91,19 +93,21 @@ def wired(kind: Kind) -> str:
 
 
 def install(kind: Kind, client: str, fruits_ip: str) -> None:
-    """``helm install`` as docs/getting-started/helm.md does in kind, until
-    every CoreDNS replica answers the alias."""
-    out = helm(kind, "install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace",
-               "--wait", "--timeout", "180s", values=KIND_VALUES)
+    """The README quickstart's Helm block as written (``hack/kind-up.sh
+    --helm``: ``helm upgrade --install`` with the image it built, as
+    docs/getting-started/helm.md installs it in kind), then until every
+    CoreDNS replica answers the alias."""
+    t0 = time.monotonic()
+    out = quickstart.run("helm", env=helm_env(kind))
     assert out.returncode == 0, out.stderr
+    say(f"e2e time: hack/kind-up.sh --helm (image, helm install, every CoreDNS replica "
+        f"answering {ALIAS}): {time.monotonic() - t0:.1f} s")
     kind.wait_settled()
     assert {c["image"] for p in kind.aliasd_pods() for c in p["spec"]["containers"]} == {
         IMAGE}
-    wait_for(lambda: kind.corefile() == wired(kind), timeout=60,
-             what="the leader to wire CoreDNS")
-    seconds = wait_every_coredns(kind, client, ALIAS, ("NOERROR", [fruits_ip]))
-    say(f"e2e: helm install: every CoreDNS replica answers {ALIAS} {seconds:.1f} s "
-        f"after the block was written")
+    assert kind.corefile() == wired(kind)
+    # kind-up asked every replica already: asked again, by this suite's client.
+    wait_every_coredns(kind, client, ALIAS, ("NOERROR", [fruits_ip]))
 
 
 def revisions(kind: Kind) -> list[tuple[int, str]]:
@@ -133,6 +137,10 @@ def test_helm_install_then_a_pod_resolves_the_alias(kind: Kind, client: str,
     install(kind, client, fruits_ip)
     assert dig(kind, client, ALIAS) == ("NOERROR", [fruits_ip])  # the pod's own resolver
     assert revisions(kind) == [(1, "deployed")]
+    lines = quickstart.ask(kind.env)  # the quickstart's "then" block
+    assert fruits_ip in lines, lines
+    rows = quickstart.listed("\n".join(lines), ALIAS + ".")
+    assert [row[1] for row in rows] == [fruits_ip], lines
 
 
 def test_helm_upgrade_rolls_the_pods_with_zero_failed_lookups(kind: Kind,

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, quickstart
 from tests.support.kind import (
     Kind,
     aliasd_cli,
@@ -78,6 +78,15 @@ def test_a_pod_resolves_the_alias(kind: Kind, client: str, fruits_ip: str) -> No
           f"{dotted} for {ALIAS}.")
     assert dotted == 2  # A and AAAA, nothing else
     assert plain > dotted  # the search path first
+
+
+def test_the_readme_quickstart_answers_as_written(kind: Kind, fruits_ip: str) -> None:
+    """The quickstart's ``then`` block, after its kustomize block set up the
+    cluster: the pod's dig prints the cluster IP, ``aliasd list`` the alias."""
+    lines = quickstart.ask(kind.env)
+    assert fruits_ip in lines, lines
+    rows = quickstart.listed("\n".join(lines), ALIAS + ".")
+    assert [row[1] for row in rows] == [fruits_ip], lines
 
 
 def test_apply_to_resolvable(kind: Kind, client: str) -> None:

@@ -49,7 +49,7 @@ def test_an_image_that_cannot_be_pulled_fails_at_once_naming_it(kind: Kind) -> N
         assert "image changed" not in done.stderr
         assert deployed(kind) == before
     finally:
-        kind.kubectl("delete", "pod", "dig", "--ignore-not-found", "--wait=false")
+        kind.kubectl("delete", "pod", "kind-up-dig", "--ignore-not-found", "--wait=false")
 
 
 def test_rerun_after_a_code_change_rolls_aliasd_to_the_new_image(kind: Kind) -> None:

@@ -154,15 +154,20 @@ def aliasd_cli(kind: Kind, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60, check=False)
 
 
+def helm_env(kind: Kind) -> dict[str, str]:
+    """The cluster's environment with ``helm`` on PATH, its cache and config
+    next to the kubeconfig."""
+    home = Path(kind.env["KUBECONFIG"]).parent / "helm"
+    return {**kind.env, "PATH": f"{ensure_binaries()}:{kind.env['PATH']}",
+            "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
+            "HELM_DATA_HOME": str(home / "data")}
+
+
 def helm(kind: Kind, *args: str, values: dict[str, Any] | None = None,
          timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``helm ARGS`` against the cluster (VALUES as a values file on stdin), its
-    cache and config next to the kubeconfig."""
-    home = Path(kind.env["KUBECONFIG"]).parent / "helm"
-    env = {**kind.env, "HELM_CACHE_HOME": str(home / "cache"),
-           "HELM_CONFIG_HOME": str(home / "config"), "HELM_DATA_HOME": str(home / "data")}
+    """``helm ARGS`` against the cluster (VALUES as a values file on stdin)."""
     given = ["--values", "-"] if values is not None else []
-    return subprocess.run([str(ensure_binaries() / "helm"), *args, *given], env=env,
+    return subprocess.run([str(ensure_binaries() / "helm"), *args, *given], env=helm_env(kind),
                           input=yaml.safe_dump(values or {}), capture_output=True, text=True,
                           timeout=timeout, check=False)
 
