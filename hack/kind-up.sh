@@ -43,9 +43,6 @@ if ! grep -qx "$name" <<<"$clusters"; then
 fi
 kind export kubeconfig --name "$name" >/dev/null 2>&1
 
-docker build -t aliasd:dev ${ALIASD_BASE_IMAGE:+--build-arg "BASE_IMAGE=$ALIASD_BASE_IMAGE"} .
-image_id="$(docker image inspect -f '{{.Id}}' aliasd:dev)"
-kind load docker-image aliasd:dev --name "$name"
 # Which install is there already: the chart's objects say managed-by Helm.
 installed="$(kubectl -n aliasd-system get deployment aliasd --ignore-not-found \
   -o jsonpath='{.metadata.name} {.metadata.labels.app\.kubernetes\.io/managed-by}' 2>/dev/null || true)"
@@ -54,6 +51,10 @@ case "$with:$installed" in
   helm:*) die "aliasd is installed here with kustomize; remove it first (docs/operations/uninstall.md), then rerun with --helm" ;;
   kustomize:*) die "aliasd is installed here with Helm; rerun with --helm, or \`helm uninstall aliasd -n aliasd-system\` first" ;;
 esac
+
+docker build -t aliasd:dev ${ALIASD_BASE_IMAGE:+--build-arg "BASE_IMAGE=$ALIASD_BASE_IMAGE"} .
+image_id="$(docker image inspect -f '{{.Id}}' aliasd:dev)"
+kind load docker-image aliasd:dev --name "$name"
 if [[ $with == helm ]]; then
   # A rebuilt image keeps its tag: its ID in a pod annotation rolls the pods
   # when it changed since the last run, and only then.

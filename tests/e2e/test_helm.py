@@ -143,6 +143,16 @@ def test_helm_install_then_a_pod_resolves_the_alias(kind: Kind, client: str,
     assert [row[1] for row in rows] == [fruits_ip], lines
 
 
+def test_kind_up_will_not_apply_kustomize_over_the_release(kind: Kind) -> None:
+    done = subprocess.run(["hack/kind-up.sh"], cwd=ROOT, env=helm_env(kind),
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "kind-up: error: aliasd is installed here with Helm; rerun with --helm, or "
+        "`helm uninstall aliasd -n aliasd-system` first")
+    assert revisions(kind) == [(1, "deployed")]
+
+
 def test_helm_upgrade_rolls_the_pods_with_zero_failed_lookups(kind: Kind,
                                                               fruits_ip: str) -> None:
     kind.wait_settled()

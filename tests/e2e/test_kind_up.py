@@ -1,6 +1,7 @@
 """hack/kind-up.sh run again on the e2e cluster, as a user reruns it: an image
-that cannot be pulled fails at once with one line naming it; a code change
-rolls aliasd to the new image, no change restarts nothing."""
+that cannot be pulled fails at once with one line naming it; ``--helm`` will
+not lay the chart over the kustomize install, and an unknown flag is refused;
+a code change rolls aliasd to the new image, no change restarts nothing."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support import ROOT
-from tests.support.kind import Kind, say
+from tests.support.kind import Kind, helm, helm_env, say
 
 pytestmark = pytest.mark.e2e
 MISSING = "aliasd.local/no-such-image:0"
@@ -50,6 +51,23 @@ def test_an_image_that_cannot_be_pulled_fails_at_once_naming_it(kind: Kind) -> N
         assert deployed(kind) == before
     finally:
         kind.kubectl("delete", "pod", "kind-up-dig", "--ignore-not-found", "--wait=false")
+
+
+def test_the_chart_is_not_laid_over_the_kustomize_install_nor_an_unknown_flag_taken(
+        kind: Kind) -> None:
+    before = deployed(kind)
+    done = subprocess.run(["hack/kind-up.sh", "--helm"], cwd=ROOT, env=helm_env(kind),
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "kind-up: error: aliasd is installed here with kustomize; remove it first "
+        "(docs/operations/uninstall.md), then rerun with --helm")
+    assert helm(kind, "list", "-A", "-q").stdout == ""
+    assert deployed(kind) == before
+    bad = subprocess.run(["hack/kind-up.sh", "--kustomise"], cwd=ROOT, env=kind.env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert (bad.returncode, bad.stderr.splitlines()) == (2, [
+        "kind-up: error: unknown argument: --kustomise (usage: hack/kind-up.sh [--helm])"])
 
 
 def test_rerun_after_a_code_change_rolls_aliasd_to_the_new_image(kind: Kind) -> None:
