@@ -3,6 +3,10 @@ and the Events aliasd reports on them."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
 from typing import Any
 
 from aliasd_dev import ClusterError, LocalCluster
@@ -56,3 +60,27 @@ def endpoint_slice(cluster: LocalCluster, ns: str, service_name: str,
     except ClusterError:
         out = cluster.request("POST", path, body)
     return out
+
+
+@contextlib.contextmanager
+def watches_expired(cluster: LocalCluster, pid: int, namespace: str) -> Iterator[None]:
+    """aliasd (process ``pid``) frozen while the revision its watches hold is
+    compacted away, so on resume every watch gets 410 Gone and relists. The
+    body runs frozen, with the open watch streams already dropped (no event
+    reaches aliasd's socket buffers): what it changes only a relist can see.
+    Afterwards the revision moves on (ConfigMaps in ``namespace``), etcd is
+    compacted, and the API server restarted so its watch cache starts after
+    the compaction."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        cluster.stop_apiserver()
+        cluster.start_apiserver()
+        yield
+        for i in range(5):
+            cluster.request("POST", f"/api/v1/namespaces/{namespace}/configmaps",
+                            {"metadata": {"name": f"churn-{i}"}})
+        cluster.compact_etcd()
+        cluster.stop_apiserver()
+        cluster.start_apiserver()
+    finally:
+        os.kill(pid, signal.SIGCONT)
