@@ -128,7 +128,9 @@ class AliasStatusWriter:
         self._clock = clock
         self._bucket = TokenBucket(rate, max(1, round(rate)))
         self._result: Result | None = None
-        self._rescan = False
+        self._rescan = False  # look at every Alias's inputs
+        self._recheck = False  # look at those of the Aliases with health checks
+        self._checked: set[str] = set()  # the Aliases with health checks
         self._dirty: set[str] = set()
         # Updated since the last commit: compared once a result holds their claims.
         self._waiting: set[str] = set()
@@ -156,9 +158,15 @@ class AliasStatusWriter:
     # ---- inputs (cheap, synchronous) -------------------------------------------
 
     def report(self, result: Result, changed: bool) -> None:
-        """A committer reporter: compare the Aliases against ``result`` later."""
+        """A committer reporter: compare the Aliases against ``result`` later.
+        The same result as last time (the engine makes a new one whenever a
+        resolution changes) leaves only health to look at: a target's verdict
+        can change what a status says without changing an answer (a standby
+        target). The echoes of the writer's own writes come this way."""
+        if result is not self._result:
+            self._rescan = True
+        self._recheck = True
         self._result = result
-        self._rescan = True
         self._dirty |= self._waiting
         self._waiting.clear()
         self._wake.set()
@@ -168,12 +176,17 @@ class AliasStatusWriter:
         status on the API server changed (None: it is gone). Compared after
         the next commit (the source has the reporters run then)."""
         if alias is None:
+            self._checked.discard(key)
             self._aliases.pop(key, None)
             self._seen.pop(key, None)
             self._lagging.pop(key, None)
             self._confirmed.pop(key, None)
         else:
             self._aliases[key] = alias
+            if any(c.check is not None for c in alias[0].claims):
+                self._checked.add(key)
+            else:
+                self._checked.discard(key)
             # A new answer is not served until compared: it must not count as
             # confirmed by this replica's older comparison. A rewrite that
             # keeps the serial keeps the answer (conditions only): no lag.
@@ -226,9 +239,10 @@ class AliasStatusWriter:
                     # Service not listed yet is missing: nothing is compared
                     # until every source has synced.
                     continue
-                if self._rescan:
-                    self._rescan = False
-                    await self._scan()
+                if self._rescan or self._recheck:
+                    keys = self._aliases if self._rescan else self._checked
+                    self._rescan = self._recheck = False
+                    await self._scan(list(keys))
                 if self._reprogram and leading and self._replicas is not None:
                     self._reprogram = False
                     await self._scan_programmed()
@@ -277,10 +291,10 @@ class AliasStatusWriter:
         elif self._crash is not None:
             self._wake.set()
 
-    async def _scan(self) -> None:
-        """Mark dirty each Alias whose inputs changed since it was last compared."""
+    async def _scan(self, keys: list[str]) -> None:
+        """Mark dirty each of ``keys`` whose inputs changed since it was last compared."""
         turn = time.perf_counter()
-        for k in list(self._aliases):
+        for k in keys:
             if time.perf_counter() - turn > SLICE_SECONDS:
                 await asyncio.sleep(0)
                 turn = time.perf_counter()
