@@ -72,10 +72,11 @@ DEFAULT_RATE = 250.0
 at once): 10,000 new Aliases on a cold start of one replica take 10,000 writes
 (Ready and Programmed at once), 40 seconds. A burst that only a cold start or
 a mass edit reaches; each write is one small merge patch, and with at most
-:data:`INFLIGHT` in flight aliasd holds a few of the 200 mutating requests
-an API server runs at once by default (``--max-mutating-requests-inflight``,
-which API Priority and Fairness shares out by priority level, so a busy
-controller queues behind its own share rather than starving the others)."""
+:data:`INFLIGHT` in flight aliasd holds 8% of the 200 mutating requests an
+API server runs at once by default (``--max-mutating-requests-inflight``;
+API Priority and Fairness shares those seats out by priority level, so a
+busy client queues within its own level's share rather than starving the
+others). client-go's default is 5/s, bursts of 10."""
 INFLIGHT = 16
 """Status writes in flight at once: the rate is reached while each request
 waits for the API server (etcd's write, the watch's fan-out) rather than one
