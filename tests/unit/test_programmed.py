@@ -3,6 +3,11 @@ serial a status carries, and when every live replica serves an answer."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
 from aliasd import resolver
 from aliasd.runtime.aliasstatus import (
     PROGRAMMED,
@@ -94,6 +99,30 @@ def test_a_status_patch_carries_only_what_changed() -> None:
     assert set(status_patch(again, body)) == {"addresses", "serial"}  # conditions kept
     gone = {**body, "cname": "old.example.com."}
     assert status_patch(body, gone) == {"cname": None}  # RFC 7396: null removes it
+
+
+_VALUES: st.SearchStrategy[Any] = st.one_of(st.none(), st.just([]), st.just({}), st.integers(0, 3),
+                    st.lists(st.sampled_from("ab"), max_size=2))
+_FIELDS = ["serial", "hostnames", "cname", "targets"]
+_OBSERVED = st.dictionaries(st.sampled_from(_FIELDS), _VALUES)
+_BODIES = st.fixed_dictionaries({k: _VALUES for k in _FIELDS})  # status_body: every field
+
+
+@given(_OBSERVED, _BODIES)
+def test_a_status_patch_applied_gives_the_status(observed: dict[str, Any],
+                                                 body: dict[str, Any]) -> None:
+    """RFC 7396 at the top level: null removes a field, anything else replaces it."""
+    merged = dict(observed)
+    for k, v in status_patch(body, observed).items():
+        if v is None:
+            merged.pop(k, None)
+        else:
+            merged[k] = v
+
+    def meaning(status: dict[str, Any]) -> dict[str, Any]:  # absent == empty
+        return {k: v for k, v in status.items() if v not in (None, [], {})}
+
+    assert meaning(merged) == meaning(body)
 
 
 def test_live_watermarks_skip_released_expired_and_unreadable_leases() -> None:
