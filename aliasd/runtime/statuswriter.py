@@ -260,25 +260,29 @@ class AliasStatusWriter:
         Alias whose write is in flight is compared again once it returns."""
         turn = time.perf_counter()
         while self._dirty:
+            # Comparing and starting writes alike: a burst of tokens and free
+            # slots must not hold the loop for 16 writes' worth of work.
+            if time.perf_counter() - turn > SLICE_SECONDS:
+                await asyncio.sleep(0)
+                turn = time.perf_counter()
             key = self._dirty.pop()
             if key in self._flying:
                 self._again.add(key)
                 continue
             job = self._compare(key, write=leading and self._leading())
-            if job is not None:
-                wait = self._bucket.delay()
-                if wait:
-                    await asyncio.sleep(wait)
-                while len(self._flying) >= self._inflight:
-                    await asyncio.wait(list(self._flying.values()),
-                                       return_when=asyncio.FIRST_COMPLETED)
-                task = asyncio.create_task(self._write(key, job))
-                self._flying[key] = task
-                task.add_done_callback(functools.partial(self._landed, key))
+            if job is None:
+                continue
+            wait = self._bucket.delay()
+            if wait:
+                await asyncio.sleep(wait)
                 turn = time.perf_counter()
-            elif time.perf_counter() - turn > SLICE_SECONDS:
-                await asyncio.sleep(0)
+            while len(self._flying) >= self._inflight:
+                await asyncio.wait(list(self._flying.values()),
+                                   return_when=asyncio.FIRST_COMPLETED)
                 turn = time.perf_counter()
+            task = asyncio.create_task(self._write(key, job))
+            self._flying[key] = task
+            task.add_done_callback(functools.partial(self._landed, key))
 
     def _landed(self, key: str, task: asyncio.Task[None]) -> None:
         if self._flying.get(key) is task:
