@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from aliasd.coredns.patcher import MODES
 from aliasd.model import ConfigError
+from aliasd.runtime.statuswriter import DEFAULT_RATE as STATUS_RATE
+from aliasd.runtime.statuswriter import INFLIGHT as STATUS_INFLIGHT
 
 if TYPE_CHECKING:  # parsers import their modules lazily: `aliasd --help` stays fast
     import ipaddress
@@ -322,9 +324,10 @@ LEADER_LEASE_DURATION = Flag(name="--leader-lease-duration", commands=(RUN,), pa
                              default="15",
                              help="seconds a leader's Lease lasts without renewal")
 ALIAS_STATUS_RATE = Flag(name="--alias-status-rate", commands=(RUN,), parse=_seconds,
-                         default="100",
+                         default=f"{STATUS_RATE:g}",
                          help="Alias status writes per second at most (a token bucket whose "
-                              "burst is the same number); only the leader writes")
+                              f"burst is the same number; at most {STATUS_INFLIGHT} writes in "
+                              "flight); only the leader writes")
 FORCE = Switch(name="--force", commands=(COREDNS,),
                help="remove even while a running aliasd holds the Lease (it puts the block "
                     "back at once unless it is stopped)")

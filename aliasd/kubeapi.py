@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -99,6 +100,62 @@ async def call(fn: Callable[..., Awaitable[Any]], *args: Any, **kw: Any
         except ValueError:
             body = {"message": text[:300]}
         return resp.status, body if isinstance(body, dict) else {}
+
+
+REQUEST_TIMEOUT = 30.0
+"""Seconds a raw request may take, as :func:`call` allows."""
+
+
+class RawClient:
+    """JSON requests to the API server over an aiohttp session of its own, for
+    a path that sends many small requests (the Alias status writer): none of
+    the generated client's per-request work, which reads ``~/.netrc`` in a
+    thread and the proxy variables on every request (``trust_env``) and
+    walks the body to serialize it. Same server, credentials and TLS as
+    ``api``; at most ``connections`` requests in flight."""
+
+    def __init__(self, api: ApiClient, *, connections: int) -> None:
+        self._config: Configuration = api.configuration
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        c = self._config
+        context = ssl.create_default_context(cafile=c.ssl_ca_cert)
+        if c.cert_file:
+            context.load_cert_chain(c.cert_file, keyfile=c.key_file)
+        if not c.verify_ssl:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        connector = aiohttp.TCPConnector(limit=self._connections, ssl=context)
+        return aiohttp.ClientSession(connector=connector, trust_env=False)
+
+    async def request(self, method: str, path: str, body: bytes, *,
+                      content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON body) of ``method path`` with ``body``."""
+        if self._session is None:
+            self._session = self._open()
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        # Read per request: in a pod the token file is rotated (the client's hook).
+        token = await self._config.get_api_key_with_prefix("BearerToken")
+        if token:
+            headers["Authorization"] = token
+        async with self._session.request(
+                method, f"{self._config.host}{path}", data=body, headers=headers,
+                proxy=self._config.proxy or None, server_hostname=self._config.tls_server_name,
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as resp:
+            RESPONSES.count(method, resp.status)
+            raw = await resp.read()
+        try:
+            answer = json.loads(raw) if raw else {}
+        except ValueError:
+            answer = {"message": raw[:300].decode(errors="replace")}
+        return resp.status, answer if isinstance(answer, dict) else {}
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 def message(status: int, body: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import secrets
 import time
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes_asyncio.client import ApiClient, CustomObjectsApi
+from kubernetes_asyncio.client import ApiClient
 from prometheus_client import CollectorRegistry
 
 from aliasd import resolver
@@ -42,7 +43,7 @@ from aliasd.dns.server import DnsServer
 from aliasd.dns.stats import Stats
 from aliasd.engine import Engine
 from aliasd.events import EventRecorder, EventSink, instance, resolver_problems
-from aliasd.kubeapi import TRANSIENT, call, make_client
+from aliasd.kubeapi import TRANSIENT, RawClient, make_client
 from aliasd.metrics import (
     CountsBy,
     DnsMetrics,
@@ -64,6 +65,7 @@ from aliasd.runtime.process import LameDuck, ProcessTuning
 from aliasd.runtime.replicas import LocalReplica, ReplicaLeases
 from aliasd.runtime.statewriter import StateWriter
 from aliasd.runtime.statuswriter import DEFAULT_RATE, AliasStatusWriter
+from aliasd.runtime.statuswriter import INFLIGHT as STATUS_INFLIGHT
 from aliasd.sources.aliases import GROUP as ALIAS_GROUP
 from aliasd.sources.aliases import KIND as ALIAS_KIND
 from aliasd.sources.aliases import PLURAL as ALIAS_PLURAL
@@ -148,10 +150,12 @@ async def serve(config: RunConfig, stop: asyncio.Event) -> None:
         fs.load()  # a bad file at start is fatal: there is no last good zone yet
         parts.sources.append(fs)
     api: ApiClient | None = None
+    raw: RawClient | None = None
     try:
         if config.kube is not None:
             api = await make_client(config.kube.kubeconfig)
-            _wire_kube(parts, inbox, api, zones=zones, config=config.kube)
+            raw = RawClient(api, connections=STATUS_INFLIGHT)
+            _wire_kube(parts, inbox, api, raw, zones=zones, config=config.kube)
         elif file is not None:
             overrides = FileOverrides(zones, inbox.notifier(FileOverrides.name), state=file,
                                       clock=clock)
@@ -167,6 +171,8 @@ async def serve(config: RunConfig, stop: asyncio.Event) -> None:
         await _run(parts, inbox, config=app, clock=clock, writer=writer, state=state,
                    stop=stop)
     finally:
+        if raw is not None:
+            await raw.close()
         if api is not None:
             await api.close()
 
@@ -255,10 +261,11 @@ async def _run(parts: _Parts, inbox: Inbox, *, config: AppConfig, clock: Callabl
                 writer.flush()
 
 
-def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig,
-               config: KubeConfig) -> None:
+def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, raw: RawClient, *,
+               zones: ZoneConfig, config: KubeConfig) -> None:
     """The Kubernetes source, the overrides ConfigMap, one Event recorder, the
-    CoreDNS patcher and the Alias status writer; the effects after each commit."""
+    CoreDNS patcher and the Alias status writer (its writes over ``raw``); the
+    effects after each commit."""
     restarts, probes = parts.restarts, parts.probes
     me = instance()  # the Events' reportingInstance and the lease holder's name
     events = EventSink(api, instance=me, results=parts.events.counts)
@@ -269,10 +276,10 @@ def _wire_kube(parts: _Parts, inbox: Inbox, api: ApiClient, *, zones: ZoneConfig
     leader = patcher.elector if patcher is not None else (
         election.elector if election is not None else None)
     statuses = AliasStatusWriter(
-        source=KubeSource.name, patch=functools.partial(_patch_alias_status, CustomObjectsApi(api)),
+        source=KubeSource.name, patch=functools.partial(_patch_alias_status, raw),
         zones=zones, leading=(lambda: leader.leading) if leader is not None else (lambda: True),
-        send=events.send, clock=time.time, results=parts.status_writes.counts,
-        rate=config.status_rate, health=parts.prober.states)
+        send=events.send, clock=time.time, results=parts.status_writes.counts, identity=me,
+        rate=config.status_rate, inflight=STATUS_INFLIGHT, health=parts.prober.states)
     parts.components.append(statuses)
     # Programmed: each replica's watermark, in a Lease of its own beside the
     # leader's (alone without an election).
@@ -351,14 +358,15 @@ def _wire_leader(parts: _Parts, api: ApiClient, recorder: EventRecorder, *, conf
     return patcher, None
 
 
-async def _patch_alias_status(custom: CustomObjectsApi, namespace: str, name: str,
+async def _patch_alias_status(raw: RawClient, namespace: str, name: str,
                               body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """A JSON merge patch (RFC 7396) of one Alias's status subresource; an
     unreachable API server is status 0."""
+    path = (f"/apis/{ALIAS_GROUP}/{ALIAS_VERSIONS[0]}/namespaces/{namespace}/{ALIAS_PLURAL}/"
+            f"{name}/status?fieldManager=aliasd")
     try:
-        return await call(custom.patch_namespaced_custom_object_status, ALIAS_GROUP,
-                          ALIAS_VERSIONS[0], namespace, ALIAS_PLURAL, name, body,
-                          field_manager="aliasd", _content_type="application/merge-patch+json")
+        return await raw.request("PATCH", path, json.dumps(body, separators=(",", ":")).encode(),
+                                 content_type="application/merge-patch+json")
     except TRANSIENT as e:
         return 0, {"message": str(e).splitlines()[0] if str(e) else type(e).__name__}
 

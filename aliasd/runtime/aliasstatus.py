@@ -219,6 +219,18 @@ def status_body(want: Desired, observed: Mapping[str, Any], *, generation: int, 
             "targets": want.targets_json(), "conditions": conditions}
 
 
+def status_patch(body: Mapping[str, Any], observed: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of ``body`` (see :func:`status_body`) that ``observed`` does
+    not already hold, as a JSON merge patch (RFC 7396) of the status: a list is
+    replaced whole, and a field that is absent or empty on both sides is left
+    out."""
+    return {k: v for k, v in body.items() if _or_none(observed.get(k)) != _or_none(v)}
+
+
+def _or_none(value: object) -> object:
+    return value if value not in (None, [], {}) else None
+
+
 def transitions(want: Desired, observed: Mapping[str, Any]) -> list[Condition]:
     """The conditions whose status or reason differ from ``observed`` (one
     Event each)."""
@@ -274,20 +286,25 @@ def watermark(lagging: Mapping[str, int], top: int) -> int:
     return min(lagging.values()) - 1 if lagging else top
 
 
-def programmed(want: Desired, serial: int | None, replicas: Mapping[str, int]) -> Condition:
+def programmed(want: Desired, serial: int | None, replicas: Mapping[str, int], *,
+               me: str | None = None) -> Condition:
     """The Programmed condition of an Alias whose status carries ``serial``
-    (None: a new answer, written now, that no replica can have confirmed
-    yet), given the live replicas' watermarks."""
+    (None: a new answer, written now, that no other replica can have
+    confirmed yet), given the live replicas' watermarks. ``me``: the replica
+    deciding, known to serve the answer whatever watermark it last published
+    (the leader writing it: a cold start of one replica writes Ready and
+    Programmed at once, without waiting for its own Lease round trip)."""
     if not want.hostnames:
         return Condition(PROGRAMMED, False, "NotServed", "no hostname is being served")
-    if not replicas:
+    live = len(replicas) + (me is not None and me not in replicas)
+    if not live:
         return Condition(PROGRAMMED, False, PENDING, "no live replica has published yet")
-    # A new answer lags everywhere: the same message as when it is counted,
-    # so the count alone never costs a write.
-    lag = len(replicas) if serial is None else sum(1 for w in replicas.values() if w < serial)
+    # A new answer lags everywhere else: the same message as when it is
+    # counted, so the count alone never costs a write.
+    lag = sum(1 for r, w in replicas.items() if r != me and (serial is None or w < serial))
     if lag:
         return Condition(PROGRAMMED, False, PENDING,
-                         f"{lag} of {len(replicas)} replicas do not serve this answer yet")
+                         f"{lag} of {live} replicas do not serve this answer yet")
     # No replica count in the message: scaling would rewrite every status.
     return Condition(PROGRAMMED, True, PROGRAMMED, "every live replica serves this answer")
 

@@ -226,6 +226,9 @@ class LocalReplica:
         return {"published": self._last}
 
     async def run(self) -> None:
+        # Heard at once: there is no other replica (so a new answer is
+        # Programmed as it is written, by the replica that serves it).
+        self._on_replicas({})
         while True:
             mark = self._watermark()
             if mark is not None and mark != self._last:

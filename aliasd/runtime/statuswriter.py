@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aliasd.events import Event, Send
@@ -54,24 +56,34 @@ from aliasd.runtime.aliasstatus import (
     serial_to_write,
     serves,
     status_body,
+    status_patch,
     status_serial,
     transitions,
     watermark,
     with_condition,
 )
-from aliasd.sources.aliases import AliasView
+from aliasd.sources.aliases import AliasInfo, AliasView
 from aliasd.zoneconfig import ZoneConfig
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RATE = 100.0
+DEFAULT_RATE = 250.0
 """Status writes per second (``--alias-status-rate``; the bucket holds as many
-at once): 10,000 new Aliases take 20,000 writes (Ready, then Programmed), at
-least 200 seconds, each write one short request (one in flight at a time), far
-from an API server's default 200 mutating requests in flight that every
-controller shares."""
-SLICE = 256
-"""Aliases compared per loop turn."""
+at once): 10,000 new Aliases on a cold start of one replica take 10,000 writes
+(Ready and Programmed at once), 40 seconds. A burst that only a cold start or
+a mass edit reaches; each write is one small merge patch, and with at most
+:data:`INFLIGHT` in flight aliasd holds 8% of the 200 mutating requests an
+API server runs at once by default (``--max-mutating-requests-inflight``;
+API Priority and Fairness shares those seats out by priority level, so a
+busy client queues within its own level's share rather than starving the
+others). client-go's default is 5/s, bursts of 10."""
+INFLIGHT = 16
+"""Status writes in flight at once: the rate is reached while each request
+waits for the API server (etcd's write, the watch's fan-out) rather than one
+round trip after the other."""
+SLICE_SECONDS = 0.002
+"""Longest run of comparing before the writer yields the loop (DNS queries
+get in between)."""
 LEADER_POLL = 1.0
 """Seconds between looks at leadership while nothing else wakes the writer."""
 
@@ -104,9 +116,10 @@ class AliasStatusWriter:
 
     def __init__(self, *, source: str, patch: Patch, zones: ZoneConfig,
                  leading: Callable[[], bool], send: Send, clock: Callable[[], float],
-                 results: Counter[str], rate: float = DEFAULT_RATE,
-                 health: Health = NO_HEALTH) -> None:
+                 results: Counter[str], identity: str, rate: float = DEFAULT_RATE,
+                 inflight: int = INFLIGHT, health: Health = NO_HEALTH) -> None:
         self._source = source  # the name of the source the Aliases' claims come from
+        self._identity = identity  # this replica among the replicas' watermarks
         self._aliases: dict[str, AliasView] = {}
         self._patch = patch
         self._zones = zones
@@ -116,11 +129,17 @@ class AliasStatusWriter:
         self._clock = clock
         self._bucket = TokenBucket(rate, max(1, round(rate)))
         self._result: Result | None = None
-        self._rescan = False
+        self._rescan = False  # look at every Alias's inputs
+        self._recheck = False  # look at those of the Aliases with health checks
+        self._checked: set[str] = set()  # the Aliases with health checks
         self._dirty: set[str] = set()
         # Updated since the last commit: compared once a result holds their claims.
         self._waiting: set[str] = set()
         self._retry: set[str] = set()  # refused writes, tried again on the next wake-up
+        self._inflight = inflight
+        self._flying: dict[str, asyncio.Task[None]] = {}  # key -> its write in flight
+        self._again: set[str] = set()  # changed while its write was in flight
+        self._crash: BaseException | None = None  # a write task's unexpected error
         self._seen: dict[str, tuple[object, ...]] = {}  # key -> inputs last compared
         self._written: dict[str, dict[str, Any]] = {}  # key -> status written, not yet watched
         self._wake = asyncio.Event()
@@ -140,9 +159,15 @@ class AliasStatusWriter:
     # ---- inputs (cheap, synchronous) -------------------------------------------
 
     def report(self, result: Result, changed: bool) -> None:
-        """A committer reporter: compare the Aliases against ``result`` later."""
+        """A committer reporter: compare the Aliases against ``result`` later.
+        The same result as last time (the engine makes a new one whenever a
+        resolution changes) leaves only health to look at: a target's verdict
+        can change what a status says without changing an answer (a standby
+        target). The echoes of the writer's own writes come this way."""
+        if result is not self._result:
+            self._rescan = True
+        self._recheck = True
         self._result = result
-        self._rescan = True
         self._dirty |= self._waiting
         self._waiting.clear()
         self._wake.set()
@@ -152,12 +177,17 @@ class AliasStatusWriter:
         status on the API server changed (None: it is gone). Compared after
         the next commit (the source has the reporters run then)."""
         if alias is None:
+            self._checked.discard(key)
             self._aliases.pop(key, None)
             self._seen.pop(key, None)
             self._lagging.pop(key, None)
             self._confirmed.pop(key, None)
         else:
             self._aliases[key] = alias
+            if any(c.check is not None for c in alias[0].claims):
+                self._checked.add(key)
+            else:
+                self._checked.discard(key)
             # A new answer is not served until compared: it must not count as
             # confirmed by this replica's older comparison. A rewrite that
             # keeps the serial keeps the answer (conditions only): no lag.
@@ -191,52 +221,97 @@ class AliasStatusWriter:
 
     async def run(self) -> None:
         leading = False
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), LEADER_POLL)
-            self._wake.clear()
-            self._dirty |= self._retry
-            self._retry.clear()
-            now_leading = self._leading()
-            if now_leading and not leading:  # a new leader looks at every Alias once
-                self._seen.clear()
-                self._rescan = self._reprogram = True
-            leading = now_leading
-            if self._result is None:
-                continue
-            if self._rescan:
-                self._rescan = False
-                await self._scan()
-            if self._reprogram and leading and self._replicas is not None:
-                self._reprogram = False
-                await self._scan_programmed()
-            done = 0
-            while self._dirty:
-                key = self._dirty.pop()
-                if await self._compare(key, write=leading and self._leading()) is None:
-                    done += 1
-                    if done % SLICE == 0:  # a follower compares without writing: yield
-                        await asyncio.sleep(0)
-            if not self._waiting and self._result.snapshot.ready:
-                self._caught_up = True
-
-    async def _scan(self) -> None:
-        """Mark dirty each Alias whose inputs changed since it was last compared."""
-        keys = list(self._aliases)
-        for start in range(0, len(keys), SLICE):
-            if start:
-                await asyncio.sleep(0)
-            result = self._result
-            assert result is not None
-            for k in keys[start:start + SLICE]:
-                got = self._aliases.get(k)
-                if got is None:
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), LEADER_POLL)
+                self._wake.clear()
+                if self._crash is not None:
+                    raise self._crash
+                self._dirty |= self._retry
+                self._retry.clear()
+                now_leading = self._leading()
+                if now_leading and not leading:  # a new leader looks at every Alias once
+                    self._seen.clear()
+                    self._rescan = self._reprogram = True
+                leading = now_leading
+                if self._result is None or not self._result.snapshot.ready:
+                    # A partial result (a source still listing) would say a
+                    # Service not listed yet is missing: nothing is compared
+                    # until every source has synced.
                     continue
-                now = inputs(got[0], result, self._zones, self._key(k), self._health)
-                before = self._seen.get(k)
-                if before is None or len(before) != len(now) or any(
-                        a is not b for a, b in zip(before, now, strict=True)):
-                    self._dirty.add(k)
+                if self._rescan or self._recheck:
+                    keys = self._aliases if self._rescan else self._checked
+                    self._rescan = self._recheck = False
+                    await self._scan(list(keys))
+                if self._reprogram and leading and self._replicas is not None:
+                    self._reprogram = False
+                    await self._scan_programmed()
+                await self._drain(leading)
+                if not self._waiting:
+                    self._caught_up = True
+        finally:
+            for task in self._flying.values():
+                task.cancel()
+
+    async def _drain(self, leading: bool) -> None:
+        """Compare every dirty Alias, in slices of :data:`SLICE_SECONDS`; hand
+        the writes to at most ``inflight`` requests, at the bucket's rate. An
+        Alias whose write is in flight is compared again once it returns."""
+        turn = time.perf_counter()
+        while self._dirty:
+            # Comparing and starting writes alike: a burst of tokens and free
+            # slots must not hold the loop for 16 writes' worth of work.
+            if time.perf_counter() - turn > SLICE_SECONDS:
+                await asyncio.sleep(0)
+                turn = time.perf_counter()
+            key = self._dirty.pop()
+            if key in self._flying:
+                self._again.add(key)
+                continue
+            job = self._compare(key, write=leading and self._leading())
+            if job is None:
+                continue
+            wait = self._bucket.delay()
+            if wait:
+                await asyncio.sleep(wait)
+                turn = time.perf_counter()
+            while len(self._flying) >= self._inflight:
+                await asyncio.wait(list(self._flying.values()),
+                                   return_when=asyncio.FIRST_COMPLETED)
+                turn = time.perf_counter()
+            task = asyncio.create_task(self._write(key, job))
+            self._flying[key] = task
+            task.add_done_callback(functools.partial(self._landed, key))
+
+    def _landed(self, key: str, task: asyncio.Task[None]) -> None:
+        if self._flying.get(key) is task:
+            del self._flying[key]
+        if not task.cancelled() and task.exception() is not None:
+            self._crash = task.exception()
+        if key in self._again:
+            self._again.discard(key)
+            self._dirty.add(key)
+            self._wake.set()
+        elif self._crash is not None:
+            self._wake.set()
+
+    async def _scan(self, keys: list[str]) -> None:
+        """Mark dirty each of ``keys`` whose inputs changed since it was last compared."""
+        turn = time.perf_counter()
+        for k in keys:
+            if time.perf_counter() - turn > SLICE_SECONDS:
+                await asyncio.sleep(0)
+                turn = time.perf_counter()
+            got = self._aliases.get(k)
+            result = self._result
+            if got is None or result is None:
+                continue
+            now = inputs(got[0], result, self._zones, self._key(k), self._health)
+            before = self._seen.get(k)
+            if before is None or len(before) != len(now) or any(
+                    a is not b for a, b in zip(before, now, strict=True)):
+                self._dirty.add(k)
 
     def _key(self, key: str) -> str:
         return engine_key(self._source, key)
@@ -244,22 +319,23 @@ class AliasStatusWriter:
     async def _scan_programmed(self) -> None:
         """Mark dirty each Alias whose Programmed condition the replicas'
         watermarks have changed (cheap: no desired status is computed)."""
-        keys = list(self._aliases)
-        for start in range(0, len(keys), SLICE):
-            if start:
+        turn = time.perf_counter()
+        for k in list(self._aliases):
+            if time.perf_counter() - turn > SLICE_SECONDS:
                 await asyncio.sleep(0)
-            for k in keys[start:start + SLICE]:
-                got = self._aliases.get(k)
-                if got is None:
-                    continue
-                info, observed = got
-                current = self._written.get(k, observed)
-                serial = status_serial(current, info.generation)
-                if serial is None or condition_of(current, PROGRAMMED)[0] == "True":
-                    continue  # no status yet, or confirmed for good (see _programmed)
-                now = programmed(_answer(current), serial, self._replicas or {})
-                if condition_of(current, PROGRAMMED) != (_text(now.status), now.reason):
-                    self._dirty.add(k)
+                turn = time.perf_counter()
+            got = self._aliases.get(k)
+            if got is None:
+                continue
+            info, observed = got
+            current = self._written.get(k, observed)
+            serial = status_serial(current, info.generation)
+            if serial is None or condition_of(current, PROGRAMMED)[0] == "True":
+                continue  # no status yet, or confirmed for good (see _programmed)
+            me = self._identity if self._confirmed.get(k) == serial else None
+            now = programmed(_answer(current), serial, self._replicas or {}, me=me)
+            if condition_of(current, PROGRAMMED) != (_text(now.status), now.reason):
+                self._dirty.add(k)
 
     def _note(self, key: str, want: Desired, status: dict[str, Any], generation: int) -> None:
         """Whether this replica serves the answer ``status`` names (its watermark)."""
@@ -278,20 +354,23 @@ class AliasStatusWriter:
 
     def _programmed(self, want: Desired, current: dict[str, Any], serial: int | None
                     ) -> Condition:
-        """Programmed for a status carrying ``serial`` (None: a new answer).
-        Once True for an answer it stays True until the answer changes: every
-        live replica served it, and a replica's watermark dips below a serial
-        it confirmed whenever another new answer at that serial arrives (which
-        would flip, and rewrite, every Alias sharing it). A new leader keeps
-        each condition until it has heard the replicas."""
+        """Programmed for a status carrying ``serial`` (None: a new answer),
+        which this replica serves (it is writing it). Once True for an answer
+        it stays True until the answer changes: every live replica served it,
+        and a replica's watermark dips below a serial it confirmed whenever
+        another new answer at that serial arrives (which would flip, and
+        rewrite, every Alias sharing it). A new leader keeps each condition
+        until it has heard the replicas, and before that claims nothing for
+        a new answer: another replica may not serve it yet."""
         kept = kept_condition(current, PROGRAMMED)
         if serial is not None and kept is not None and (kept.status or self._replicas is None):
             return kept
-        return programmed(want, serial, self._replicas or {})
+        if self._replicas is None:
+            return programmed(want, serial, {})
+        return programmed(want, serial, self._replicas, me=self._identity)
 
-    async def _compare(self, key: str, *, write: bool) -> bool | None:
-        """Compare one Alias; write its status if ``write`` and it differs.
-        None: nothing was sent to the API server."""
+    def _compare(self, key: str, *, write: bool) -> _Write | None:
+        """Compare one Alias: what to write (None: nothing, or not ``write``)."""
         got = self._aliases.get(key)
         result = self._result
         if got is None or result is None:
@@ -309,13 +388,16 @@ class AliasStatusWriter:
         want = with_condition(want, self._programmed(want, current, None if new else serial))
         if same(want, current, info.generation):
             return None
-        wait = self._bucket.delay()
-        if wait:
-            await asyncio.sleep(wait)
-        body = status_body(want, current, generation=info.generation, serial=serial,
+        return _Write(info, want, current, serial)
+
+    async def _write(self, key: str, job: _Write) -> None:
+        """Patch one status (only the fields that differ); Events on condition changes."""
+        info, want, current = job.info, job.want, job.current
+        body = status_body(want, current, generation=info.generation, serial=job.serial,
                            now=self._clock())
         owner = info.owner
-        status, answer = await self._patch(owner.namespace, owner.name, {"status": body})
+        status, answer = await self._patch(owner.namespace, owner.name,
+                                           {"status": status_patch(body, current)})
         if status >= 300:
             self._results["refused"] += 1
             if status != 404:  # 404: deleted meanwhile, nothing to write
@@ -325,13 +407,16 @@ class AliasStatusWriter:
                         owner.namespace, owner.name, status, answer.get("message", ""))
                 self._failing = True
                 self._retry.add(key)
-            return False
+            return
         if self._failing:
             log.info("Alias status writes succeed again")
             self._failing = False
         self._results["written"] += 1
-        self._written[key] = body
-        self._note(key, want, body, info.generation)
+        got = self._aliases.get(key)
+        if got is not None:  # not deleted meanwhile
+            self._written[key] = body
+            if got[0] is info:  # nor changed: this replica serves what it wrote
+                self._note(key, want, body, info.generation)
         for c in transitions(want, current):
             if c.type in (ACCEPTED, RESOLVED_REFS) and not c.status:
                 self._send(Event(owner, c.reason, c.message))
@@ -341,7 +426,17 @@ class AliasStatusWriter:
                 # A target left or came back (the first status of a healthy Alias
                 # says nothing new).
                 self._send(Event(owner, c.reason, c.message, warning=not c.status))
-        return True
+
+
+@dataclass(frozen=True)
+class _Write:
+    """A status write decided by a comparison: the Alias, its status, the
+    status it replaces and the serial it carries."""
+
+    info: AliasInfo
+    want: Desired
+    current: dict[str, Any]
+    serial: int
 
 
 def _answer(status: Mapping[str, Any]) -> Desired:

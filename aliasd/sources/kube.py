@@ -331,7 +331,8 @@ class KubeSource:
             self._aliases.pop(k, None)
         else:
             self._aliases[k] = new
-        self._derive_alias(k)
+        if old is None or new is None or not _status_only(old, new):
+            self._derive_alias(k)  # not for the echo of a status write: no input moved
         if new is not None and (old or {}).get("status") != new.get("status"):
             self._alias_changed(k, self.alias(k))  # the status on the API server moved
 
@@ -445,3 +446,11 @@ def _named_namespace(list_fn: Any, name: str, **kw: Any) -> Any:
 def _namespaced_custom(custom: CustomObjectsApi, group: str, version: str, plural: str,
                        namespace: str, **kw: Any) -> Any:
     return custom.list_namespaced_custom_object(group, version, namespace, plural, **kw)
+
+
+def _status_only(old: Obj, new: Obj) -> bool:
+    """Whether two versions of a (trimmed) Alias differ at most in their status
+    and resourceVersion: the claims they make are the same."""
+    a, b = old.get("metadata") or {}, new.get("metadata") or {}
+    return (old.get("spec") == new.get("spec")
+            and all(a.get(f) == b.get(f) for f in ("uid", "generation", "creationTimestamp")))

@@ -1,13 +1,18 @@
 """The Alias status writer with a fake API server that echoes each write
-back the way the watch does: every Alias is written twice (Ready with
-Programmed pending, then Programmed) and then nothing more, whatever the
-echoes do to the replica's own watermark."""
+back the way the watch does. Alone, the writing replica serves every answer
+it writes: each Alias is written once (Ready and Programmed together). With
+another live replica, twice (Ready with Programmed pending, then Programmed
+once that replica's watermark reaches the serial). Then nothing more,
+whatever the echoes do to the replica's own watermark; several writes are
+in flight at once, never two for one Alias."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
 from typing import Any
+
+import pytest
 
 from aliasd import resolver
 from aliasd.runtime.aliasstatus import engine_key
@@ -16,7 +21,9 @@ from aliasd.sources.aliases import AliasInfo
 from tests.unit.test_aliases import ZONES, info
 
 
-async def test_each_alias_is_written_twice_then_left_alone() -> None:
+@pytest.mark.parametrize(("others", "writes"), [({}, 1), ({"b": 0}, 2)])
+async def test_each_alias_is_written_once_per_change_then_left_alone(
+        others: dict[str, int], writes: int) -> None:
     n = 40
     infos: dict[str, AliasInfo] = {
         f"shop/a{i}": info({"hostnames": [f"a{i}.internal"],
@@ -27,24 +34,38 @@ async def test_each_alias_is_written_twice_then_left_alone() -> None:
         serial=100)
     written: Counter[str] = Counter()
     echoes: list[tuple[str, dict[str, Any]]] = []
+    flying: set[str] = set()
+    most = 0
 
     async def patch(namespace: str, name: str, body: dict[str, Any]
                     ) -> tuple[int, dict[str, Any]]:
+        nonlocal most
+        assert name not in flying  # one write per Alias at a time
+        flying.add(name)
+        most = max(most, len(flying))
+        await asyncio.sleep(0.002)  # the API server's round trip
+        flying.discard(name)
         written[name] += 1
-        echoes.append((f"{namespace}/{name}", body["status"]))
+        key = f"{namespace}/{name}"
+        # A merge patch: the status as the API server then holds it.
+        before = next((s for k, s in reversed(echoes) if k == key), statuses.get(key, {}))
+        statuses[key] = {**before, **body["status"]}
+        echoes.append((key, statuses[key]))
         return 200, {}
 
+    statuses: dict[str, dict[str, Any]] = {}
     results: Counter[str] = Counter()
     writer = AliasStatusWriter(source="kubernetes", patch=patch, zones=ZONES,
                                leading=lambda: True, send=lambda event: None,
-                               clock=lambda: 0.0, results=results, rate=1e6)
+                               clock=lambda: 0.0, results=results, identity="me", rate=1e6)
     for k, i in infos.items():
         writer.update(k, (i, {}))
+    writer.replicas(others)
     writer.report(result, True)
     task = asyncio.create_task(writer.run())
     try:
         published: list[int | None] = []
-        for _ in range(200):  # the watch's echoes, the next commit, the replica's Lease
+        for _ in range(200):  # the watch's echoes, the next commit, the replicas' Leases
             await asyncio.sleep(0.01)
             while echoes:
                 key, status = echoes.pop(0)
@@ -52,9 +73,14 @@ async def test_each_alias_is_written_twice_then_left_alone() -> None:
             writer.report(result, False)
             if writer.watermark is not None and writer.watermark != (published or [None])[-1]:
                 published.append(writer.watermark)
-                writer.replicas({"me": writer.watermark})
-        assert dict(written) == {f"a{i}": 2 for i in range(n)}
-        assert results["written"] == 2 * n
+                # The other replica (if any) has caught up as well.
+                writer.replicas({"me": writer.watermark,
+                                 **{r: writer.watermark for r in others}})
+        assert dict(written) == {f"a{i}": writes for i in range(n)}
+        assert results["written"] == writes * n
         assert writer.watermark == 100
+        assert most > 1
+        assert all(s["conditions"][2]["type"] == "Programmed"
+                   and s["conditions"][2]["status"] == "True" for s in statuses.values())
     finally:
         task.cancel()

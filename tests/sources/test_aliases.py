@@ -224,8 +224,8 @@ def test_status_is_not_rewritten_by_a_restart(cluster: LocalCluster, alias_crd: 
                  == ("True", "Programmed", 1), what="the marker's status")
         wait_for(lambda: p.http("/readyz")[1]["alias-status"]["pending"] == 0,
                  what="nothing left to compare")
-        # The marker twice (Ready with Programmed pending, then Programmed).
-        assert p.http("/readyz")[1]["alias-status"]["writes"] == 2
+        # The marker once (Ready and Programmed: the only replica serves it).
+        assert p.http("/readyz")[1]["alias-status"]["writes"] == 1
     assert cluster.request("GET", path(namespace, "steady"))["metadata"][
         "resourceVersion"] == rv
 
@@ -297,7 +297,10 @@ def test_only_the_leader_writes_status(cluster: LocalCluster, alias_crd: None,
     args = ["--kubeconfig", str(cluster.kubeconfig), "--zone", "internal",
             "--coredns-mode", "off", "--leader-lease", f"{namespace}/aliasd",
             "--leader-lease-duration", "3", "--namespaces", namespace]
-    with run_aliasd(args, tmp=tmp_path) as a, run_aliasd(args, tmp=tmp_path) as b:
+    # Two pods: two replica Leases.
+    with run_aliasd(args, tmp=tmp_path, env={"POD_NAME": "replica-a"}) as a, \
+            run_aliasd(args, tmp=tmp_path, env={"POD_NAME": "replica-b"}) as b:
+        both_live(a, b)
         create(cluster, namespace, "shared", {"hostnames": ["crd-shared.internal"],
                                               "targets": [{"address": "10.20.0.7"}]})
         for p in (a, b):
@@ -310,8 +313,16 @@ def test_only_the_leader_writes_status(cluster: LocalCluster, alias_crd: None,
             return sorted((s["leader"], s["writes"]) for s in (
                 p.http("/readyz")[1]["alias-status"] for p in (a, b)))
 
-        # Written twice: Ready (Programmed pending), then Programmed.
+        # Written twice: Ready (Programmed pending: the other replica cannot
+        # serve a new answer yet), then Programmed.
         wait_for(lambda: writers() == [(False, 0), (True, 2)], what="one leader writes")
+
+
+def both_live(a: AliasdProcess, b: AliasdProcess) -> None:
+    """Wait until each replica hears both watermarks (a replica that has not
+    published yet is not live: it holds nothing back)."""
+    wait_for(lambda: all(len(p.http("/readyz")[1]["replica-leases"]["live"] or ()) == 2
+                         for p in (a, b)), what="both replicas live")
 
 
 def programmed(cluster: LocalCluster, ns: str, name: str) -> tuple[str, str, str, int]:
@@ -333,6 +344,7 @@ def test_programmed_once_every_live_replica_serves_the_answer(
             "--leader-lease-duration", "3", "--namespaces", namespace]
     with run_aliasd(args, tmp=tmp_path, env={"POD_NAME": "replica-a"}) as a, \
             run_aliasd(args, tmp=tmp_path, env={"POD_NAME": "replica-b"}) as b:
+        both_live(a, b)
         create(cluster, namespace, "prog", {"hostnames": ["crd-prog.internal"],
                                             "targets": [{"address": "10.20.1.1"}]})
         wait_for(lambda: programmed(cluster, namespace, "prog")[:2] == ("True", "Programmed"),
@@ -439,6 +451,6 @@ def test_a_relist_that_changes_nothing_writes_nothing(cluster: LocalCluster,
              == ("True", "Programmed", 1), timeout=30, what="the marker's status")
     wait_for(lambda: aliasd.http("/readyz")[1]["alias-status"]["pending"] == 0,
              what="nothing left to compare")
-    # "still", then the marker, each twice (Ready, then Programmed).
-    assert aliasd.http("/readyz")[1]["alias-status"]["writes"] == 4
+    # "still", then the marker, each once (Ready and Programmed together).
+    assert aliasd.http("/readyz")[1]["alias-status"]["writes"] == 2
     assert cluster.request("GET", path(namespace, "still"))["metadata"]["resourceVersion"] == rv

@@ -3,6 +3,11 @@ serial a status carries, and when every live replica serves an answer."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
 from aliasd import resolver
 from aliasd.runtime.aliasstatus import (
     PROGRAMMED,
@@ -13,6 +18,7 @@ from aliasd.runtime.aliasstatus import (
     serial_to_write,
     serves,
     status_body,
+    status_patch,
     watermark,
     with_condition,
 )
@@ -67,6 +73,56 @@ def test_programmed_when_every_live_replica_reached_the_serial() -> None:
     assert programmed(refused, 1, {"a": 5}).reason == "NotServed"
     assert [c.type for c in nothing.conditions] == ["Accepted", "ResolvedRefs", PROGRAMMED,
                                                     "Ready"]
+
+
+def test_the_writing_replica_counts_as_serving_what_it_writes() -> None:
+    want = _want()
+    # Alone (its own Lease not heard yet, or behind): Programmed as it is written.
+    assert programmed(want, None, {}, me="a").status
+    assert programmed(want, 100, {"a": 42}, me="a").status
+    # Another replica must still reach the serial; a new answer it cannot have.
+    fresh = programmed(want, None, {"a": 42, "b": 500}, me="a")
+    assert (fresh.status, fresh.message) == (False, "1 of 2 replicas do not serve this "
+                                                    "answer yet")
+    assert fresh == programmed(want, 100, {"a": 42, "b": 99}, me="a")
+    assert programmed(want, 100, {"a": 42, "b": 100}, me="a").status
+
+
+def test_a_status_patch_carries_only_what_changed() -> None:
+    want = _want()
+    body = status_body(want, {}, generation=1, serial=42, now=0.0)
+    # Nothing yet: everything but the empty fields (absent is the same as empty).
+    assert set(status_patch(body, {})) == {"observedGeneration", "hostnames", "addresses",
+                                           "serial", "conditions"}
+    assert status_patch(body, body) == {}
+    again = status_body(_want("10.0.0.2"), body, generation=1, serial=57, now=1.0)
+    assert set(status_patch(again, body)) == {"addresses", "serial"}  # conditions kept
+    gone = {**body, "cname": "old.example.com."}
+    assert status_patch(body, gone) == {"cname": None}  # RFC 7396: null removes it
+
+
+_VALUES: st.SearchStrategy[Any] = st.one_of(st.none(), st.just([]), st.just({}), st.integers(0, 3),
+                    st.lists(st.sampled_from("ab"), max_size=2))
+_FIELDS = ["serial", "hostnames", "cname", "targets"]
+_OBSERVED = st.dictionaries(st.sampled_from(_FIELDS), _VALUES)
+_BODIES = st.fixed_dictionaries({k: _VALUES for k in _FIELDS})  # status_body: every field
+
+
+@given(_OBSERVED, _BODIES)
+def test_a_status_patch_applied_gives_the_status(observed: dict[str, Any],
+                                                 body: dict[str, Any]) -> None:
+    """RFC 7396 at the top level: null removes a field, anything else replaces it."""
+    merged = dict(observed)
+    for k, v in status_patch(body, observed).items():
+        if v is None:
+            merged.pop(k, None)
+        else:
+            merged[k] = v
+
+    def meaning(status: dict[str, Any]) -> dict[str, Any]:  # absent == empty
+        return {k: v for k, v in status.items() if v not in (None, [], {})}
+
+    assert meaning(merged) == meaning(body)
 
 
 def test_live_watermarks_skip_released_expired_and_unreadable_leases() -> None:
