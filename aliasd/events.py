@@ -84,7 +84,9 @@ def event_body(event: Event, *, now: float, instance: str) -> dict[str, Any]:
 
 
 class Budget:
-    """A token bucket: ``burst`` at once, then one more every ``every`` seconds."""
+    """A token bucket: ``burst`` at once, then one more every ``every`` seconds.
+    :meth:`take` drops what finds no token (Events, log lines);
+    :meth:`delay` queues it (the Alias status writes)."""
 
     def __init__(self, burst: int, every: float, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -92,14 +94,25 @@ class Budget:
         self.tokens = float(burst)
         self.last = clock()
 
-    def take(self) -> bool:
+    def _refill(self) -> None:
         now = self.clock()
         self.tokens = min(float(self.burst), self.tokens + (now - self.last) / self.every)
         self.last = now
+
+    def take(self) -> bool:
+        """Take a token if there is one."""
+        self._refill()
         if self.tokens < 1:
             return False
         self.tokens -= 1
         return True
+
+    def delay(self) -> float:
+        """Take a token, there or owed: the seconds to wait before using it
+        (0: now)."""
+        self._refill()
+        self.tokens -= 1
+        return 0.0 if self.tokens >= 0 else -self.tokens * self.every
 
 
 @dataclass(frozen=True)

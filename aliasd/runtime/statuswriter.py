@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aliasd.events import Event, Send
+from aliasd.events import Budget, Event, Send
 from aliasd.resolver import Result
 from aliasd.runtime.aliasstatus import (
     ACCEPTED,
@@ -91,24 +91,6 @@ Patch = Callable[[str, str, dict[str, Any]], Awaitable[tuple[int, dict[str, Any]
 """(namespace, name, merge patch of the status subresource) → (HTTP status, body)."""
 
 
-class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` saved up."""
-
-    def __init__(self, rate: float, burst: int, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate, self.burst, self._clock = rate, burst, clock
-        self._tokens = float(burst)
-        self._at = clock()
-
-    def delay(self) -> float:
-        """Take a token: the seconds to wait before using it (0: now)."""
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = now
-        self._tokens -= 1
-        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
-
-
 class AliasStatusWriter:
     """Writes ``aliases/status`` while ``leading()`` (see the module)."""
 
@@ -127,7 +109,7 @@ class AliasStatusWriter:
         self._health = health  # the prober's states (read, never written, here)
         self._send = send
         self._clock = clock
-        self._bucket = TokenBucket(rate, max(1, round(rate)))
+        self._bucket = Budget(max(1, round(rate)), 1 / rate)
         self._result: Result | None = None
         self._rescan = False  # look at every Alias's inputs
         self._recheck = False  # look at those of the Aliases with health checks

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from aliasd import resolver
+from aliasd.events import Budget
 from aliasd.model import AliasClaim, Owner
 from aliasd.policy import NamePolicy
 from aliasd.runtime.aliasstatus import desired, engine_key, same, status_body, transitions
-from aliasd.runtime.statuswriter import TokenBucket
 from aliasd.sources.aliases import AliasInfo, alias_info, trim_alias
 from aliasd.zoneconfig import TakeoverPolicy, ZoneConfig
 
@@ -150,6 +150,6 @@ def test_status_written_only_on_change_and_transitions_kept() -> None:
     (10.0, 2, [0.0, 0.0, 0.1, 0.2]),
     (100.0, 1, [0.0, 0.01, 0.02, 0.03]),
 ])
-def test_token_bucket(rate: float, burst: int, waits: list[float]) -> None:
-    bucket = TokenBucket(rate, burst, clock=lambda: 0.0)
+def test_the_write_budget_queues(rate: float, burst: int, waits: list[float]) -> None:
+    bucket = Budget(burst, 1 / rate, clock=lambda: 0.0)
     assert [pytest.approx(bucket.delay()) for _ in waits] == waits
