@@ -14,7 +14,7 @@ import pytest
 import uvloop
 
 from aliasd.model import HTTP, TCP, Check
-from aliasd.sources.probes import Prober, probe
+from aliasd.sources.probes import Prober, Running, probe, start_probe
 from tests.support.targets import TargetServer
 
 
@@ -43,13 +43,16 @@ def run_probes(check: Check, script: Callable[[int], None], *, probes: int,
     async def main() -> None:
         done = asyncio.Event()
 
-        async def counted(c: Check) -> str | None:
+        def counted(c: Check, on_done: Callable[[str | None], None]) -> Running:
             script(len(results) + 1)
-            got = await probe(c)
-            results.append(got)
-            if len(results) == probes:
-                done.set()
-            return got
+
+            def record(got: str | None) -> None:
+                results.append(got)
+                if len(results) == probes:
+                    done.set()
+                on_done(got)
+
+            return start_probe(c, record)
 
         prober = Prober(on_health=lambda c, ok: verdicts.append((len(results), ok)),
                         probe=counted)
