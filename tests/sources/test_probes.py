@@ -14,7 +14,8 @@ import pytest
 import uvloop
 
 from aliasd.model import HTTP, TCP, Check
-from aliasd.sources.probes import Prober, Running, probe, start_probe
+from aliasd.sources.probe import probe, start_probe
+from aliasd.sources.probes import Prober, Running
 from tests.support.targets import TargetServer
 
 
