@@ -7,6 +7,7 @@ the interval it died in), not how long it took."""
 from __future__ import annotations
 
 import asyncio
+import random
 import subprocess
 from collections.abc import Callable, Iterator
 
@@ -14,7 +15,8 @@ import pytest
 import uvloop
 
 from aliasd.model import HTTP, TCP, Check
-from aliasd.sources.probes import Prober, probe
+from aliasd.sources.probe import probe, start_probe
+from aliasd.sources.probes import TICK, Prober, Running
 from tests.support.targets import TargetServer
 
 
@@ -43,13 +45,16 @@ def run_probes(check: Check, script: Callable[[int], None], *, probes: int,
     async def main() -> None:
         done = asyncio.Event()
 
-        async def counted(c: Check) -> str | None:
+        def counted(c: Check, on_done: Callable[[str | None], None]) -> Running:
             script(len(results) + 1)
-            got = await probe(c)
-            results.append(got)
-            if len(results) == probes:
-                done.set()
-            return got
+
+            def record(got: str | None) -> None:
+                results.append(got)
+                if len(results) == probes:
+                    done.set()
+                on_done(got)
+
+            return start_probe(c, record)
 
         prober = Prober(on_health=lambda c, ok: verdicts.append((len(results), ok)),
                         probe=counted)
@@ -145,3 +150,58 @@ def test_probes_leave_no_time_wait_sockets_behind(
                               f"{target.host}:{target.port}"],
                              capture_output=True, text=True, check=True).stdout
     assert waiting.splitlines() == []
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_probes_wait_a_tick_before_the_loop_wakes_them_and_keep_to_the_limit(
+        loop: Callable[[], asyncio.AbstractEventLoop]) -> None:
+    # 12 checks due at once, a limit of 3, each probe answering 0.05 s after
+    # it starts waiting: never more than 3 in flight, and a probe's first
+    # wait comes a tick after its start (its answer is looked for then).
+    starts: dict[Check, float] = {}
+    waits: list[float] = []
+    in_flight = [0, 0]  # now, most
+    ended: list[Check] = []
+    all_ended = asyncio.Event()
+
+    class Slow:
+        def __init__(self, c: Check, on_done: Callable[[str | None], None]) -> None:
+            self._c, self._on_done = c, on_done
+            in_flight[0] += 1
+            in_flight[1] = max(in_flight)
+            starts[c] = asyncio.get_running_loop().time()
+
+        def wait(self) -> None:
+            loop = asyncio.get_running_loop()
+            waits.append(loop.time() - starts[self._c])
+            loop.call_later(0.05, self._end)
+
+        def _end(self) -> None:
+            in_flight[0] -= 1
+            ended.append(self._c)
+            if len(ended) == len(checks):
+                all_ended.set()
+            self._on_done(None)
+
+        def cancel(self) -> None:
+            pass
+
+    class AtOnce(random.Random):
+        def uniform(self, a: float, b: float) -> float:
+            return a  # every check's first probe due now
+
+    checks = frozenset(Check(TCP, f"127.0.0.{i}", 80, interval=10.0) for i in range(1, 13))
+
+    async def main() -> None:
+        prober = Prober(on_health=lambda c, ok: None, limit=3, probe=Slow,
+                        rng=AtOnce())
+        task = asyncio.create_task(prober.run())
+        prober.reconcile(checks)
+        await asyncio.wait_for(all_ended.wait(), timeout=30)
+        task.cancel()
+
+    with asyncio.Runner(loop_factory=loop) as runner:
+        runner.run(main())
+    assert in_flight[1] == 3
+    assert len(waits) == len(checks)
+    assert min(waits) >= TICK - 0.002  # uvloop's clock is in milliseconds
