@@ -383,8 +383,8 @@ def test_a_name_is_held_for_its_namespace_while_the_owner_recreates_its_service(
                 "clusterIP"]
             wait_for(functools.partial(served, p, "held-pay.internal.", ip2),
                      what="the recreated owner")
-            seen_after = len(seen)
-            wait_for(lambda: len(seen) >= seen_after, what="more answers")
+            # The watcher answers for itself: until it too has seen the new owner.
+            wait_for(lambda: ip2 in seen, what="the watcher seeing the recreated owner")
         finally:
             stop.set()
             watcher.join()
