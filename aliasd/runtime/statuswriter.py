@@ -402,7 +402,10 @@ class AliasStatusWriter:
         for c in transitions(want, current):
             if c.type in (ACCEPTED, RESOLVED_REFS) and not c.status:
                 self._send(Event(owner, c.reason, c.message))
-            elif c.type == READY and c.status and current.get("conditions"):
+            elif c.type in (READY, PROGRAMMED) and c.status and current.get("conditions"):
+                # Ready again, or an answer every live replica now serves (a
+                # first status says nothing new; Pending is the normal way
+                # there, not worth an Event of its own).
                 self._send(Event(owner, c.reason, c.message, warning=False))
             elif c.type == HEALTHY and (not c.status or current.get("conditions")):
                 # A target left or came back (the first status of a healthy Alias

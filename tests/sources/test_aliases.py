@@ -349,6 +349,10 @@ def test_programmed_once_every_live_replica_serves_the_answer(
                                             "targets": [{"address": "10.20.1.1"}]})
         wait_for(lambda: programmed(cluster, namespace, "prog")[:2] == ("True", "Programmed"),
                  what="Programmed")
+        # Pending (the other replica could not serve a new answer yet), then
+        # Programmed: one Normal Event, none for Pending.
+        wait_for(lambda: reasons(cluster, namespace, "prog") == ["Programmed"],
+                 what="the Programmed Event")
         for p in (a, b):
             assert a_records(p, "crd-prog.internal.") == ["10.20.1.1"]
         leases = cluster.request(
