@@ -378,15 +378,24 @@ class AliasStatusWriter:
         body = status_body(want, current, generation=info.generation, serial=job.serial,
                            now=self._clock())
         owner = info.owner
-        status, answer = await self._patch(owner.namespace, owner.name,
-                                           {"status": status_patch(body, current)})
-        if status >= 300:
+        error: Exception | None = None
+        try:
+            status, answer = await self._patch(owner.namespace, owner.name,
+                                               {"status": status_patch(body, current)})
+        except Exception as e:
+            # One write failing in a way the HTTP client does not document
+            # (seen under load: aiohttp's response start finding no headers)
+            # is a failed write, tried again: it must not stop the writer,
+            # nor, through the supervisor, the DNS server.
+            error, status, answer = e, 0, {"message": f"{type(e).__name__}: {e}"}
+        if not 200 <= status < 300:  # 0: the API server was not reached
             self._results["refused"] += 1
             if status != 404:  # 404: deleted meanwhile, nothing to write
                 # A failure streak (an API server outage) is logged once at WARNING.
                 log.log(logging.DEBUG if self._failing else logging.WARNING,
-                        "could not write the status of Alias %s/%s: HTTP %d: %s",
-                        owner.namespace, owner.name, status, answer.get("message", ""))
+                        "could not write the status of Alias %s/%s: %s", owner.namespace,
+                        owner.name, f"HTTP {status}: {answer.get('message', '')}" if status
+                        else answer.get("message", ""), exc_info=error)
                 self._failing = True
                 self._retry.add(key)
             return

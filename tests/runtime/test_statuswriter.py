@@ -84,3 +84,55 @@ async def test_each_alias_is_written_once_per_change_then_left_alone(
                    and s["conditions"][2]["status"] == "True" for s in statuses.values())
     finally:
         task.cancel()
+
+
+async def test_a_write_that_fails_however_it_fails_is_tried_again() -> None:
+    """A write that raises something the HTTP client does not document, and one
+    that does not reach the API server (status 0), are failed writes, tried
+    again: the writer keeps running (its crash would stop the DNS server) and
+    each status lands once."""
+    infos: dict[str, AliasInfo] = {
+        f"shop/{name}": info({"hostnames": [f"{name}.internal"],
+                              "targets": [{"address": f"10.0.1.{i + 1}"}]}, name=name)
+        for i, name in enumerate(("odd", "lost", "fine"))}
+    result = resolver.build_keyed(
+        {engine_key("kubernetes", k): i.claims for k, i in infos.items()}, config=ZONES,
+        serial=100)
+    failures = {"odd": AttributeError("'NoneType' object has no attribute 'getall'"),
+                "lost": None}
+    attempts: Counter[str] = Counter()
+    landed: dict[str, dict[str, Any]] = {}
+
+    async def patch(namespace: str, name: str, body: dict[str, Any]
+                    ) -> tuple[int, dict[str, Any]]:
+        attempts[name] += 1
+        if name in failures:
+            failure = failures.pop(name)
+            if failure is not None:
+                raise failure
+            return 0, {"message": "Cannot connect to host"}
+        landed[name] = body["status"]
+        return 200, {}
+
+    results: Counter[str] = Counter()
+    writer = AliasStatusWriter(source="kubernetes", patch=patch, zones=ZONES,
+                               leading=lambda: True, send=lambda event: None,
+                               clock=lambda: 0.0, results=results, identity="me", rate=1e6)
+    for k, i in infos.items():
+        writer.update(k, (i, {}))
+    writer.replicas({})
+    writer.report(result, True)
+    task = asyncio.create_task(writer.run())
+    try:
+        for _ in range(300):  # the retry waits for the writer's next wake-up (1 s at most)
+            if len(landed) == 3 or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert not task.done()
+        assert sorted(landed) == ["fine", "lost", "odd"]
+        assert dict(attempts) == {"odd": 2, "lost": 2, "fine": 1}
+        assert (results["written"], results["refused"]) == (3, 2)
+        assert {name: s["addresses"] for name, s in landed.items()} == {
+            "odd": ["10.0.1.1"], "lost": ["10.0.1.2"], "fine": ["10.0.1.3"]}
+    finally:
+        task.cancel()
