@@ -13,6 +13,7 @@ is the check (on relist, and in the stateful property test), never the hot path.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -25,6 +26,7 @@ from aliasd.names import WILDCARD, is_wildcard
 from aliasd.policy import policy_namespace
 from aliasd.resolver import (
     Conflict,
+    Delta,
     Hold,
     Invalid,
     Resolution,
@@ -62,6 +64,11 @@ class Commit:
     changed: frozenset[str] | None
 
 
+_RESULT_NUMBERS = itertools.count(1)
+"""Result numbers, unique in the process: a delta never names the result of
+another engine (the relist checker replaces the engine)."""
+
+
 class Engine:
     """The claims of every object, the index name → claims, and the current result."""
 
@@ -75,6 +82,8 @@ class Engine:
         self._touched: set[str] = set()
         self._invalid: immutables.Map[str, tuple[Invalid, ...]] = immutables.Map()
         self._invalid_dirty = False
+        self._invalid_keys: set[str] = set()  # whose invalid claims changed since the commit
+        self._number = 0  # the current result's number (see resolver.Delta)
         # With ``track_changes`` (a state file is written): objects whose
         # claims, or which of them are invalid, changed since the writer last
         # took them (it re-encodes only those). Off, nothing takes them, and
@@ -214,6 +223,7 @@ class Engine:
             self._invalid = (self._invalid.set(key, invalid) if invalid
                              else self._invalid.delete(key))
             self._invalid_dirty = True
+            self._invalid_keys.add(key)
 
     def replace(self, prefix: str, claims: Iterable[AliasClaim]) -> bool:
         """Every claim of a whole-state source (the aliases file, the overrides):
@@ -251,6 +261,8 @@ class Engine:
             touched.update(n for n, h in self.holds.items() if h.until <= now)
         status = self._invalid_dirty
         self._invalid_dirty = False
+        invalid_keys, self._invalid_keys = self._invalid_keys, set()
+        resolved: list[str] = []  # names whose resolution or conflicts changed
         answer_changes: list[tuple[Resolution | None, Resolution | None]] = []
         with self._res.mutate() as res, self._conflicted.mutate() as conflicted, \
                 self._overridden.mutate() as overridden, self.holds.mutate() as holds:
@@ -267,6 +279,7 @@ class Engine:
                 if new == old and conflicted.get(name, ()) == conflicts:
                     continue
                 status = True
+                resolved.append(name)
                 self._entry_count += (len(new.entries) if new else 0) - (
                     len(old.entries) if old else 0)
                 _put(res, name, new)
@@ -278,10 +291,11 @@ class Engine:
             self._conflicted = conflicted.finish()
             self._overridden = overridden.finish()
             self.holds = holds.finish()
+        delta = Delta(self._number, frozenset(resolved), frozenset(invalid_keys))
         if not answer_changes and ready == self._ready:
             if not status:
                 return None
-            self.result = self._result(self.result.snapshot)
+            self.result = self._result(self.result.snapshot, delta)
             return Commit(self.result, False, frozenset())
         self._serial = next_serial(max(self._serial, min_serial), now)
         takeovers = self._takeovers
@@ -291,7 +305,7 @@ class Engine:
             # turns from REFUSED to NXDOMAIN or back): anything may have changed.
             self._ready = ready
             changed = None
-        self.result = self._result(self._snapshot())
+        self.result = self._result(self._snapshot(), delta)
         return Commit(self.result, True, changed)
 
     def _apply(self, changes: list[tuple[Resolution | None, Resolution | None]]
@@ -371,10 +385,14 @@ class Engine:
                         weighted=self._weighted, unusable=self._unusable,
                         wildcards=self._wildcards)
 
-    def _result(self, snapshot: Snapshot) -> Result:
+    def _result(self, snapshot: Snapshot, delta: Delta | None = None) -> Result:
+        """The next result (numbered; ``delta``: what changed from the current
+        one, None: anything may have)."""
+        self._number = next(_RESULT_NUMBERS)
         return Result(snapshot, resolutions=self._res, invalid=self._invalid,
                       conflicted=self._conflicted, overridden=self._overridden,
-                      takeovers=self._takeovers, entry_count=self._entry_count)
+                      takeovers=self._takeovers, entry_count=self._entry_count,
+                      number=self._number, delta=delta)
 
     @property
     def serial(self) -> int:

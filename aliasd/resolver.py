@@ -146,17 +146,34 @@ class Resolution:
         return (self.rrsets, self.weighted, self.unusable, self.takeover)
 
 
+@dataclass(frozen=True)
+class Delta:
+    """What an engine commit changed from the result before it (numbered
+    ``since``): the names whose resolution or conflicts changed, and the
+    objects (engine keys) whose invalid claims changed. A reader that saw
+    that result looks at these alone, not at every name."""
+
+    since: int
+    names: frozenset[str]
+    keys: frozenset[str]
+
+
 class Result:
     """The outcome of a build: the snapshot and, per name, who won and who lost.
 
     Immutable; the tuples are computed on first use (sorted by name), so a
-    result that is never listed costs nothing beyond its maps."""
+    result that is never listed costs nothing beyond its maps. An engine
+    numbers its results and says what each changed (``delta``); a build from
+    scratch has no delta (anything may differ)."""
 
     def __init__(self, snapshot: Snapshot, *, resolutions: Mapping[str, Resolution],
                  invalid: Mapping[str, tuple[Invalid, ...]],
                  conflicted: Mapping[str, tuple[Conflict, ...]],
                  overridden: Mapping[str, tuple[Conflict, ...]],
-                 takeovers: Mapping[str, object], entry_count: int) -> None:
+                 takeovers: Mapping[str, object], entry_count: int,
+                 number: int = 0, delta: Delta | None = None) -> None:
+        self.number = number
+        self.delta = delta
         self.snapshot = snapshot
         self.resolutions = resolutions
         self.invalid_by_key = invalid

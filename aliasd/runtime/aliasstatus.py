@@ -76,7 +76,7 @@ def inputs(info: AliasInfo, result: Result, zones: ZoneConfig, key: str,
     when these are the same objects as last time, the status is the same (a
     cheap check)."""
     return (info, result.invalid_by_key.get(key),
-            *(result.resolutions.get(_name(h, zones)) for h in info.hostnames),
+            *(result.resolutions.get(served_name(h, zones)) for h in info.hostnames),
             *(health.get(c) for c in _checks(info)))
 
 
@@ -84,7 +84,9 @@ def _checks(info: AliasInfo) -> list[Check]:
     return list(dict.fromkeys(c.check for c in info.claims if c.check is not None))
 
 
-def _name(hostname: str, zones: ZoneConfig) -> str:
+def served_name(hostname: str, zones: ZoneConfig) -> str:
+    """The name an Alias's ``hostname`` is resolved under (a bare label gets
+    the default zone)."""
     return names.absolute_name(hostname, zones.zones[0])
 
 
@@ -104,7 +106,7 @@ def desired(info: AliasInfo, result: Result, zones: ZoneConfig, key: str,
         if inv is not None:
             refused.append((_reason(inv, zones), inv.reason))
             continue
-        name = _name(h, zones)
+        name = served_name(h, zones)
         res: Resolution | None = result.resolutions.get(name)
         if res is None:
             continue  # no claim for it (a missing Service): ResolvedRefs says why
@@ -164,7 +166,7 @@ def _reason(inv: Invalid, zones: ZoneConfig) -> str:
         return "TakeoverNotAllowed"
     if inv.event == NOT_ALLOWED:
         return "NotAllowedByPolicy"
-    name = _name(inv.claim.name, zones)
+    name = served_name(inv.claim.name, zones)
     if names.validate_fqdn(name, wildcard=True) is not None:
         return "InvalidHostname"
     if not inv.claim.takeover and names.best_zone(name, zones.zones) is None:

@@ -54,6 +54,7 @@ from aliasd.runtime.aliasstatus import (
     programmed,
     same,
     serial_to_write,
+    served_name,
     serves,
     status_body,
     status_patch,
@@ -111,8 +112,16 @@ class AliasStatusWriter:
         self._clock = clock
         self._bucket = Budget(max(1, round(rate)), 1 / rate)
         self._result: Result | None = None
-        self._rescan = False  # look at every Alias's inputs
-        self._recheck = False  # look at those of the Aliases with health checks
+        # The names re-resolved and the engine keys re-validated since the
+        # last scan (from each result's delta): only the Aliases they name
+        # are looked at. None: every Alias (a result without a delta from
+        # the last one, a new leader).
+        self._touched: set[str] | None = None
+        self._touched_keys: set[str] = set()
+        self._by_name: dict[str, set[str]] = {}  # served name -> the Aliases naming it
+        self._names_of: dict[str, tuple[str, ...]] = {}  # Alias -> its served names
+        self._prefix = engine_key(source, "")  # engine keys of Aliases start so
+        self._recheck = False  # look at the Aliases with health checks
         self._checked: set[str] = set()  # the Aliases with health checks
         self._dirty: set[str] = set()
         # Updated since the last commit: compared once a result holds their claims.
@@ -147,7 +156,13 @@ class AliasStatusWriter:
         can change what a status says without changing an answer (a standby
         target). The echoes of the writer's own writes come this way."""
         if result is not self._result:
-            self._rescan = True
+            delta, before = result.delta, self._result
+            if (self._touched is None or delta is None or before is None
+                    or delta.since != before.number):
+                self._touched = None
+            else:
+                self._touched |= delta.names
+                self._touched_keys |= delta.keys
         self._recheck = True
         self._result = result
         self._dirty |= self._waiting
@@ -158,6 +173,11 @@ class AliasStatusWriter:
         """The source's word: the Alias ``key`` ("ns/name"), its inputs or its
         status on the API server changed (None: it is gone). Compared after
         the next commit (the source has the reporters run then)."""
+        for name in self._names_of.pop(key, ()):
+            keys = self._by_name[name]
+            keys.discard(key)
+            if not keys:
+                del self._by_name[name]
         if alias is None:
             self._checked.discard(key)
             self._aliases.pop(key, None)
@@ -166,6 +186,10 @@ class AliasStatusWriter:
             self._confirmed.pop(key, None)
         else:
             self._aliases[key] = alias
+            served = tuple(served_name(h, self._zones) for h in alias[0].hostnames)
+            self._names_of[key] = served
+            for name in served:
+                self._by_name.setdefault(name, set()).add(key)
             if any(c.check is not None for c in alias[0].claims):
                 self._checked.add(key)
             else:
@@ -215,17 +239,20 @@ class AliasStatusWriter:
                 now_leading = self._leading()
                 if now_leading and not leading:  # a new leader looks at every Alias once
                     self._seen.clear()
-                    self._rescan = self._reprogram = True
+                    self._touched = None
+                    self._reprogram = True
                 leading = now_leading
                 if self._result is None or not self._result.snapshot.ready:
                     # A partial result (a source still listing) would say a
                     # Service not listed yet is missing: nothing is compared
                     # until every source has synced.
                     continue
-                if self._rescan or self._recheck:
-                    keys = self._aliases if self._rescan else self._checked
-                    self._rescan = self._recheck = False
-                    await self._scan(list(keys))
+                if self._touched is None or self._touched or self._touched_keys \
+                        or self._recheck:
+                    keys = self._affected()
+                    self._touched, self._touched_keys = set(), set()
+                    self._recheck = False
+                    await self._scan(keys)
                 if self._reprogram and leading and self._replicas is not None:
                     self._reprogram = False
                     await self._scan_programmed()
@@ -294,6 +321,19 @@ class AliasStatusWriter:
             if before is None or len(before) != len(now) or any(
                     a is not b for a, b in zip(before, now, strict=True)):
                 self._dirty.add(k)
+
+    def _affected(self) -> list[str]:
+        """The Aliases whose inputs may have changed since the last scan: those
+        naming a re-resolved name or re-validated, and those with health checks
+        (a verdict can change a status without changing an answer)."""
+        if self._touched is None:
+            return list(self._aliases)
+        out = set(self._checked) if self._recheck else set()
+        for name in self._touched:
+            out |= self._by_name.get(name, set())
+        cut = len(self._prefix)
+        out.update(k[cut:] for k in self._touched_keys if k.startswith(self._prefix))
+        return list(out)
 
     def _key(self, key: str) -> str:
         return engine_key(self._source, key)

@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 
 from aliasd import resolver
+from aliasd.engine import KEY_SEP, Engine
+from aliasd.model import AliasClaim, Owner
+from aliasd.runtime import statuswriter
 from aliasd.runtime.aliasstatus import engine_key
 from aliasd.runtime.statuswriter import AliasStatusWriter
 from aliasd.sources.aliases import AliasInfo
@@ -134,5 +137,80 @@ async def test_a_write_that_fails_however_it_fails_is_tried_again() -> None:
         assert (results["written"], results["refused"]) == (3, 2)
         assert {name: s["addresses"] for name, s in landed.items()} == {
             "odd": ["10.0.1.1"], "lost": ["10.0.1.2"], "fine": ["10.0.1.3"]}
+    finally:
+        task.cancel()
+
+
+async def test_a_change_looks_at_the_aliases_it_touches_and_no_other(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once every status is written, a change elsewhere (an older annotated
+    Service claiming one Alias's name) re-resolves one name: the writer looks
+    at the one Alias naming it, not at all of them, and rewrites its status
+    (Conflicted, the winner named)."""
+    n = 50
+    infos: dict[str, AliasInfo] = {
+        f"shop/a{i}": info({"hostnames": [f"a{i}.internal"],
+                            "targets": [{"address": f"10.0.2.{i + 1}"}]}, name=f"a{i}")
+        for i in range(n)}
+    engine = Engine(ZONES, serial=100, ready=True)
+    for k, i in infos.items():
+        engine.set(engine_key("kubernetes", k), i.claims)
+    engine.commit(now=0.0, ready=True)
+    looked: Counter[str] = Counter()
+    real_inputs = statuswriter.inputs
+
+    def counting_inputs(alias: AliasInfo, *args: Any, **kw: Any) -> tuple[object, ...]:
+        looked[alias.owner.name] += 1
+        return real_inputs(alias, *args, **kw)
+
+    monkeypatch.setattr(statuswriter, "inputs", counting_inputs)
+    statuses: dict[str, dict[str, Any]] = {}
+    echoes: list[str] = []
+
+    async def patch(namespace: str, name: str, body: dict[str, Any]
+                    ) -> tuple[int, dict[str, Any]]:
+        statuses[name] = {**statuses.get(name, {}), **body["status"]}
+        echoes.append(name)
+        return 200, {}
+
+    writer = AliasStatusWriter(source="kubernetes", patch=patch, zones=ZONES,
+                               leading=lambda: True, send=lambda event: None,
+                               clock=lambda: 0.0, results=Counter(), identity="me", rate=1e6)
+    for k, i in infos.items():
+        writer.update(k, (i, {}))
+    writer.replicas({})
+    writer.report(engine.result, True)
+    task = asyncio.create_task(writer.run())
+
+    async def settle() -> None:
+        """Until every write is echoed back and compared once more."""
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            while echoes:
+                name = echoes.pop(0)
+                writer.update(f"shop/{name}", (infos[f"shop/{name}"], statuses[name]))
+            writer.report(engine.result, False)
+            if not echoes and writer.status()["pending"] == 0 and len(statuses) == n:
+                return
+
+    try:
+        await settle()
+        assert len(statuses) == n
+        looked.clear()
+        older = Owner(created=0.0, namespace="shop", name="legacy", kind="Service", uid="u-l")
+        engine.set(f"kubernetes{KEY_SEP}svc/shop/legacy",
+                   [AliasClaim("a7.internal", older, addresses=("10.0.9.9",))])
+        commit = engine.commit(now=1.0, ready=True)
+        assert commit is not None and commit.result.delta is not None
+        assert commit.result.delta.names == {"a7.internal."}
+        writer.report(engine.result, True)
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            accepted = {c["type"]: c for c in statuses["a7"]["conditions"]}["Accepted"]
+            if accepted["reason"] == "Conflicted":
+                break
+        assert accepted["status"] == "False"
+        assert "Service shop/legacy" in accepted["message"]
+        assert set(looked) == {"a7"}
     finally:
         task.cancel()

@@ -139,9 +139,23 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(ready=st.booleans(), dt=st.sampled_from([0.0, 1.0, 1000.0]))
     def commit(self, ready: bool, dt: float) -> None:
         self.now += dt
-        before = self.engine.result.snapshot
+        previous = self.engine.result
+        before = previous.snapshot
         commit = self.engine.commit(now=self.now, ready=ready)
         after = self.engine.result.snapshot
+        if commit is not None:
+            # The delta names every name whose resolution or conflicts moved and
+            # every object whose invalid claims did (the status writer looks
+            # at those alone).
+            result, delta = commit.result, commit.result.delta
+            assert delta is not None and delta.since == previous.number
+            for name in {*previous.resolutions, *result.resolutions}:
+                if (previous.resolutions.get(name) != result.resolutions.get(name)
+                        or previous.conflicted.get(name) != result.conflicted.get(name)):
+                    assert name in delta.names, name
+            for key in {*previous.invalid_by_key, *result.invalid_by_key}:
+                if previous.invalid_by_key.get(key) != result.invalid_by_key.get(key):
+                    assert key in delta.keys, key
         if commit is None or not commit.new_snapshot:
             assert after is before
             return
