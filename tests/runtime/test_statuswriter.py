@@ -17,7 +17,7 @@ import pytest
 from aliasd import resolver
 from aliasd.engine import KEY_SEP, Engine
 from aliasd.model import AliasClaim, Owner
-from aliasd.runtime import statuswriter
+from aliasd.runtime import aliasstatus, statuswriter
 from aliasd.runtime.aliasstatus import engine_key
 from aliasd.runtime.statuswriter import AliasStatusWriter
 from aliasd.sources.aliases import AliasInfo
@@ -157,11 +157,10 @@ async def test_a_change_looks_at_the_aliases_it_touches_and_no_other(
         engine.set(engine_key("kubernetes", k), i.claims)
     engine.commit(now=0.0, ready=True)
     looked: Counter[str] = Counter()
-    real_inputs = statuswriter.inputs
 
     def counting_inputs(alias: AliasInfo, *args: Any, **kw: Any) -> tuple[object, ...]:
         looked[alias.owner.name] += 1
-        return real_inputs(alias, *args, **kw)
+        return aliasstatus.inputs(alias, *args, **kw)
 
     monkeypatch.setattr(statuswriter, "inputs", counting_inputs)
     statuses: dict[str, dict[str, Any]] = {}
