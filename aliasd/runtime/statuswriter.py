@@ -119,7 +119,6 @@ class AliasStatusWriter:
         self._touched: set[str] | None = None
         self._touched_keys: set[str] = set()
         self._by_name: dict[str, set[str]] = {}  # served name -> the Aliases naming it
-        self._names_of: dict[str, tuple[str, ...]] = {}  # Alias -> its served names
         self._prefix = engine_key(source, "")  # engine keys of Aliases start so
         self._recheck = False  # look at the Aliases with health checks
         self._checked: set[str] = set()  # the Aliases with health checks
@@ -173,7 +172,8 @@ class AliasStatusWriter:
         """The source's word: the Alias ``key`` ("ns/name"), its inputs or its
         status on the API server changed (None: it is gone). Compared after
         the next commit (the source has the reporters run then)."""
-        for name in self._names_of.pop(key, ()):
+        before = self._aliases.get(key)
+        for name in self._served(before[0]) if before is not None else ():
             keys = self._by_name[name]
             keys.discard(key)
             if not keys:
@@ -186,9 +186,7 @@ class AliasStatusWriter:
             self._confirmed.pop(key, None)
         else:
             self._aliases[key] = alias
-            served = tuple(served_name(h, self._zones) for h in alias[0].hostnames)
-            self._names_of[key] = served
-            for name in served:
+            for name in self._served(alias[0]):
                 self._by_name.setdefault(name, set()).add(key)
             if any(c.check is not None for c in alias[0].claims):
                 self._checked.add(key)
@@ -334,6 +332,10 @@ class AliasStatusWriter:
         cut = len(self._prefix)
         out.update(k[cut:] for k in self._touched_keys if k.startswith(self._prefix))
         return list(out)
+
+    def _served(self, info: AliasInfo) -> set[str]:
+        """The names an Alias's hostnames are resolved under."""
+        return {served_name(h, self._zones) for h in info.hostnames}
 
     def _key(self, key: str) -> str:
         return engine_key(self._source, key)
