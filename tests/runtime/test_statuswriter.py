@@ -24,6 +24,22 @@ from aliasd.sources.aliases import AliasInfo
 from tests.unit.test_aliases import ZONES, info
 
 
+def started(patch: statuswriter.Patch, infos: dict[str, AliasInfo], result: resolver.Result, *,
+            others: dict[str, int], results: Counter[str]
+            ) -> tuple[AliasStatusWriter, asyncio.Task[None]]:
+    """A leading writer (the replica "me", no rate limit) told of ``infos``
+    without a status, of the other replicas' watermarks and of ``result``,
+    and its task running."""
+    writer = AliasStatusWriter(source="kubernetes", patch=patch, zones=ZONES,
+                               leading=lambda: True, send=lambda event: None,
+                               clock=lambda: 0.0, results=results, identity="me", rate=1e6)
+    for k, i in infos.items():
+        writer.update(k, (i, {}))
+    writer.replicas(others)
+    writer.report(result, True)
+    return writer, asyncio.create_task(writer.run())
+
+
 @pytest.mark.parametrize(("others", "writes"), [({}, 1), ({"b": 0}, 2)])
 async def test_each_alias_is_written_once_per_change_then_left_alone(
         others: dict[str, int], writes: int) -> None:
@@ -58,14 +74,7 @@ async def test_each_alias_is_written_once_per_change_then_left_alone(
 
     statuses: dict[str, dict[str, Any]] = {}
     results: Counter[str] = Counter()
-    writer = AliasStatusWriter(source="kubernetes", patch=patch, zones=ZONES,
-                               leading=lambda: True, send=lambda event: None,
-                               clock=lambda: 0.0, results=results, identity="me", rate=1e6)
-    for k, i in infos.items():
-        writer.update(k, (i, {}))
-    writer.replicas(others)
-    writer.report(result, True)
-    task = asyncio.create_task(writer.run())
+    writer, task = started(patch, infos, result, others=others, results=results)
     try:
         published: list[int | None] = []
         for _ in range(200):  # the watch's echoes, the next commit, the replicas' Leases
@@ -118,14 +127,7 @@ async def test_a_write_that_fails_however_it_fails_is_tried_again() -> None:
         return 200, {}
 
     results: Counter[str] = Counter()
-    writer = AliasStatusWriter(source="kubernetes", patch=patch, zones=ZONES,
-                               leading=lambda: True, send=lambda event: None,
-                               clock=lambda: 0.0, results=results, identity="me", rate=1e6)
-    for k, i in infos.items():
-        writer.update(k, (i, {}))
-    writer.replicas({})
-    writer.report(result, True)
-    task = asyncio.create_task(writer.run())
+    _, task = started(patch, infos, result, others={}, results=results)
     try:
         for _ in range(300):  # the retry waits for the writer's next wake-up (1 s at most)
             if len(landed) == 3 or task.done():
@@ -172,14 +174,7 @@ async def test_a_change_looks_at_the_aliases_it_touches_and_no_other(
         echoes.append(name)
         return 200, {}
 
-    writer = AliasStatusWriter(source="kubernetes", patch=patch, zones=ZONES,
-                               leading=lambda: True, send=lambda event: None,
-                               clock=lambda: 0.0, results=Counter(), identity="me", rate=1e6)
-    for k, i in infos.items():
-        writer.update(k, (i, {}))
-    writer.replicas({})
-    writer.report(engine.result, True)
-    task = asyncio.create_task(writer.run())
+    writer, task = started(patch, infos, engine.result, others={}, results=Counter())
 
     async def settle() -> None:
         """Until every write is echoed back and compared once more."""
